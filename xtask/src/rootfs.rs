@@ -1,1 +1,590 @@
-//! (in progress)
+//! The lab's initramfs: busybox, device nodes, users, `/init` and the boot self-test, as a `cpio::Archive`.
+//!
+//! # Boot self-test markers (contract with the host side)
+//!
+//! With `lab.test=1` on the kernel command line, `/init` runs `/etc/kernel-lab/boot-test.sh`
+//! instead of the user shell. It prints these lines on the console, each on its own line and in
+//! this order, then runs `poweroff -f`. Kernel messages may be interleaved between them (printk is
+//! set to "7 4 1 7"), so the host should look for `KLAB:` anywhere in a line and ignore the rest.
+//!
+//! - `KLAB:BEGIN`
+//! - `KLAB:uname=<uname -r>` or `KLAB:uname=fail`
+//! - `KLAB:nproc=<nproc>` or `KLAB:nproc=fail`
+//! - `KLAB:netns=ok:<names>`: interface names seen in a new network namespace
+//!   (`unshare -n ip -o link`), space-separated (normally just `lo`); `KLAB:netns=fail:` if that failed
+//! - `KLAB:uid=<setuidgid <uid> id -u>`: the user's uid (e.g. `1000`), or `fail`
+//! - `KLAB:kallsyms=<n>`: lines of `/tmp/kallsyms` (copied as root by `/init`) whose address is not
+//!   all zeros; `0` means the copy saw restricted pointers, `fail` that the copy is missing
+//! - `KLAB:e1000=<names>`: space-separated interfaces whose driver is e1000, or `none`
+//! - `KLAB:END`: all checks ran; a missing END means the script died or the machine hung
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::cpio::{self, Archive, Entry, Kind};
+use crate::recipe::{ExtraFile, RootfsSpec};
+
+const INIT_TEMPLATE: &str = include_str!("../templates/init.sh");
+const BOOT_TEST_TEMPLATE: &str = include_str!("../templates/boot-test.sh");
+
+/// Where `/init` finds the self-test; also named in the marker contract above.
+pub const BOOT_TEST_PATH: &str = "etc/kernel-lab/boot-test.sh";
+
+/// Everything the rootfs is made from.
+pub struct RootfsInput<'a> {
+    pub spec: &'a RootfsSpec,
+    /// Directory of the recipe file; `spec.files[].host` is relative to it.
+    pub recipe_dir: &'a Path,
+    /// The static busybox binary.
+    pub busybox: &'a Path,
+    /// Output of `busybox --list-full`, e.g. "bin/ls", "usr/sbin/chroot" (see `applets`).
+    pub applets: Vec<String>,
+    /// Kernel version the archive is built for (shown in the generated scripts).
+    pub kernel_version: &'a str,
+    /// mtime of every archive entry; kept fixed so the archive is reproducible.
+    pub mtime: u32,
+}
+
+/// Lists busybox's applets with their install paths by running `busybox --list-full`.
+pub fn applets(busybox: &Path) -> Result<Vec<String>> {
+    let sh = xshell::Shell::new().context("create shell")?;
+    let out = xshell::cmd!(sh, "{busybox} --list-full").quiet().read().with_context(|| {
+        format!("run {} --list-full: it must be a busybox binary that runs on this host (static x86_64)", busybox.display())
+    })?;
+    let list: Vec<String> =
+        out.lines().map(|l| l.trim().trim_start_matches('/').to_string()).filter(|l| !l.is_empty()).collect();
+    ensure!(!list.is_empty(), "{} --list-full printed no applets: is it really busybox?", busybox.display());
+    Ok(list)
+}
+
+/// Builds the whole initramfs tree.
+pub fn build(input: &RootfsInput) -> Result<Archive> {
+    let spec = input.spec;
+    check_spec(spec, input.kernel_version)?;
+    let (user, uid) = (spec.user.as_str(), spec.uid);
+    let mut a = Archive::new();
+
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc/kernel-lab", "proc", "sys", "dev/pts", "mnt", "run", "var"] {
+        a.add_dir_all(dir, 0o755, 0, 0)?;
+    }
+    a.add_dir_all("tmp", 0o1777, 0, 0)?;
+    a.add_dir_all("root", 0o700, 0, 0)?;
+    a.add_dir_all(&format!("home/{user}"), 0o755, uid, uid)?;
+
+    let busybox = fs::read(input.busybox)
+        .with_context(|| format!("read busybox binary {} (build busybox first)", input.busybox.display()))?;
+    // setuid root so that `su` works for the user; busybox built with CONFIG_FEATURE_SUID (on in
+    // defconfig) drops the privilege again for every applet that does not need it.
+    a.add_file("bin/busybox", 0o4755, 0, 0, busybox)?;
+    for applet in &input.applets {
+        let path = applet.trim_start_matches('/');
+        if path == "bin/busybox" {
+            continue;
+        }
+        a.add_symlink(path, "/bin/busybox").with_context(|| format!("busybox applet {applet:?}"))?;
+    }
+
+    // In the archive itself because the kernel opens /dev/console for init before anything can
+    // mount devtmpfs; the others keep a shell usable if devtmpfs is missing from the config.
+    a.add_char_dev("dev/console", 0o600, 0, 0, 5, 1)?;
+    a.add_char_dev("dev/null", 0o666, 0, 0, 1, 3)?;
+    a.add_char_dev("dev/tty", 0o666, 0, 0, 5, 0)?;
+    a.add_char_dev("dev/ttyS0", 0o660, 0, 5, 4, 64)?;
+
+    a.add_file("etc/passwd", 0o644, 0, 0, passwd(spec).into_bytes())?;
+    a.add_file("etc/group", 0o644, 0, 0, group(spec).into_bytes())?;
+    a.add_file("etc/shadow", 0o600, 0, 0, shadow(spec).into_bytes())?;
+    a.add_file("etc/hostname", 0o644, 0, 0, format!("{}\n", spec.hostname).into_bytes())?;
+    a.add_file("etc/hosts", 0o644, 0, 0, hosts(spec).into_bytes())?;
+    a.add_file("etc/profile", 0o644, 0, 0, PROFILE.as_bytes().to_vec())?;
+    a.add_file("init", 0o755, 0, 0, init_script(spec, input.kernel_version)?.into_bytes())?;
+    a.add_file(BOOT_TEST_PATH, 0o755, 0, 0, boot_test_script(spec, input.kernel_version)?.into_bytes())?;
+
+    // Last, so a recipe can replace any generated file (its own /etc/profile, say).
+    for file in &spec.files {
+        add_extra_file(&mut a, input.recipe_dir, file)
+            .with_context(|| format!("rootfs.files: {} -> {}", file.host.display(), file.guest))?;
+    }
+    Ok(a)
+}
+
+/// The recipe only checks shapes; these values end up inside shell scripts, so be strict here.
+fn check_spec(spec: &RootfsSpec, kernel_version: &str) -> Result<()> {
+    let h = &spec.hostname;
+    ensure!(
+        !h.is_empty() && h.len() <= 64 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+        "rootfs.hostname {h:?} is not a valid hostname: use up to 64 letters, digits, '-' or '.'"
+    );
+    ensure!(
+        !spec.user.is_empty() && spec.user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        "rootfs.user {:?} is not a valid user name: use letters, digits, '_' or '-'",
+        spec.user
+    );
+    ensure!(spec.user != "root" && spec.uid != 0, "rootfs.user must be an unprivileged user, not root/uid 0: pick another name");
+    ensure!(
+        !spec.password.contains(['\n', ':']),
+        "rootfs.password must not contain ':' or a newline (they would break /etc/shadow)"
+    );
+    ensure!(
+        !kernel_version.is_empty()
+            && kernel_version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)),
+        "kernel version {kernel_version:?} has characters that do not belong in a version string"
+    );
+    Ok(())
+}
+
+const PROFILE: &str = r#"# /etc/profile of the kernel-lab initramfs (generated by `cargo xtask`).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PS1='\u@\h:\w\$ '
+"#;
+
+pub fn passwd(spec: &RootfsSpec) -> String {
+    let (u, id) = (&spec.user, spec.uid);
+    format!("root:x:0:0:root:/root:/bin/sh\n{u}:x:{id}:{id}:{u}:/home/{u}:/bin/sh\n")
+}
+
+pub fn group(spec: &RootfsSpec) -> String {
+    format!("root:x:0:\ntty:x:5:\n{}:x:{}:\n", spec.user, spec.uid)
+}
+
+/// Both accounts get spec.password. The salt is derived from name and password rather than drawn
+/// at random so that two builds of the same recipe give byte-identical archives.
+pub fn shadow(spec: &RootfsSpec) -> String {
+    let line = |name: &str| {
+        let hash = sha512_crypt(spec.password.as_bytes(), &derived_salt(name, &spec.password), None);
+        // Empty "last change" field: 0 would mean "password expired, change at next login".
+        format!("{name}:{hash}::0:99999:7:::\n")
+    };
+    format!("{}{}", line("root"), line(&spec.user))
+}
+
+fn hosts(spec: &RootfsSpec) -> String {
+    format!("127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost\n", spec.hostname)
+}
+
+fn placeholders(spec: &RootfsSpec, kernel_version: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("@USER@", spec.user.clone()),
+        ("@UID@", spec.uid.to_string()),
+        ("@HOSTNAME@", spec.hostname.clone()),
+        ("@VERSION@", kernel_version.to_string()),
+    ]
+}
+
+/// `/init`, from xtask/templates/init.sh.
+pub fn init_script(spec: &RootfsSpec, kernel_version: &str) -> Result<String> {
+    check_spec(spec, kernel_version)?;
+    substitute("templates/init.sh", INIT_TEMPLATE, &placeholders(spec, kernel_version))
+}
+
+/// `/etc/kernel-lab/boot-test.sh`, from xtask/templates/boot-test.sh.
+pub fn boot_test_script(spec: &RootfsSpec, kernel_version: &str) -> Result<String> {
+    check_spec(spec, kernel_version)?;
+    substitute("templates/boot-test.sh", BOOT_TEST_TEMPLATE, &placeholders(spec, kernel_version))
+}
+
+/// Replaces `@NAME@` placeholders and fails on any left over, so a typo in a template is caught
+/// at build time instead of reaching the guest as a literal.
+fn substitute(name: &str, template: &str, values: &[(&str, String)]) -> Result<String> {
+    let mut text = template.to_string();
+    for (key, value) in values {
+        text = text.replace(key, value);
+    }
+    let bytes = text.as_bytes();
+    for (i, _) in text.match_indices('@') {
+        let rest = &bytes[i + 1..];
+        let len = rest.iter().take_while(|b| b.is_ascii_uppercase() || **b == b'_').count();
+        if len > 0 && rest.get(len) == Some(&b'@') {
+            bail!("{name}: unknown placeholder {}: known are {:?}", &text[i..i + len + 2], values.iter().map(|v| v.0).collect::<Vec<_>>());
+        }
+    }
+    Ok(text)
+}
+
+fn add_extra_file(a: &mut Archive, recipe_dir: &Path, file: &ExtraFile) -> Result<()> {
+    let host = recipe_dir.join(&file.host);
+    // Follow a symlink given directly in the recipe; links inside a copied directory stay links.
+    let meta = fs::metadata(&host).with_context(|| {
+        format!(
+            "host path {} (rootfs.files[].host {:?}) does not exist or cannot be read: fix it; it is relative to the recipe directory {}",
+            host.display(),
+            file.host.display(),
+            recipe_dir.display()
+        )
+    })?;
+    let mode = match &file.mode {
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .with_context(|| format!("rootfs.files[].mode {m:?} is not an octal mode like \"0755\""))?,
+        ),
+        None => None,
+    };
+    let guest = file.guest.trim_start_matches('/');
+    ensure!(!guest.is_empty(), "rootfs.files[].guest {:?} names the root directory: give a path below it", file.guest);
+    copy_host(a, &host, &meta, guest, mode, file.uid, file.gid)
+}
+
+/// Copies a host file or tree. An explicit mode applies to regular files; directories keep theirs.
+fn copy_host(a: &mut Archive, host: &Path, meta: &fs::Metadata, guest: &str, mode: Option<u32>, uid: u32, gid: u32) -> Result<()> {
+    let host_mode = meta.permissions().mode() & 0o7777;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(host).with_context(|| format!("read symlink {}", host.display()))?;
+        let target = target.to_str().with_context(|| format!("symlink {} has a non-UTF-8 target", host.display()))?;
+        a.add(Entry { path: guest.to_string(), mode: 0o777, uid, gid, kind: Kind::Symlink(target.to_string()) })
+    } else if ft.is_dir() {
+        a.add(Entry { path: guest.to_string(), mode: host_mode, uid, gid, kind: Kind::Dir })?;
+        let mut names = Vec::new();
+        for item in fs::read_dir(host).with_context(|| format!("read directory {}", host.display()))? {
+            let item = item.with_context(|| format!("read directory {}", host.display()))?;
+            let name = item
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow::anyhow!("{}: file name {n:?} is not UTF-8; rename it", host.display()))?;
+            names.push(name);
+        }
+        names.sort();
+        for name in names {
+            let child = host.join(&name);
+            let meta = fs::symlink_metadata(&child).with_context(|| format!("inspect {}", child.display()))?;
+            copy_host(a, &child, &meta, &format!("{guest}/{name}"), mode, uid, gid)?;
+        }
+        Ok(())
+    } else if ft.is_file() {
+        let data = fs::read(host).with_context(|| format!("read {}", host.display()))?;
+        a.add(Entry { path: guest.to_string(), mode: mode.unwrap_or(host_mode), uid, gid, kind: Kind::File(data) })
+    } else {
+        bail!("{} is not a regular file, directory or symlink: only those can be copied into the rootfs", host.display())
+    }
+}
+
+const CRYPT_ALPHABET: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+fn b64_from_24bit(out: &mut String, b2: u8, b1: u8, b0: u8, n: usize) {
+    let mut w = (u32::from(b2) << 16) | (u32::from(b1) << 8) | u32::from(b0);
+    for _ in 0..n {
+        out.push(CRYPT_ALPHABET[(w & 0x3f) as usize] as char);
+        w >>= 6;
+    }
+}
+
+/// 16 salt characters from sha256 of the account name and password.
+fn derived_salt(name: &str, password: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"kernel-lab shadow salt\0")
+        .chain_update(name.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(password.as_bytes())
+        .finalize();
+    let mut salt = String::new();
+    for c in digest[..12].chunks(3) {
+        b64_from_24bit(&mut salt, c[0], c[1], c[2], 4);
+    }
+    salt
+}
+
+/// SHA-512 crypt (`$6$`), Ulrich Drepper's "Unix crypt using SHA-256 and SHA-512" algorithm.
+/// `rounds` None means the default 5000 and no `rounds=` field; given rounds are clamped to
+/// 1000..=999999999 as the specification says. The salt is cut to 16 bytes.
+pub fn sha512_crypt(key: &[u8], salt: &str, rounds: Option<u32>) -> String {
+    let salt = &salt.as_bytes()[..salt.len().min(16)];
+    let rounds = rounds.map(|r| r.clamp(1000, 999_999_999));
+
+    let b = Sha512::new().chain_update(key).chain_update(salt).chain_update(key).finalize();
+    let mut a = Sha512::new().chain_update(key).chain_update(salt);
+    let mut n = key.len();
+    while n > 64 {
+        a.update(b);
+        n -= 64;
+    }
+    a.update(&b[..n]);
+    let mut n = key.len();
+    while n > 0 {
+        if n & 1 != 0 {
+            a.update(b);
+        } else {
+            a.update(key);
+        }
+        n >>= 1;
+    }
+    let a = a.finalize();
+
+    let mut dp = Sha512::new();
+    for _ in 0..key.len() {
+        dp.update(key);
+    }
+    let dp = dp.finalize();
+    let p: Vec<u8> = dp.iter().copied().cycle().take(key.len()).collect();
+    let mut ds = Sha512::new();
+    for _ in 0..16 + usize::from(a[0]) {
+        ds.update(salt);
+    }
+    let ds = ds.finalize();
+    let s: Vec<u8> = ds.iter().copied().cycle().take(salt.len()).collect();
+
+    let mut c = a;
+    for i in 0..rounds.unwrap_or(5000) {
+        let mut h = Sha512::new();
+        if i & 1 != 0 {
+            h.update(&p);
+        } else {
+            h.update(c);
+        }
+        if i % 3 != 0 {
+            h.update(&s);
+        }
+        if i % 7 != 0 {
+            h.update(&p);
+        }
+        if i & 1 != 0 {
+            h.update(c);
+        } else {
+            h.update(&p);
+        }
+        c = h.finalize();
+    }
+
+    let mut out = String::from("$6$");
+    if let Some(r) = rounds {
+        out.push_str(&format!("rounds={r}$"));
+    }
+    out.push_str(&String::from_utf8_lossy(salt));
+    out.push('$');
+    // The specification's byte order: groups (j, j+21, j+42) rotated by j % 3, then the last byte.
+    for j in 0..21 {
+        let (x, y, z) = match j % 3 {
+            0 => (j, j + 21, j + 42),
+            1 => (j + 21, j + 42, j),
+            _ => (j + 42, j, j + 21),
+        };
+        b64_from_24bit(&mut out, c[x], c[y], c[z], 4);
+    }
+    b64_from_24bit(&mut out, 0, 0, c[63], 2);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpio::tests::TempDir;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    const VERSION: &str = "6.12.117";
+
+    fn check_golden(name: &str, actual: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/rootfs").join(name);
+        if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("read golden file {}: {e}; create it with UPDATE_GOLDEN=1 cargo test -p xtask rootfs::", path.display())
+        });
+        assert!(
+            expected == actual,
+            "{} differs from the generated text; if the change is intended, run \
+             UPDATE_GOLDEN=1 cargo test -p xtask rootfs:: and review the diff\n--- generated ---\n{actual}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn generated_files_match_golden() {
+        let spec = RootfsSpec::default();
+        check_golden("init", &init_script(&spec, VERSION).unwrap());
+        check_golden("boot-test.sh", &boot_test_script(&spec, VERSION).unwrap());
+        check_golden("passwd", &passwd(&spec));
+        check_golden("group", &group(&spec));
+        check_golden("shadow", &shadow(&spec));
+    }
+
+    #[test]
+    fn sha512_crypt_matches_reference_vectors() {
+        // From Drepper's specification, each checked against glibc/libxcrypt via Python's crypt.crypt.
+        let cases: [(&str, &str, Option<u32>, &str); 7] = [
+            ("Hello world!", "saltstring", None,
+             "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"),
+            ("Hello world!", "saltstringsaltstring", Some(10000),
+             "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v."),
+            ("This is just a test", "toolongsaltstring", Some(5000),
+             "$6$rounds=5000$toolongsaltstrin$lQ8jolhgVRVhY4b5pZKaysCLi0QBxGoNeKQzQ3glMhwllF7oGDZxUhx1yxdYcz/e1JSbq3y6JMxxl8audkUEm0"),
+            ("a very much longer text to encrypt.  This one even stretches over morethan one line.", "anotherlongsaltstring", Some(1400),
+             "$6$rounds=1400$anotherlongsalts$POfYwTEok97VWcjxIiSOjiykti.o/pQs.wPvMxQ6Fm7I6IoYN3CmLs66x9t0oSwbtEW7o7UmJEiDwGqd8p4ur1"),
+            ("we have a short salt string but not a short password", "short", Some(77777),
+             "$6$rounds=77777$short$WuQyW2YR.hBNpjjRhpYD/ifIw05xdfeEyQoMxIXbkvr0gge1a1x3yRULJ5CCaUeOxFmtlcGZelFl5CxtgfiAc0"),
+            ("the minimum number is still observed", "roundstoolow", Some(10),
+             "$6$rounds=1000$roundstoolow$kUMsbe306n21p9R.FRkW3IGn.S9NPN0x50YhH1xhLsPuWGsUSklZt58jaTfF4ZEQpyUNGc0dqbpBYYBaHHrsX."),
+            ("", "kernel-lab", None,
+             "$6$kernel-lab$boxgUdFS6MDxG0AaCNNTB9psvNrqz3g0VYrFiFqnRUNoZsJ/gjJq7C9Vr0KevS4vCEz7N1hUhagdFJ04fJGqj0"),
+        ];
+        for (key, salt, rounds, expected) in cases {
+            assert_eq!(sha512_crypt(key.as_bytes(), salt, rounds), expected, "key {key:?}");
+        }
+    }
+
+    #[test]
+    fn shadow_salts_are_stable_and_differ_per_account() {
+        let spec = RootfsSpec::default();
+        let text = shadow(&spec);
+        assert_eq!(text, shadow(&spec));
+        let hashes: Vec<&str> = text.lines().map(|l| l.split(':').nth(1).unwrap()).collect();
+        assert_eq!(hashes.len(), 2);
+        assert_ne!(hashes[0], hashes[1]);
+        for h in &hashes {
+            let salt = h.split('$').nth(2).unwrap();
+            assert_eq!(salt.len(), 16);
+            assert_eq!(*h, sha512_crypt(spec.password.as_bytes(), salt, None), "hash must verify with the password");
+        }
+        let other = RootfsSpec { password: "other".into(), ..RootfsSpec::default() };
+        assert_ne!(shadow(&other), text);
+    }
+
+    #[test]
+    fn substitute_rejects_unknown_placeholders() {
+        let ok = substitute("t", "a @USER@ b user@host $@", &[("@USER@", "me".into())]).unwrap();
+        assert_eq!(ok, "a me b user@host $@");
+        let e = format!("{:#}", substitute("t", "x @USRE@ y", &[("@USER@", "me".into())]).unwrap_err());
+        assert!(e.contains("unknown placeholder @USRE@"), "{e}");
+    }
+
+    #[test]
+    fn scripts_use_the_recipe_values() {
+        let spec = RootfsSpec { user: "alice".into(), uid: 1234, hostname: "box".into(), ..RootfsSpec::default() };
+        let init = init_script(&spec, "6.1.2").unwrap();
+        assert!(init.starts_with("#!/bin/sh\n"));
+        assert!(init.contains("setsid cttyhack setuidgid 1234 sh -l"));
+        assert!(init.contains("cd /home/alice\n"));
+        assert!(init.contains("hostname box\n"));
+        assert!(init.contains("exec /etc/kernel-lab/boot-test.sh"), "init must run the path we install");
+        let test = boot_test_script(&spec, "6.1.2").unwrap();
+        assert!(test.contains("setuidgid 1234 id -u"));
+        let bad = RootfsSpec { hostname: "a b; reboot".into(), ..RootfsSpec::default() };
+        assert!(format!("{:#}", init_script(&bad, VERSION).unwrap_err()).contains("rootfs.hostname"));
+    }
+
+    struct Fixture {
+        tmp: TempDir,
+        busybox: PathBuf,
+        spec: RootfsSpec,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = TempDir::new("rootfs");
+        let busybox = tmp.0.join("busybox");
+        fs::write(&busybox, b"fake busybox\n").unwrap();
+        fs::write(tmp.0.join("hello.txt"), "hello\n").unwrap();
+        fs::create_dir_all(tmp.0.join("tree/sub")).unwrap();
+        fs::write(tmp.0.join("tree/sub/run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(tmp.0.join("tree/sub/run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(tmp.0.join("tree"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(tmp.0.join("tree/sub"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("sub/run.sh", tmp.0.join("tree/link")).unwrap();
+        let spec = RootfsSpec {
+            files: vec![
+                ExtraFile { host: "hello.txt".into(), guest: "/opt/lab/hello.txt".into(), mode: Some("0700".into()), uid: 1000, gid: 1000 },
+                ExtraFile { host: "tree".into(), guest: "/srv/tree".into(), mode: None, uid: 0, gid: 0 },
+            ],
+            ..RootfsSpec::default()
+        };
+        Fixture { tmp, busybox, spec }
+    }
+
+    fn build_bytes(f: &Fixture) -> Result<Vec<u8>> {
+        let applets = ["bin/ash", "bin/busybox", "bin/ls", "sbin/ip", "usr/bin/setuidgid", "usr/sbin/chroot", "linuxrc"];
+        let input = RootfsInput {
+            spec: &f.spec,
+            recipe_dir: &f.tmp.0,
+            busybox: &f.busybox,
+            applets: applets.iter().map(|s| s.to_string()).collect(),
+            kernel_version: VERSION,
+            mtime: 1_761_782_400,
+        };
+        cpio::to_bytes(&build(&input)?, input.mtime, f.spec.gzip)
+    }
+
+    #[test]
+    fn archive_has_the_lab_tree_and_is_reproducible() {
+        let f = fixture();
+        let bytes = build_bytes(&f).unwrap();
+        assert_eq!(bytes, build_bytes(&f).unwrap(), "two builds must be byte-identical");
+        let entries: BTreeMap<String, cpio::ReadEntry> =
+            cpio::read(&bytes).unwrap().into_iter().map(|r| (r.entry.path.clone(), r)).collect();
+        let meta = |p: &str| {
+            let e = &entries.get(p).unwrap_or_else(|| panic!("{p} missing from archive")).entry;
+            (e.mode, e.uid, e.gid)
+        };
+        let kind = |p: &str| entries[p].entry.kind.clone();
+        assert_eq!(meta("tmp"), (0o1777, 0, 0));
+        assert_eq!(meta("root"), (0o700, 0, 0));
+        assert_eq!(meta("home/user"), (0o755, 1000, 1000));
+        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "dev/pts", "mnt", "run", "var"] {
+            assert_eq!((meta(d), kind(d)), ((0o755, 0, 0), Kind::Dir), "{d}");
+        }
+        assert_eq!(meta("bin/busybox"), (0o4755, 0, 0));
+        assert_eq!(kind("bin/busybox"), Kind::File(b"fake busybox\n".to_vec()));
+        for applet in ["bin/ash", "bin/ls", "sbin/ip", "usr/bin/setuidgid", "usr/sbin/chroot", "linuxrc"] {
+            assert_eq!(kind(applet), Kind::Symlink("/bin/busybox".into()), "{applet}");
+        }
+        let dev = |major, minor| Kind::CharDev { major, minor };
+        assert_eq!((meta("dev/console"), kind("dev/console")), ((0o600, 0, 0), dev(5, 1)));
+        assert_eq!((meta("dev/null"), kind("dev/null")), ((0o666, 0, 0), dev(1, 3)));
+        assert_eq!((meta("dev/tty"), kind("dev/tty")), ((0o666, 0, 0), dev(5, 0)));
+        assert_eq!((meta("dev/ttyS0"), kind("dev/ttyS0")), ((0o660, 0, 5), dev(4, 64)));
+        assert_eq!(meta("etc/shadow"), (0o600, 0, 0));
+        assert_eq!(kind("etc/shadow"), Kind::File(shadow(&f.spec).into_bytes()));
+        assert_eq!(meta("init"), (0o755, 0, 0));
+        assert_eq!(kind("init"), Kind::File(init_script(&f.spec, VERSION).unwrap().into_bytes()));
+        assert_eq!(meta(BOOT_TEST_PATH), (0o755, 0, 0));
+        assert_eq!(kind("etc/hostname"), Kind::File(b"kernel-lab\n".to_vec()));
+        // Extra files: explicit mode and owner, implicit parents root 0755, trees copied with links.
+        assert_eq!(meta("opt/lab/hello.txt"), (0o700, 1000, 1000));
+        assert_eq!(meta("opt/lab"), (0o755, 0, 0));
+        assert_eq!(meta("srv/tree/sub/run.sh"), (0o750, 0, 0));
+        assert_eq!(kind("srv/tree/link"), Kind::Symlink("sub/run.sh".into()));
+        assert_eq!(kind("srv/tree/sub"), Kind::Dir);
+        assert!(entries.values().all(|r| r.mtime == 1_761_782_400));
+    }
+
+    /// Needs a real static busybox: `KERNEL_LAB_TEST_BUSYBOX=/path/to/busybox cargo test -p xtask
+    /// rootfs:: -- --ignored`. Writes the archive next to the binary for a look with `cpio -itv`.
+    #[test]
+    #[ignore]
+    fn real_busybox_applets_and_archive() {
+        let busybox = PathBuf::from(std::env::var("KERNEL_LAB_TEST_BUSYBOX").expect("set KERNEL_LAB_TEST_BUSYBOX"));
+        let list = applets(&busybox).unwrap();
+        for needed in ["bin/sh", "usr/bin/setuidgid", "bin/cttyhack", "usr/bin/unshare", "usr/bin/nproc", "sbin/ip"] {
+            assert!(list.iter().any(|a| a == needed), "{needed} not in busybox --list-full");
+        }
+        let spec = RootfsSpec::default();
+        let dir = busybox.parent().unwrap();
+        let input = RootfsInput { spec: &spec, recipe_dir: dir, busybox: &busybox, applets: list, kernel_version: VERSION, mtime: 0 };
+        let archive = build(&input).unwrap();
+        cpio::write_file(&archive, 0, false, &dir.join("kernel-lab-rootfs.cpio")).unwrap();
+    }
+
+    #[test]
+    fn missing_extra_file_names_path_and_field() {
+        let mut f = fixture();
+        f.spec.files.push(ExtraFile { host: "nope.conf".into(), guest: "/etc/nope.conf".into(), mode: None, uid: 0, gid: 0 });
+        let e = format!("{:#}", build_bytes(&f).unwrap_err());
+        assert!(e.contains("nope.conf") && e.contains("rootfs.files"), "{e}");
+    }
+
+    #[test]
+    fn recipe_files_override_generated_ones() {
+        let mut f = fixture();
+        fs::write(f.tmp.0.join("profile"), "export PS1='# '\n").unwrap();
+        f.spec.files.push(ExtraFile { host: "profile".into(), guest: "/etc/profile".into(), mode: Some("0644".into()), uid: 0, gid: 0 });
+        let entries = cpio::read(&build_bytes(&f).unwrap()).unwrap();
+        let profile = entries.iter().find(|r| r.entry.path == "etc/profile").unwrap();
+        assert_eq!(profile.entry.kind, Kind::File(b"export PS1='# '\n".to_vec()));
+    }
+}
