@@ -1,1 +1,526 @@
-//! (in progress)
+//! Fetching over http(s) and file:// URLs: small files into memory, tarballs into a resumable, content-addressed cache.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use sha2::Digest as _;
+
+use crate::layout::Layout;
+use crate::verify;
+
+/// Tries per request; the waits between them double from `FIRST_BACKOFF` (0.5 s, 1 s, 2 s).
+const TRIES: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const BUF_SIZE: usize = 256 * 1024;
+
+/// The shared HTTP client. The blocking client's `timeout` bounds each body read separately when
+/// the response is read through `Read`, so it acts as a read timeout, not a cap on a big download.
+fn client() -> Result<&'static Client> {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client);
+    }
+    let client = Client::builder()
+        .user_agent(concat!("kernel-lab/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("build the HTTP client")?;
+    Ok(CLIENT.get_or_init(|| client))
+}
+
+/// Why one attempt failed: worth another try, or not.
+enum Failure {
+    Transient(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+/// Connection failures, timeouts and cut bodies are worth another try; bad URLs are not.
+fn send_failure(url: &str, err: reqwest::Error) -> Failure {
+    let transient = err.is_connect()
+        || err.is_timeout()
+        || err.is_body()
+        || err.is_decode()
+        || err.is_request();
+    let err = anyhow!(err).context(format!("GET {url}"));
+    if transient {
+        Failure::Transient(err)
+    } else {
+        Failure::Fatal(err)
+    }
+}
+
+/// Runs `attempt` up to `TRIES` times with exponential backoff while it fails transiently.
+fn with_retries<T>(url: &str, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T> {
+    let mut wait = FIRST_BACKOFF;
+    for n in 1..=TRIES {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(Failure::Fatal(err)) => return Err(err),
+            Err(Failure::Transient(err)) if n == TRIES => {
+                return Err(err.context(format!(
+                    "GET {url}: gave up after {TRIES} tries; check the network or the mirror"
+                )))
+            }
+            Err(Failure::Transient(err)) => {
+                eprintln!("warning: {err:#}; retrying in {:.1} s", wait.as_secs_f64());
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+        }
+    }
+    unreachable!("the last try returns")
+}
+
+/// Classifies a status that is neither 200 nor 206.
+fn status_failure(url: &str, status: StatusCode) -> Failure {
+    let err = anyhow!("GET {url}: {status}");
+    if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        Failure::Transient(err)
+    } else {
+        Failure::Fatal(err)
+    }
+}
+
+fn file_url_path(url: &str) -> Option<&Path> {
+    url.strip_prefix("file://").map(Path::new)
+}
+
+/// Fetches a small file (releases.json, sha256sums.asc, a key) fully into memory.
+pub fn get_small(url: &str) -> Result<Vec<u8>> {
+    if let Some(path) = file_url_path(url) {
+        return std::fs::read(path).with_context(|| format!("read {url}: check the path"));
+    }
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        bail!("unsupported URL {url}: use http://, https:// or file://");
+    }
+    let client = client()?;
+    with_retries(url, || {
+        let mut resp = client.get(url).send().map_err(|e| send_failure(url, e))?;
+        if resp.status() != StatusCode::OK {
+            return Err(status_failure(url, resp.status()));
+        }
+        let mut body = Vec::new();
+        resp.read_to_end(&mut body).map_err(|e| {
+            Failure::Transient(anyhow!(e).context(format!("GET {url}: read the body")))
+        })?;
+        Ok(body)
+    })
+}
+
+/// `<cache>/partial/<sha256>.part`: a download in progress, kept across runs so it can resume.
+fn partial_path(layout: &Layout, sha256: &str) -> PathBuf {
+    layout.cache.join("partial").join(format!("{sha256}.part"))
+}
+
+fn progress_bar(label: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Returns the cached file whose sha256 is `sha256`, downloading it from `url` first if needed.
+///
+/// A cache hit sends no request. A download resumes from an earlier partial file with a Range
+/// request, and the result enters the cache only if its sha256 matches.
+pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> Result<PathBuf> {
+    let sha256 = sha256.to_ascii_lowercase();
+    let blob = layout.cache_blob(&sha256);
+    if blob.is_file() {
+        return Ok(blob);
+    }
+    let partial = partial_path(layout, &sha256);
+    let dir = partial.parent().expect("partial path has a parent");
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("create {}: check permissions of the cache", dir.display()))?;
+
+    let got = download_to(url, &partial, label)?;
+
+    if got != sha256 {
+        let _ = std::fs::remove_file(&partial);
+        bail!(
+            "verify sha256 of {label}: expected {sha256}, got {got} (file removed from the cache; \
+             the mirror may be corrupt or tampered)"
+        );
+    }
+    let blob_dir = blob.parent().expect("blob path has a parent");
+    std::fs::create_dir_all(blob_dir).with_context(|| format!("create {}", blob_dir.display()))?;
+    std::fs::rename(&partial, &blob)
+        .with_context(|| format!("move {} to {}", partial.display(), blob.display()))?;
+    Ok(blob)
+}
+
+/// Downloads (resuming) or copies `url` into `partial`, returning the sha256 of the result.
+fn download_to(url: &str, partial: &Path, label: &str) -> Result<String> {
+    let bar = progress_bar(label);
+    let got = if let Some(src) = file_url_path(url) {
+        copy_hashing(src, partial, &bar).with_context(|| format!("copy {url} into the cache"))?
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        let client = client()?;
+        with_retries(url, || download_attempt(client, url, partial, &bar))?;
+        verify::sha256_file(partial)?
+    } else {
+        bail!("unsupported URL {url}: use http://, https:// or file://");
+    };
+    bar.finish_and_clear();
+    Ok(got)
+}
+
+/// Downloads a file whose hash nobody published (unsigned -rc snapshots, with the user's
+/// explicit opt-out) into the cache under the sha256 it turned out to have.
+pub fn fetch_unverified(layout: &Layout, url: &str, label: &str) -> Result<PathBuf> {
+    let partial = partial_path(layout, &verify::sha256_bytes(url.as_bytes()));
+    let dir = partial.parent().expect("partial path has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let got = download_to(url, &partial, label)?;
+    let blob = layout.cache_blob(&got);
+    std::fs::create_dir_all(blob.parent().expect("blob path has a parent"))?;
+    std::fs::rename(&partial, &blob)
+        .with_context(|| format!("move {} to {}", partial.display(), blob.display()))?;
+    Ok(blob)
+}
+
+/// Copies a local file to `dst`, returning the sha256 of what was copied.
+fn copy_hashing(src: &Path, dst: &Path, bar: &ProgressBar) -> Result<String> {
+    let mut input =
+        File::open(src).with_context(|| format!("open {}: check the path", src.display()))?;
+    bar.set_length(input.metadata().map(|m| m.len()).unwrap_or(0));
+    let mut output = File::create(dst).with_context(|| format!("create {}", dst.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = input
+            .read(&mut buf)
+            .with_context(|| format!("read {}", src.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output
+            .write_all(&buf[..n])
+            .with_context(|| format!("write {}", dst.display()))?;
+        bar.inc(n as u64);
+    }
+    Ok(verify::hex(&hasher.finalize()))
+}
+
+/// `bytes N-M/T` -> (N, T); `bytes */T` -> (None, T).
+fn parse_content_range(value: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let total = total.trim().parse().ok();
+    let start = if range.trim() == "*" {
+        None
+    } else {
+        Some(range.split_once('-')?.0.trim().parse().ok()?)
+    };
+    Some((start, total))
+}
+
+/// One GET of `url` into `partial`, appending to what an earlier attempt or run left there.
+fn download_attempt(
+    client: &Client,
+    url: &str,
+    partial: &Path,
+    bar: &ProgressBar,
+) -> Result<(), Failure> {
+    let fatal = |e: std::io::Error, what: &str| {
+        Failure::Fatal(anyhow!(e).context(format!("{what} {}", partial.display())))
+    };
+    let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    let mut request = client.get(url);
+    if have > 0 {
+        request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let mut resp = request.send().map_err(|e| send_failure(url, e))?;
+    let content_range = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_content_range);
+
+    let mut file = match resp.status() {
+        StatusCode::PARTIAL_CONTENT
+            if have > 0 && content_range.and_then(|r| r.0) == Some(have) =>
+        {
+            OpenOptions::new()
+                .append(true)
+                .open(partial)
+                .map_err(|e| fatal(e, "open"))?
+        }
+        StatusCode::PARTIAL_CONTENT => {
+            // A range we did not ask for: drop the partial file and start over.
+            let _ = std::fs::remove_file(partial);
+            return Err(Failure::Transient(anyhow!(
+                "GET {url}: unexpected Content-Range, restarting from 0"
+            )));
+        }
+        // The server ignored Range (or there was none): the body starts at byte 0.
+        StatusCode::OK => File::create(partial).map_err(|e| fatal(e, "create"))?,
+        StatusCode::RANGE_NOT_SATISFIABLE if content_range.and_then(|r| r.1) == Some(have) => {
+            // The partial file already holds the whole file; the hash check decides.
+            return Ok(());
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            let _ = std::fs::remove_file(partial);
+            return Err(Failure::Transient(anyhow!(
+                "GET {url}: partial file does not fit the remote file, restarting from 0"
+            )));
+        }
+        status => return Err(status_failure(url, status)),
+    };
+    let start = if resp.status() == StatusCode::OK {
+        0
+    } else {
+        have
+    };
+    let expected_len = resp.content_length().map(|len| start + len);
+    bar.set_length(expected_len.unwrap_or(0));
+    bar.set_position(start);
+    bar.reset_eta();
+
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut written = start;
+    loop {
+        let n = match resp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = file.flush();
+                return Err(Failure::Transient(anyhow!(e).context(format!(
+                    "GET {url}: connection lost after {written} bytes"
+                ))));
+            }
+        };
+        file.write_all(&buf[..n]).map_err(|e| fatal(e, "write"))?;
+        written += n as u64;
+        bar.inc(n as u64);
+    }
+    file.flush().map_err(|e| fatal(e, "write"))?;
+    if let Some(expected) = expected_len {
+        if written < expected {
+            return Err(Failure::Transient(anyhow!(
+                "GET {url}: body ended after {written} of {expected} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve;
+
+    struct Fixture {
+        dir: PathBuf,
+        layout: Layout,
+        server: serve::Server,
+        data: Vec<u8>,
+        sha: String,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(name: &str) -> Fixture {
+        let dir =
+            std::env::temp_dir().join(format!("kernel-lab-download-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mirror = dir.join("mirror");
+        std::fs::create_dir_all(mirror.join("pub")).unwrap();
+        // Big enough to need many reads, with no repeating pattern a bug could hide behind.
+        let data: Vec<u8> = (0..600_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(mirror.join("pub/linux-1.0.tar.xz"), &data).unwrap();
+        std::fs::write(mirror.join("pub/sha256sums.asc"), b"sums\n").unwrap();
+        let server = serve::spawn(mirror, "127.0.0.1:0").unwrap();
+        let layout = Layout {
+            root: dir.clone(),
+            artifacts: dir.join("artifacts"),
+            cache: dir.join("cache"),
+        };
+        let sha = verify::sha256_bytes(&data);
+        Fixture {
+            dir,
+            layout,
+            server,
+            data,
+            sha,
+        }
+    }
+
+    #[test]
+    fn fetch_then_cache_hit_sends_no_request() {
+        let f = fixture("hit");
+        let url = f.server.url("/pub/linux-1.0.tar.xz");
+        let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
+        assert_eq!(path, f.layout.cache_blob(&f.sha));
+        assert_eq!(std::fs::read(&path).unwrap(), f.data);
+        assert!(!partial_path(&f.layout, &f.sha).exists());
+        assert_eq!(
+            f.server.requests(),
+            vec!["GET /pub/linux-1.0.tar.xz".to_string()]
+        );
+
+        let again = fetch_verified(&f.layout, &url, &f.sha.to_uppercase(), "linux-1.0").unwrap();
+        assert_eq!(again, path);
+        assert_eq!(
+            f.server.requests().len(),
+            1,
+            "a cache hit must not touch the network"
+        );
+    }
+
+    #[test]
+    fn cut_connection_resumes_with_range() {
+        let f = fixture("resume");
+        f.server.cut_after("linux-1.0.tar.xz", 100_000);
+        let url = f.server.url("/pub/linux-1.0.tar.xz");
+        let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), f.data);
+        let requests = f.server.requests();
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert_eq!(requests[0], "GET /pub/linux-1.0.tar.xz");
+        assert_eq!(requests[1], "GET /pub/linux-1.0.tar.xz range=bytes=100000-");
+    }
+
+    #[test]
+    fn partial_from_an_earlier_run_is_resumed() {
+        let f = fixture("earlier");
+        let partial = partial_path(&f.layout, &f.sha);
+        std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        std::fs::write(&partial, &f.data[..12_345]).unwrap();
+        let url = f.server.url("/pub/linux-1.0.tar.xz");
+        let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), f.data);
+        assert_eq!(
+            f.server.requests(),
+            vec!["GET /pub/linux-1.0.tar.xz range=bytes=12345-".to_string()]
+        );
+    }
+
+    #[test]
+    fn oversized_partial_restarts_from_zero() {
+        let f = fixture("oversized");
+        let partial = partial_path(&f.layout, &f.sha);
+        std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        std::fs::write(&partial, vec![0u8; f.data.len() + 10]).unwrap();
+        let url = f.server.url("/pub/linux-1.0.tar.xz");
+        let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), f.data);
+        let requests = f.server.requests();
+        assert_eq!(
+            requests.last().unwrap(),
+            "GET /pub/linux-1.0.tar.xz",
+            "{requests:?}"
+        );
+    }
+
+    #[test]
+    fn tampered_content_is_refused_and_removed() {
+        let f = fixture("tampered");
+        let wrong = verify::sha256_bytes(b"something else");
+        let url = f.server.url("/pub/linux-1.0.tar.xz");
+        let err = format!(
+            "{:#}",
+            fetch_verified(&f.layout, &url, &wrong, "linux-1.0").unwrap_err()
+        );
+        assert!(
+            err.contains(&format!(
+                "verify sha256 of linux-1.0: expected {wrong}, got {}",
+                f.sha
+            )),
+            "{err}"
+        );
+        assert!(err.contains("file removed from the cache"));
+        assert!(!partial_path(&f.layout, &wrong).exists());
+        assert!(!f.layout.cache_blob(&wrong).exists());
+        assert!(!f.layout.cache_blob(&f.sha).exists());
+    }
+
+    #[test]
+    fn not_found_names_the_url_and_does_not_retry() {
+        let f = fixture("404");
+        let url = f.server.url("/pub/missing.tar.xz");
+        let err = format!("{:#}", get_small(&url).unwrap_err());
+        assert_eq!(err, format!("GET {url}: 404 Not Found"));
+        let err = format!(
+            "{:#}",
+            fetch_verified(&f.layout, &url, &f.sha, "missing").unwrap_err()
+        );
+        assert!(err.contains(&format!("GET {url}: 404 Not Found")), "{err}");
+        assert_eq!(f.server.requests().len(), 2, "4xx must fail at once");
+    }
+
+    #[test]
+    fn small_files_over_http_and_file_urls() {
+        let f = fixture("small");
+        f.server.cut_after("sha256sums.asc", 2);
+        assert_eq!(
+            get_small(&f.server.url("/pub/sha256sums.asc?x=1")).unwrap(),
+            b"sums\n"
+        );
+        assert_eq!(f.server.requests().len(), 2, "a cut body is retried");
+        let local = f.dir.join("mirror/pub/sha256sums.asc");
+        assert_eq!(
+            get_small(&format!("file://{}", local.display())).unwrap(),
+            b"sums\n"
+        );
+        assert!(get_small("ftp://example.org/x").is_err());
+    }
+
+    #[test]
+    fn file_urls_are_copied_and_verified() {
+        let f = fixture("file");
+        let src = f.dir.join("mirror/pub/linux-1.0.tar.xz");
+        let url = format!("file://{}", src.display());
+        let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), f.data);
+        assert!(src.exists(), "the source stays where it was");
+        let wrong = verify::sha256_bytes(b"x");
+        assert!(fetch_verified(&f.layout, &url, &wrong, "linux-1.0").is_err());
+        assert!(!f.layout.cache_blob(&wrong).exists());
+        assert!(f.server.requests().is_empty());
+    }
+
+    #[test]
+    fn connection_refused_is_retried_then_reported() {
+        // Bind then drop a listener so the port is (almost certainly) closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/x");
+        let started = std::time::Instant::now();
+        let err = format!("{:#}", get_small(&url).unwrap_err());
+        assert!(err.contains("gave up after 4 tries"), "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(3500),
+            "backoff waits 0.5 + 1 + 2 s"
+        );
+    }
+}

@@ -1,15 +1,66 @@
-//! kernel-lab: `cargo xtask` turns a recipe into a ready Linux kernel lab.
-#![allow(dead_code)]
+//! kernel-lab: `cargo xtask` turns a recipe into a ready, boot-tested Linux kernel lab.
 
+mod boottest;
+mod busybox;
+mod cli;
 mod cpio;
+mod doctor;
 mod download;
+mod e2e;
 mod extract;
+mod fetch;
+mod kbuild;
 mod kconfig;
+mod labscripts;
 mod layout;
+mod lock;
+mod mirror;
+mod pipeline;
 mod recipe;
+mod releases;
 mod rootfs;
+mod serve;
+mod source;
 mod verify;
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+use anyhow::Result;
+use clap::Parser;
+
+use cli::{Cli, Command, RootfsAction};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let sh = xshell::Shell::new()?;
+    let layout = layout::Layout::from_env()?;
+    match cli.command {
+        Command::Kernel(args) => pipeline::kernel(&sh, &layout, &args).map(drop),
+        Command::Fetch(args) => {
+            let plan = pipeline::fetch_plan(&layout, &args)?;
+            let s = fetch::run(&layout, &plan)?;
+            println!("linux {}: {}", s.lock.kernel.version, s.kernel_src.display());
+            println!("busybox {}: {}", s.lock.busybox.version, s.busybox_src.display());
+            Ok(())
+        }
+        Command::Mirror(args) => mirror::command(&sh, &layout, &args),
+        Command::Serve(args) => serve::serve_forever(args.dir, &args.bind),
+        Command::Rootfs(args) => match args.action {
+            Some(RootfsAction::List { file }) => {
+                let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+                print!("{}", cpio::list(&bytes).map_err(|e| e.context(format!("list {}", file.display())))?);
+                Ok(())
+            }
+            Some(RootfsAction::Unpack { file, dir }) => {
+                let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+                cpio::unpack(&bytes, &dir).map_err(|e| e.context(format!("unpack {} into {}", file.display(), dir.display())))
+            }
+            Some(RootfsAction::Repack { dir, file }) => {
+                let r = cpio::repack(&dir)?;
+                cpio::write_file(&r.archive, r.mtime, r.gzip, &file)
+            }
+            None => pipeline::rootfs_only(&sh, &layout, &args.kernel),
+        },
+        Command::BootTest(args) => pipeline::boot_test_command(&layout, &args),
+        Command::Doctor => doctor::run(),
+        Command::E2e(args) => e2e::run(&sh, &layout, &args),
+    }
 }

@@ -56,10 +56,11 @@ impl Mirror {
         }
     }
 
-    /// WKD base for the direct-method lookup of the signing key.
+    /// WKD base for the signing key: the mirror root (direct method), else kernel.org's
+    /// advanced-method host.
     pub fn wkd_base(&self) -> String {
         match &self.base {
-            Some(b) => format!("{b}.well-known/openpgpkey"),
+            Some(b) => b.clone(),
             None => KERNEL_ORG_WKD.to_string(),
         }
     }

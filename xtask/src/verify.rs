@@ -1,1 +1,693 @@
-//! (in progress)
+//! Trust checks: sha256 of files, sha256sum lists, OpenPGP signatures through gpgv, WKD keys.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha1::Digest as _;
+use xshell::{cmd, Shell};
+
+use crate::download;
+use crate::layout::{self, Layout};
+
+/// "Kernel.org checksum autosigner": signs `sha256sums.asc` on kernel.org.
+pub const KERNEL_ORG_AUTOSIGNER: &str = "B8868C80BA62A1FFFAF5FDA9632D3A06589DA6B1";
+/// Where the autosigner key is published over WKD.
+pub const KERNEL_ORG_AUTOSIGNER_EMAIL: &str = "autosigner@kernel.org";
+
+const SIGNED_MESSAGE_HEADER: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
+
+/// Lowercase hex sha256 of a file, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file =
+        File::open(path).with_context(|| format!("open {} to hash it", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("read {} to hash it", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lowercase hex sha256 of bytes.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Finds `file_name` in `sha256sum` output (`<hex>  <name>` or `<hex> *<name>`, as in kernel.org's
+/// sha256sums.asc and busybox's `.sha256`) and returns its lowercase hash.
+pub fn sums_lookup(sums_text: &str, file_name: &str) -> Option<String> {
+    sums_text.lines().find_map(|line| {
+        let line = line.trim_end_matches('\r');
+        let (hash, rest) = line.split_once(' ')?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        // One space then a mode character: ' ' for text, '*' for binary.
+        let name = rest
+            .strip_prefix(' ')
+            .or_else(|| rest.strip_prefix('*'))
+            .unwrap_or(rest);
+        let name = name.strip_prefix("./").unwrap_or(name);
+        (name == file_name).then(|| hash.to_ascii_lowercase())
+    })
+}
+
+/// Checks a clearsigned file (kernel.org's sha256sums.asc) against `keyring` and returns only the
+/// signed text as gpgv emits it, so unsigned lines around the signature can never be read.
+///
+/// `expected_fpr` must be the fingerprint of the signing key or of its primary key.
+pub fn verify_clearsigned(keyring: &Path, signed: &[u8], expected_fpr: &str) -> Result<String> {
+    let text = String::from_utf8_lossy(signed);
+    let headers = text
+        .lines()
+        .filter(|l| l.trim_end() == SIGNED_MESSAGE_HEADER)
+        .count();
+    if headers == 0 {
+        bail!(
+            "the checksum file is unsigned (no `{SIGNED_MESSAGE_HEADER}` line); refusing it \
+             (pass --insecure-skip-signature to trust it anyway)"
+        );
+    }
+    if headers > 1 {
+        bail!(
+            "the checksum file holds {headers} signed messages, expected exactly one: refusing it"
+        );
+    }
+    let keyring = absolute(keyring)?;
+    let sh = Shell::new().context("create a shell to run gpgv")?;
+    // Status lines go to stderr so stdout carries nothing but the signed content.
+    let out = cmd!(sh, "gpgv --status-fd 2 --keyring {keyring} --output - -")
+        .stdin(signed)
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("run gpgv (install gnupg / gpgv)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check_status(&stderr, out.status.success(), Some(expected_fpr), &keyring)?;
+    String::from_utf8(out.stdout).context("signed content is not UTF-8")
+}
+
+/// Checks a detached signature (busybox's `.tar.bz2.sig`) of `data_path` against `keyring`;
+/// with `expected_fpr`, the signing key (or its primary key) must have that fingerprint.
+pub fn verify_detached(
+    keyring: &Path,
+    data_path: &Path,
+    sig_path: &Path,
+    expected_fpr: Option<&str>,
+) -> Result<()> {
+    let keyring = absolute(keyring)?;
+    let sh = Shell::new().context("create a shell to run gpgv")?;
+    let out = cmd!(
+        sh,
+        "gpgv --status-fd 2 --keyring {keyring} {sig_path} {data_path}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("run gpgv (install gnupg / gpgv)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check_status(&stderr, out.status.success(), expected_fpr, &keyring)
+        .with_context(|| format!("verify {} with {}", data_path.display(), sig_path.display()))
+}
+
+/// Requires a successful gpgv run with exactly one VALIDSIG, matching `expected_fpr` if given.
+fn check_status(
+    stderr: &str,
+    success: bool,
+    expected_fpr: Option<&str>,
+    keyring: &Path,
+) -> Result<()> {
+    let status: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("[GNUPG:] "))
+        .collect();
+    let human: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("[GNUPG:] "))
+        .collect();
+    let validsigs: Vec<Vec<&str>> = status
+        .iter()
+        .filter_map(|l| l.strip_prefix("VALIDSIG "))
+        .map(|rest| rest.split_whitespace().collect())
+        .collect();
+    let bad = status
+        .iter()
+        .any(|l| l.starts_with("BADSIG") || l.starts_with("ERRSIG"));
+    if !success || bad || validsigs.is_empty() {
+        bail!(
+            "bad or unverifiable signature (keyring {}): {}",
+            keyring.display(),
+            if human.is_empty() {
+                "gpgv printed nothing".to_string()
+            } else {
+                human.join("; ")
+            }
+        );
+    }
+    if validsigs.len() > 1 {
+        bail!(
+            "{} signatures found, expected exactly one: refusing the file",
+            validsigs.len()
+        );
+    }
+    if let Some(expected) = expected_fpr {
+        let fields = &validsigs[0];
+        let signing = fields.first().copied().unwrap_or("");
+        let primary = fields.last().copied().unwrap_or("");
+        if !signing.eq_ignore_ascii_case(expected) && !primary.eq_ignore_ascii_case(expected) {
+            bail!("signed by key {primary}, expected {expected}: refusing the file");
+        }
+    }
+    Ok(())
+}
+
+/// gpgv reads a keyring path without a slash relative to its home directory.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("make {} an absolute path", path.display()))
+}
+
+/// Returns a binary OpenPGP key block, decoding ASCII armor if the input has it.
+pub fn dearmor_if_needed(key_bytes: &[u8]) -> Result<Vec<u8>> {
+    let start = key_bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(key_bytes.len());
+    let trimmed = &key_bytes[start..];
+    if trimmed.starts_with(b"-----BEGIN PGP") {
+        let text = std::str::from_utf8(trimmed).context("armored key is not ASCII")?;
+        return dearmor(text);
+    }
+    // Binary OpenPGP packets always have the high bit of the first byte set.
+    match key_bytes.first() {
+        Some(b) if b & 0x80 != 0 => Ok(key_bytes.to_vec()),
+        _ => bail!(
+            "not an OpenPGP key (neither ASCII-armored nor binary): check the key file or URL"
+        ),
+    }
+}
+
+fn dearmor(text: &str) -> Result<Vec<u8>> {
+    let mut lines = text.lines().map(str::trim_end).skip(1);
+    // Armor headers ("Comment: ...") end at the first blank line.
+    for line in lines.by_ref() {
+        if line.is_empty() {
+            break;
+        }
+    }
+    let mut b64 = String::new();
+    for line in lines {
+        if line.starts_with("-----END PGP") || (line.starts_with('=') && line.len() == 5) {
+            break;
+        }
+        b64.push_str(line);
+    }
+    let bytes = base64_decode(&b64).context("decode the armored key: bad base64")?;
+    if bytes.is_empty() {
+        bail!("armored key holds no data");
+    }
+    Ok(bytes)
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Primary-key fingerprints (uppercase hex) in a key block, read by gpg in a throwaway home.
+pub fn key_fingerprints(key_bytes: &[u8]) -> Result<Vec<String>> {
+    let home = TempHome::new()?;
+    let sh = Shell::new().context("create a shell to run gpg")?;
+    let home_path = &home.0;
+    let out = cmd!(
+        sh,
+        "gpg --batch --no-autostart --with-colons --import-options show-only --import"
+    )
+    .env("GNUPGHOME", home_path)
+    .stdin(key_bytes)
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("run gpg (install gnupg)")?;
+    let fprs = parse_primary_fprs(&String::from_utf8_lossy(&out.stdout));
+    if fprs.is_empty() {
+        bail!(
+            "gpg found no public key in the key data: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(fprs)
+}
+
+fn parse_primary_fprs(colons: &str) -> Vec<String> {
+    let mut fprs = Vec::new();
+    let mut after_pub = false;
+    for line in colons.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        match fields[0] {
+            "pub" => after_pub = true,
+            "fpr" if after_pub => {
+                if let Some(fpr) = fields.get(9).filter(|f| !f.is_empty()) {
+                    fprs.push(fpr.to_ascii_uppercase());
+                }
+                after_pub = false;
+            }
+            "sub" | "sec" | "ssb" => after_pub = false,
+            _ => {}
+        }
+    }
+    fprs
+}
+
+/// A `GNUPGHOME` for one gpg call, removed on drop.
+struct TempHome(PathBuf);
+
+impl TempHome {
+    fn new() -> Result<TempHome> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("kernel-lab-gnupg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("create temporary GNUPGHOME {}", dir.display()))?;
+        Ok(TempHome(dir))
+    }
+}
+
+impl Drop for TempHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// z-base-32 (RFC 6189 alphabet), as WKD uses for the hashed local part.
+fn zbase32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
+    let mut out = String::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        acc = (acc << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+        acc &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// `https://<domain>` for an email address: the WKD base without a mirror.
+pub fn wkd_default_base(email: &str) -> String {
+    let domain = email.rsplit_once('@').map_or(email, |(_, d)| d);
+    format!("https://{}", domain.to_ascii_lowercase())
+}
+
+/// The WKD URL of `email`'s key under `base`: the domain or a mirror root (direct method), or a
+/// base already ending in `.well-known/openpgpkey/<domain>` (advanced method, as kernel.org uses).
+pub fn wkd_url(base: &str, email: &str) -> String {
+    let local = email.rsplit_once('@').map_or(email, |(l, _)| l);
+    let hash = zbase32(&sha1::Sha1::digest(local.to_lowercase().as_bytes()));
+    let escaped: String = local
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let base = base.trim_end_matches('/');
+    if base.contains("/.well-known/openpgpkey") {
+        format!("{base}/hu/{hash}?l={escaped}")
+    } else {
+        format!("{base}/.well-known/openpgpkey/hu/{hash}?l={escaped}")
+    }
+}
+
+/// A binary keyring holding `email`'s key, fetched once over WKD and cached by fingerprint.
+/// The key is refused unless one of its primary keys has `expected_fpr`.
+pub fn wkd_keyring(
+    layout: &Layout,
+    base: &str,
+    email: &str,
+    expected_fpr: &str,
+) -> Result<PathBuf> {
+    let expected = expected_fpr.to_ascii_uppercase();
+    let path = layout.cache_key(&expected);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let url = wkd_url(base, email);
+    let bytes =
+        download::get_small(&url).with_context(|| format!("fetch the key of {email} over WKD"))?;
+    let key = dearmor_if_needed(&bytes).with_context(|| format!("read the key from {url}"))?;
+    let fprs = key_fingerprints(&key).with_context(|| format!("read the key from {url}"))?;
+    if !fprs.iter().any(|f| f.eq_ignore_ascii_case(&expected)) {
+        bail!(
+            "key from {url} has fingerprint {}, expected {expected}: refusing it",
+            fprs.join(", ")
+        );
+    }
+    layout::write_atomic(&path, &key).with_context(|| format!("cache the key of {email}"))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A throwaway signing key in its own GNUPGHOME, removed on drop.
+    pub(crate) struct TestKey {
+        pub home: PathBuf,
+        pub fpr: String,
+        /// Binary export of the public key.
+        pub public: Vec<u8>,
+        pub armored: Vec<u8>,
+    }
+
+    impl TestKey {
+        pub(crate) fn new(name: &str) -> TestKey {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let home = std::env::temp_dir().join(format!(
+                "kernel-lab-testkey-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&home);
+            std::fs::create_dir_all(&home).unwrap();
+            std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .unwrap();
+            let sh = Shell::new().unwrap();
+            let uid = format!(
+                "{name} <{}@example.org>",
+                name.to_lowercase().replace(' ', ".")
+            );
+            let empty = "";
+            cmd!(sh, "gpg --batch --pinentry-mode loopback --passphrase {empty} --quick-gen-key {uid} ed25519 sign never")
+                .env("GNUPGHOME", &home)
+                .quiet()
+                .ignore_stderr()
+                .run()
+                .unwrap();
+            let public = cmd!(sh, "gpg --batch --export")
+                .env("GNUPGHOME", &home)
+                .output()
+                .unwrap()
+                .stdout;
+            let armored = cmd!(sh, "gpg --batch --armor --export")
+                .env("GNUPGHOME", &home)
+                .output()
+                .unwrap()
+                .stdout;
+            let fpr = key_fingerprints(&public).unwrap().remove(0);
+            TestKey {
+                home,
+                fpr,
+                public,
+                armored,
+            }
+        }
+
+        pub(crate) fn clearsign(&self, text: &str) -> Vec<u8> {
+            let sh = Shell::new().unwrap();
+            let empty = "";
+            cmd!(
+                sh,
+                "gpg --batch --pinentry-mode loopback --passphrase {empty} --clearsign"
+            )
+            .env("GNUPGHOME", &self.home)
+            .stdin(text)
+            .quiet()
+            .ignore_stderr()
+            .output()
+            .unwrap()
+            .stdout
+        }
+
+        pub(crate) fn detach_sign(&self, data: &Path, sig: &Path) {
+            let sh = Shell::new().unwrap();
+            let empty = "";
+            cmd!(sh, "gpg --batch --yes --pinentry-mode loopback --passphrase {empty} --detach-sign -o {sig} {data}")
+                .env("GNUPGHOME", &self.home)
+                .quiet()
+                .ignore_stderr()
+                .run()
+                .unwrap();
+        }
+    }
+
+    impl Drop for TestKey {
+        fn drop(&mut self) {
+            let sh = Shell::new().unwrap();
+            // The agent started for signing would outlive the test otherwise.
+            let _ = cmd!(sh, "gpgconf --kill gpg-agent")
+                .env("GNUPGHOME", &self.home)
+                .quiet()
+                .ignore_stderr()
+                .run();
+            let _ = std::fs::remove_dir_all(&self.home);
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("kernel-lab-verify-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    const SUMS: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  linux-6.12.117.tar.xz\n\
+                        FEDCBA9876543210FEDCBA9876543210FEDCBA9876543210FEDCBA9876543210 *busybox-1.35.0.tar.bz2\n";
+
+    #[test]
+    fn hashes_match_known_values() {
+        assert_eq!(
+            sha256_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let dir = scratch("hash");
+        let file = dir.join("f");
+        let big = vec![7u8; 3 * 1024 * 1024 + 5];
+        std::fs::write(&file, &big).unwrap();
+        assert_eq!(sha256_file(&file).unwrap(), sha256_bytes(&big));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn sums_lookup_reads_both_modes() {
+        assert_eq!(
+            sums_lookup(SUMS, "linux-6.12.117.tar.xz").unwrap(),
+            "0123456789abcdef".repeat(4)
+        );
+        assert_eq!(
+            sums_lookup(SUMS, "busybox-1.35.0.tar.bz2").unwrap(),
+            "fedcba9876543210".repeat(4)
+        );
+        assert_eq!(sums_lookup(SUMS, "linux-6.12.117.tar"), None);
+        assert_eq!(sums_lookup("not a sums file\n", "x"), None);
+    }
+
+    #[test]
+    fn zbase32_and_wkd_url_match_the_draft() {
+        // draft-koch-openpgp-webkey-service: "Joe.Doe@Example.ORG".
+        let url = wkd_url("https://example.org/", "Joe.Doe@Example.ORG");
+        assert_eq!(url, "https://example.org/.well-known/openpgpkey/hu/iy9q119eutrkn8s1mk4r39qejnbu3n5q?l=Joe.Doe");
+        assert_eq!(
+            wkd_default_base("autosigner@kernel.org"),
+            "https://kernel.org"
+        );
+        assert_eq!(zbase32(&[0xff]), "9h");
+    }
+
+    #[test]
+    fn clearsigned_sums_are_checked() {
+        let key = TestKey::new("Test Signer");
+        let other = TestKey::new("Other Signer");
+        let dir = scratch("clearsign");
+        let binary = dir.join("binary.gpg");
+        std::fs::write(&binary, dearmor_if_needed(&key.public).unwrap()).unwrap();
+        let from_armor = dir.join("armored.gpg");
+        std::fs::write(&from_armor, dearmor_if_needed(&key.armored).unwrap()).unwrap();
+        assert_eq!(dearmor_if_needed(&key.armored).unwrap(), key.public);
+        assert_eq!(
+            key_fingerprints(&key.armored).unwrap(),
+            vec![key.fpr.clone()]
+        );
+        assert_eq!(key.fpr.len(), 40);
+
+        let signed = key.clearsign(SUMS);
+        for keyring in [&binary, &from_armor] {
+            assert_eq!(
+                verify_clearsigned(keyring, &signed, &key.fpr.to_lowercase()).unwrap(),
+                SUMS
+            );
+        }
+
+        // Text outside the signature must not reach the caller.
+        let mut wrapped =
+            b"6666666666666666666666666666666666666666666666666666666666666666  evil.tar.xz\n"
+                .to_vec();
+        wrapped.extend_from_slice(&signed);
+        wrapped.extend_from_slice(
+            b"7777777777777777777777777777777777777777777777777777777777777777  evil2.tar.xz\n",
+        );
+        let body = verify_clearsigned(&binary, &wrapped, &key.fpr).unwrap();
+        assert_eq!(body, SUMS);
+        assert_eq!(sums_lookup(&body, "evil.tar.xz"), None);
+
+        let tampered = String::from_utf8(signed.clone())
+            .unwrap()
+            .replace("0123", "9123");
+        let err = format!(
+            "{:#}",
+            verify_clearsigned(&binary, tampered.as_bytes(), &key.fpr).unwrap_err()
+        );
+        assert!(err.contains("bad or unverifiable signature"), "{err}");
+
+        let err = format!(
+            "{:#}",
+            verify_clearsigned(&binary, SUMS.as_bytes(), &key.fpr).unwrap_err()
+        );
+        assert!(
+            err.contains("unsigned") && err.contains("--insecure-skip-signature"),
+            "{err}"
+        );
+
+        // Signed by a key that is not in the keyring.
+        let err = format!(
+            "{:#}",
+            verify_clearsigned(&binary, &other.clearsign(SUMS), &key.fpr).unwrap_err()
+        );
+        assert!(err.contains("bad or unverifiable signature"), "{err}");
+
+        // Valid signature, but not from the expected signer.
+        let both = dir.join("both.gpg");
+        std::fs::write(&both, [key.public.clone(), other.public.clone()].concat()).unwrap();
+        let err = format!(
+            "{:#}",
+            verify_clearsigned(&both, &other.clearsign(SUMS), &key.fpr).unwrap_err()
+        );
+        assert!(err.contains("expected") && err.contains(&key.fpr), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn detached_signatures_are_checked() {
+        let key = TestKey::new("Busybox Signer");
+        let dir = scratch("detached");
+        let keyring = dir.join("k.gpg");
+        std::fs::write(&keyring, &key.public).unwrap();
+        let data = dir.join("busybox.tar.bz2");
+        std::fs::write(&data, b"tarball bytes").unwrap();
+        let sig = dir.join("busybox.tar.bz2.sig");
+        key.detach_sign(&data, &sig);
+        verify_detached(&keyring, &data, &sig, Some(&key.fpr)).unwrap();
+        verify_detached(&keyring, &data, &sig, None).unwrap();
+        let err = verify_detached(&keyring, &data, &sig, Some(KERNEL_ORG_AUTOSIGNER)).unwrap_err();
+        assert!(format!("{err:#}").contains(KERNEL_ORG_AUTOSIGNER));
+        std::fs::write(&data, b"tarball bytes, tampered").unwrap();
+        assert!(verify_detached(&keyring, &data, &sig, Some(&key.fpr)).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn not_a_key_is_rejected() {
+        assert!(dearmor_if_needed(b"hello").is_err());
+        assert!(key_fingerprints(b"\x99garbage").is_err());
+    }
+
+    #[test]
+    fn wkd_keyring_fetches_once_and_checks_the_fingerprint() {
+        let key = TestKey::new("Wkd Signer");
+        let dir = scratch("wkd");
+        let mirror = dir.join("mirror");
+        let email = "Auto.Signer@example.org";
+        let url_path = wkd_url("", email);
+        let rel = url_path.split('?').next().unwrap().trim_start_matches('/');
+        std::fs::create_dir_all(mirror.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(mirror.join(rel), &key.armored).unwrap();
+        let server = crate::serve::spawn(mirror, "127.0.0.1:0").unwrap();
+        let layout = Layout {
+            root: dir.clone(),
+            artifacts: dir.join("artifacts"),
+            cache: dir.join("cache"),
+        };
+        let base = server.url("");
+
+        let err = wkd_keyring(&layout, &base, email, KERNEL_ORG_AUTOSIGNER).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!(
+                "has fingerprint {}, expected {KERNEL_ORG_AUTOSIGNER}: refusing it",
+                key.fpr
+            )),
+            "{msg}"
+        );
+        assert!(!layout.cache_key(KERNEL_ORG_AUTOSIGNER).exists());
+
+        let path = wkd_keyring(&layout, &base, email, &key.fpr.to_lowercase()).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            key.public,
+            "cached key is stored binary"
+        );
+        let requests = server.requests().len();
+        assert_eq!(wkd_keyring(&layout, &base, email, &key.fpr).unwrap(), path);
+        assert_eq!(
+            server.requests().len(),
+            requests,
+            "a cached key needs no request"
+        );
+        assert!(server.requests()[0].starts_with("GET /.well-known/openpgpkey/hu/"));
+
+        let signed = key.clearsign(SUMS);
+        assert_eq!(verify_clearsigned(&path, &signed, &key.fpr).unwrap(), SUMS);
+        drop(server);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

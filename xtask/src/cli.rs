@@ -1,0 +1,213 @@
+//! The command line: every subcommand and flag, whose doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::releases::Request;
+
+/// kernel-lab: one command from a recipe to a ready, boot-tested Linux kernel lab
+/// (QEMU + busybox + gdb).
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true, disable_help_subcommand = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch, configure, build and boot-test a kernel lab (the main job)
+    Kernel(KernelArgs),
+    /// Fetch, verify and extract kernel and busybox sources
+    Fetch(FetchArgs),
+    /// Build a kernel.org-layout mirror from local tarballs or an upstream
+    Mirror(MirrorArgs),
+    /// Serve a directory (e.g. a mirror) over HTTP on loopback
+    Serve(ServeArgs),
+    /// Build a lab's rootfs.cpio, or list/unpack/repack an archive
+    Rootfs(RootfsArgs),
+    /// Boot a built lab in QEMU, check it from inside, attach gdb, report a verdict
+    BootTest(BootTestArgs),
+    /// Check host tools and whether KVM is really usable
+    Doctor,
+    /// End-to-end check: mirror from Debian's sources on loopback, build, boot, gdb, repro
+    E2e(E2eArgs),
+}
+
+/// Which kernel: overrides the recipe's channel.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ChannelArgs {
+    /// Newest longterm release, or the newest of SERIES (e.g. --lts 6.6)
+    #[arg(long, value_name = "SERIES", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["stable", "mainline", "version"])]
+    pub lts: Option<String>,
+    /// kernel.org's latest stable release
+    #[arg(long, conflicts_with_all = ["mainline", "version"])]
+    pub stable: bool,
+    /// The mainline release (often an unsigned -rc snapshot)
+    #[arg(long, conflicts_with = "version")]
+    pub mainline: bool,
+    /// Exactly this version, e.g. 6.12.117
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
+}
+
+impl ChannelArgs {
+    /// The request the flags make, or `None` to use the recipe's channel.
+    pub fn request(&self) -> Option<Request> {
+        if let Some(series) = &self.lts {
+            return Some(Request::Longterm((!series.is_empty()).then(|| series.clone())));
+        }
+        if self.stable {
+            return Some(Request::Stable);
+        }
+        if self.mainline {
+            return Some(Request::Mainline);
+        }
+        self.version.clone().map(Request::Exact)
+    }
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+    /// Recipe name in recipes/ or a path (default: lts, or stable with --stable)
+    #[arg(long, value_name = "NAME|PATH")]
+    pub recipe: Option<String>,
+    /// Base URL of a kernel.org-layout mirror (http://, https:// or file://)
+    #[arg(long, env = "KERNEL_LAB_MIRROR", value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Public key (binary or armored) that signs the mirror's sha256sums.asc
+    #[arg(long, env = "KERNEL_LAB_KEYRING", value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Use only the lock file; fail if it is missing or stale
+    #[arg(long)]
+    pub locked: bool,
+    /// DANGER: accept unsigned or wrongly signed checksums
+    #[arg(long)]
+    pub insecure_skip_signature: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct KernelArgs {
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// Parallel make jobs (default: number of CPUs)
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Compiler wrapper passed through CC: ccache, sccache or distcc
+    #[arg(long, value_name = "WRAPPER")]
+    pub cc_wrapper: Option<String>,
+    /// Stop after building the lab; do not boot it
+    #[arg(long)]
+    pub no_boot_test: bool,
+    /// Boot-test timeout in seconds
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub boot_timeout: u64,
+    /// Print the plan (versions, URLs, paths) and stop
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// Output directory (default: artifacts/mirror)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Local kernel tarball to publish (pairs with --version)
+    #[arg(long, value_name = "FILE")]
+    pub add_kernel: Vec<PathBuf>,
+    /// Version of each --add-kernel, in order
+    #[arg(long, value_name = "V")]
+    pub version: Vec<String>,
+    /// releases.json moniker of each --add-kernel (default longterm)
+    #[arg(long, value_name = "MONIKER")]
+    pub moniker: Vec<String>,
+    /// Local busybox .tar.bz2 to publish (pairs with --busybox-version)
+    #[arg(long, value_name = "FILE")]
+    pub add_busybox: Vec<PathBuf>,
+    /// Version of each --add-busybox, in order
+    #[arg(long, value_name = "V")]
+    pub busybox_version: Vec<String>,
+    /// gpg key (id, fingerprint or email in GNUPGHOME) to clearsign sha256sums.asc with
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<String>,
+    /// Instead of local files: download what a recipe needs from this upstream (or kernel.org)
+    #[arg(long)]
+    pub from_upstream: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory to serve
+    pub dir: PathBuf,
+    /// Address to listen on (loopback by default)
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub bind: String,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RootfsArgs {
+    #[command(subcommand)]
+    pub action: Option<RootfsAction>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootfsAction {
+    /// List an archive: mode, owner, size, device numbers, path
+    List { file: PathBuf },
+    /// Unpack an archive into DIR (owners, modes and devices kept in a manifest)
+    Unpack { file: PathBuf, dir: PathBuf },
+    /// Pack DIR (from unpack, possibly edited) into FILE, deterministically
+    Repack { dir: PathBuf, file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct BootTestArgs {
+    /// Recipe whose newest lab to test (artifacts/labs/<recipe>)
+    #[arg(long, value_name = "NAME", conflicts_with = "lab")]
+    pub recipe: Option<String>,
+    /// Lab directory to test
+    #[arg(long, value_name = "DIR")]
+    pub lab: Option<PathBuf>,
+    /// Overall timeout in seconds
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub timeout: u64,
+    /// Extra kernel command line for this boot (e.g. to break it on purpose)
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub append: String,
+    /// Expected CPU count (default: the lab's -smp)
+    #[arg(long, value_name = "N")]
+    pub smp: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    /// Debian's kernel source tarball
+    #[arg(long, default_value = "/usr/src/linux-source-6.12.tar.xz")]
+    pub kernel_tarball: PathBuf,
+    /// Version the kernel tarball is published as
+    #[arg(long, default_value = "6.12.117")]
+    pub kernel_version: String,
+    /// busybox's orig tarball (apt-get source --download-only busybox)
+    #[arg(long, value_name = "FILE")]
+    pub busybox_tarball: PathBuf,
+    /// Version the busybox tarball is published as
+    #[arg(long, default_value = "1.35.0")]
+    pub busybox_version: String,
+    /// Also build a second time in other directories and compare bzImage/vmlinux bytes
+    #[arg(long)]
+    pub repro: bool,
+    /// Also boot broken variants and assert their verdicts
+    #[arg(long)]
+    pub negative: bool,
+    /// Parallel make jobs
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+}

@@ -1,0 +1,227 @@
+//! Fetch stage: request -> lock -> verified tarballs in the cache -> extracted source trees.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    download, extract,
+    layout::{self, Layout},
+    lock::{self, Lock, LockedBusybox, LockedKernel},
+    recipe::LoadedRecipe,
+    releases::{self, Request},
+    source::{self, Mirror},
+    verify,
+};
+
+/// Everything the fetch stage needs to know, decided by the command line and the recipe.
+#[derive(Debug, Clone)]
+pub struct FetchPlan {
+    pub recipe: LoadedRecipe,
+    pub request: Request,
+    pub mirror: Mirror,
+    /// A user-supplied signing key (binary or armored); `None` means kernel.org's autosigner via WKD.
+    pub keyring: Option<PathBuf>,
+    pub locked: bool,
+    /// Accept unsigned or wrongly signed checksums (the loud opt-out).
+    pub insecure_skip_signature: bool,
+}
+
+/// Verified, extracted sources.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub lock: Lock,
+    pub kernel_tarball: PathBuf,
+    pub busybox_tarball: PathBuf,
+    pub kernel_src: PathBuf,
+    pub busybox_src: PathBuf,
+}
+
+/// What resolving fetched, kept so `mirror` can republish it byte for byte (signatures intact).
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    pub releases_json: Option<Vec<u8>>,
+    pub sums_asc: Option<Vec<u8>>,
+    pub busybox_sums: Option<Vec<u8>>,
+}
+
+pub fn run(layout: &Layout, plan: &FetchPlan) -> Result<Sources> {
+    let (lock, _) = lock_for(layout, plan)?;
+    download_and_extract(layout, &lock, &plan.mirror)
+}
+
+/// Reads the lock (`--locked`) or resolves afresh and updates the lock when it changed.
+pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
+    let lock_path = plan.recipe.lock_path();
+    let old = lock::read(&lock_path)?;
+    if plan.locked {
+        let Some(old) = old else {
+            bail!("--locked: no lock file {}; run once without --locked to create it", lock_path.display());
+        };
+        let mut stale = Vec::new();
+        if old.request != plan.request {
+            stale.push(format!("request: {} -> {}", old.request, plan.request));
+        }
+        let want_bb = &plan.recipe.recipe.busybox.version;
+        if &old.busybox.version != want_bb {
+            stale.push(format!("busybox: {} -> {want_bb}", old.busybox.version));
+        }
+        if !stale.is_empty() {
+            bail!(
+                "--locked: lock {} is stale; running without --locked would change:\n  {}",
+                lock_path.display(),
+                stale.join("\n  ")
+            );
+        }
+        return Ok((old, Metadata::default()));
+    }
+    let (new, meta) = resolve(layout, plan)?;
+    match &old {
+        Some(old) if *old == new => {}
+        Some(old) => {
+            lock::write(&lock_path, &new)?;
+            eprintln!("updated {}:\n  {}", lock_path.display(), lock::diff(old, &new).join("\n  "));
+        }
+        None => {
+            lock::write(&lock_path, &new)?;
+            eprintln!("wrote {}", lock_path.display());
+        }
+    }
+    Ok((new, meta))
+}
+
+/// Asks the mirror which versions answer the request and what their verified hashes are.
+pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
+    let mirror = &plan.mirror;
+    let url = mirror.releases_json();
+    let json = download::get_small(&url).with_context(|| format!("resolve {}", plan.request))?;
+    let rels = releases::parse(&json).with_context(|| format!("read {url}"))?;
+    let (version, tar_path, signed, released) = match releases::resolve(&rels, &plan.request) {
+        Ok(r) => {
+            let src = r.source.as_deref().unwrap_or_default();
+            (r.version.clone(), source::url_path(src)?, r.pgp.is_some(), r.released.timestamp)
+        }
+        Err(e) if e.downcast_ref::<releases::NotListed>().is_some() => {
+            // releases.json lists only the newest release of each series; older point releases
+            // live at the usual place and are listed in the signed sums file.
+            let Request::Exact(v) = &plan.request else { return Err(e) };
+            releases::check_version(v)?;
+            let path = format!("{}/linux-{v}.tar.xz", releases::kernel_dir(v)?);
+            (v.clone(), path, true, 0)
+        }
+        Err(e) => return Err(e.context(format!("resolve {} from {url}", plan.request))),
+    };
+    let file = tar_path.rsplit('/').next().unwrap_or(&tar_path).to_string();
+    let mut meta = Metadata { releases_json: Some(json), ..Default::default() };
+
+    let (sums_path, sha256) = if signed {
+        let dir = tar_path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let sums_path = format!("{dir}/sha256sums.asc");
+        let sums_url = mirror.kernel_org(&sums_path);
+        let asc = download::get_small(&sums_url)?;
+        let text = verified_sums(layout, plan, &asc).with_context(|| format!("verify {sums_url}"))?;
+        let sha = verify::sums_lookup(&text, &file)
+            .with_context(|| format!("{sums_url} has no sha256 line for {file}: the mirror is incomplete"))?;
+        meta.sums_asc = Some(asc);
+        (Some(sums_path), sha)
+    } else {
+        if !plan.insecure_skip_signature {
+            bail!(
+                "{version} is an unsigned snapshot (no pgp signature and no line in sha256sums.asc); \
+                 pass --insecure-skip-signature to accept it unverified, or use --lts/--stable"
+            );
+        }
+        eprintln!("WARNING: {version} is unsigned; --insecure-skip-signature: trusting the first download");
+        let url = mirror.kernel_org(&tar_path);
+        let blob = download::fetch_unverified(layout, &url, &file)?;
+        (None, verify::sha256_file(&blob)?)
+    };
+
+    let bb = &plan.recipe.recipe.busybox.version;
+    let bb_file = format!("busybox-{bb}.tar.bz2");
+    let bb_path = format!("busybox/{bb_file}");
+    let bb_sums_url = mirror.busybox(&format!("{bb_path}.sha256"));
+    let bb_sums = download::get_small(&bb_sums_url)?;
+    let bb_sha = verify::sums_lookup(&String::from_utf8_lossy(&bb_sums), &bb_file)
+        .with_context(|| format!("{bb_sums_url} has no sha256 line for {bb_file}"))?;
+    meta.busybox_sums = Some(bb_sums);
+
+    let lock = Lock {
+        request: plan.request.clone(),
+        kernel: LockedKernel { version, file, path: tar_path, sums_path, sha256, released },
+        busybox: LockedBusybox { version: bb.clone(), file: bb_file, path: bb_path, sha256: bb_sha },
+    };
+    Ok((lock, meta))
+}
+
+/// The signed text of a clearsigned sums file, or an error unless the user opted out.
+fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8]) -> Result<String> {
+    let result = (|| -> Result<String> {
+        let (keyring, fprs) = keyring(layout, plan)?;
+        let mut last = None;
+        for fpr in &fprs {
+            match verify::verify_clearsigned(&keyring, asc, fpr) {
+                Ok(text) => return Ok(text),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("keyring {} holds no key", keyring.display())))
+    })();
+    match result {
+        Ok(text) => Ok(text),
+        Err(e) if plan.insecure_skip_signature => {
+            eprintln!("WARNING: --insecure-skip-signature: using unverified checksums ({e:#})");
+            Ok(String::from_utf8_lossy(asc).into_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The keyring to check signatures with and the fingerprints it may sign with.
+fn keyring(layout: &Layout, plan: &FetchPlan) -> Result<(PathBuf, Vec<String>)> {
+    if let Some(file) = &plan.keyring {
+        let bytes = std::fs::read(file).with_context(|| format!("read keyring {}", file.display()))?;
+        let key = verify::dearmor_if_needed(&bytes).with_context(|| format!("keyring {}", file.display()))?;
+        let fprs = verify::key_fingerprints(&key).with_context(|| format!("keyring {}", file.display()))?;
+        let path = layout.cache.join("keys").join(format!("user-{}.gpg", verify::sha256_bytes(&key)));
+        if !path.is_file() {
+            layout::write_atomic(&path, &key)?;
+        }
+        return Ok((path, fprs));
+    }
+    // The pin can be moved for a mirror that publishes its own key over WKD.
+    let fpr = std::env::var("KERNEL_LAB_SIGNER_FPR").unwrap_or_else(|_| verify::KERNEL_ORG_AUTOSIGNER.to_string());
+    let email = verify::KERNEL_ORG_AUTOSIGNER_EMAIL;
+    let path = verify::wkd_keyring(layout, &plan.mirror.wkd_base(), email, &fpr)
+        .with_context(|| format!("get the signing key {fpr} ({email}); or pass --keyring FILE"))?;
+    Ok((path, vec![fpr]))
+}
+
+/// Downloads (or finds in the cache) both tarballs and extracts them.
+pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror) -> Result<Sources> {
+    let k = &lock.kernel;
+    let kernel_tarball = download::fetch_verified(layout, &mirror.kernel_org(&k.path), &k.sha256, &k.file)
+        .with_context(|| format!("fetch linux-{}", k.version))?;
+    let b = &lock.busybox;
+    let busybox_tarball = download::fetch_verified(layout, &mirror.busybox(&b.path), &b.sha256, &b.file)
+        .with_context(|| format!("fetch busybox-{}", b.version))?;
+    let kernel_src = layout.kernel_src(&k.version);
+    extract::extract(&kernel_tarball, &k.sha256, &kernel_src, &k.file)
+        .with_context(|| format!("extract {} into {}", k.file, kernel_src.display()))?;
+    let busybox_src = layout.busybox_src(&b.version);
+    extract::extract(&busybox_tarball, &b.sha256, &busybox_src, &b.file)
+        .with_context(|| format!("extract {} into {}", b.file, busybox_src.display()))?;
+    Ok(Sources { lock: lock.clone(), kernel_tarball, busybox_tarball, kernel_src, busybox_src })
+}
+
+/// SOURCE_DATE_EPOCH for a build: the release date, or for versions releases.json did not list,
+/// the newest mtime of the top-level Makefile (tar keeps it, so it is stable too).
+pub fn release_epoch(lock: &Lock, kernel_src: &Path) -> Result<u64> {
+    if lock.kernel.released > 0 {
+        return Ok(lock.kernel.released as u64);
+    }
+    let meta = std::fs::metadata(kernel_src.join("Makefile"))
+        .with_context(|| format!("read {}/Makefile", kernel_src.display()))?;
+    let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH)?;
+    Ok(mtime.as_secs())
+}
