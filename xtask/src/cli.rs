@@ -133,11 +133,18 @@ pub struct MirrorArgs {
     /// gpg key (id, fingerprint or email in GNUPGHOME) to clearsign sha256sums.asc with
     #[arg(long, value_name = "KEY")]
     pub sign_key: Option<String>,
-    /// Instead of local files: download what a recipe needs from this upstream (or kernel.org)
+    /// Instead of local files: download (verified) what a recipe needs from an upstream
     #[arg(long)]
     pub from_upstream: bool,
-    #[command(flatten)]
-    pub fetch: FetchArgs,
+    /// With --from-upstream: the recipe whose channel and busybox to mirror (default lts)
+    #[arg(long, value_name = "NAME|PATH", requires = "from_upstream")]
+    pub recipe: Option<String>,
+    /// With --from-upstream: another mirror to copy from (default kernel.org + busybox.net)
+    #[arg(long, value_name = "URL", requires = "from_upstream")]
+    pub upstream: Option<String>,
+    /// With --from-upstream: key that signs the upstream's sha256sums.asc
+    #[arg(long, value_name = "FILE", requires = "from_upstream")]
+    pub keyring: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -187,7 +194,7 @@ pub struct BootTestArgs {
     pub smp: Option<u32>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct E2eArgs {
     /// Debian's kernel source tarball
     #[arg(long, default_value = "/usr/src/linux-source-6.12.tar.xz")]
@@ -195,9 +202,9 @@ pub struct E2eArgs {
     /// Version the kernel tarball is published as
     #[arg(long, default_value = "6.12.117")]
     pub kernel_version: String,
-    /// busybox's orig tarball (apt-get source --download-only busybox)
+    /// busybox's orig tarball (default: the one .ci/host-setup.sh puts in artifacts/debsrc/)
     #[arg(long, value_name = "FILE")]
-    pub busybox_tarball: PathBuf,
+    pub busybox_tarball: Option<PathBuf>,
     /// Version the busybox tarball is published as
     #[arg(long, default_value = "1.35.0")]
     pub busybox_version: String,
@@ -210,4 +217,35 @@ pub struct E2eArgs {
     /// Parallel make jobs
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn channel_flags_make_requests() {
+        let parse = |args: &[&str]| {
+            let mut full = vec!["cargo xtask", "fetch"];
+            full.extend_from_slice(args);
+            match Cli::try_parse_from(full).map(|c| c.command) {
+                Ok(Command::Fetch(f)) => Ok(f.channel.request()),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(parse(&["--lts"]).unwrap(), Some(Request::Longterm(None)));
+        assert_eq!(parse(&["--lts", "6.6"]).unwrap(), Some(Request::Longterm(Some("6.6".into()))));
+        assert_eq!(parse(&["--stable"]).unwrap(), Some(Request::Stable));
+        assert_eq!(parse(&["--mainline"]).unwrap(), Some(Request::Mainline));
+        assert_eq!(parse(&["--version", "6.12.117"]).unwrap(), Some(Request::Exact("6.12.117".into())));
+        assert!(parse(&["--lts", "--stable"]).is_err());
+    }
 }

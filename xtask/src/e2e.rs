@@ -1,6 +1,5 @@
 //! `cargo xtask e2e`: the whole pipeline against a loopback mirror made from Debian's sources.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +16,11 @@ const SIGNER: &str = "kernel-lab e2e mirror <e2e@kernel-lab.invalid>";
 const SIGNER_EMAIL: &str = "e2e@kernel-lab.invalid";
 
 pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
-    for f in [&args.kernel_tarball, &args.busybox_tarball] {
+    let busybox_tarball = match &args.busybox_tarball {
+        Some(f) => f.clone(),
+        None => layout.artifacts.join("debsrc").join(format!("busybox_{}.orig.tar.bz2", args.busybox_version)),
+    };
+    for f in [&args.kernel_tarball, &busybox_tarball] {
         if !f.is_file() {
             bail!("{} is missing: `apt-get install linux-source-6.12` and `apt-get source --download-only busybox` (see .ci/run)", f.display());
         }
@@ -40,7 +43,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
         sh,
         &mirror_dir,
         &[mirror::LocalKernel { file: args.kernel_tarball.clone(), version: args.kernel_version.clone(), moniker: "longterm".into() }],
-        &[mirror::LocalBusybox { file: args.busybox_tarball.clone(), version: args.busybox_version.clone() }],
+        &[mirror::LocalBusybox { file: busybox_tarball.clone(), version: args.busybox_version.clone() }],
         Some(SIGNER_EMAIL),
     )?;
     let server = serve::spawn(mirror_dir.clone(), "127.0.0.1:0")?;
@@ -130,6 +133,3 @@ fn repro(sh: &Shell, layout: &Layout, args: &KernelArgs, first: &pipeline::Lab) 
     Ok(())
 }
 
-pub fn keyring_path(mirror_dir: &Path) -> PathBuf {
-    mirror_dir.join("kernel-lab-mirror.gpg")
-}

@@ -20,11 +20,11 @@ const GENERATED_FRAGMENT: &str = "kernel-lab-generated.config";
 /// Written after a successful configure: what produced the current `.config`.
 const CONFIGURE_STAMP: &str = ".kernel-lab-configure";
 /// Written after a successful build: everything the kernel image depends on.
-const INPUTS_STAMP: &str = ".kernel-lab-inputs";
+pub(crate) const INPUTS_STAMP: &str = ".kernel-lab-inputs";
 /// Written after a successful build: how many kbuild steps it printed, the next progress bar's length.
-const OBJECTS_STAMP: &str = ".kernel-lab-objects";
+pub(crate) const OBJECTS_STAMP: &str = ".kernel-lab-objects";
 /// The wrappers `CC="<wrapper> gcc"` is known to work with.
-const CC_WRAPPERS: &[&str] = &["ccache", "sccache", "distcc"];
+pub(crate) const CC_WRAPPERS: &[&str] = &["ccache", "sccache", "distcc"];
 
 /// Configures `build` out of tree from `src`: base config, our fragments and the generated one,
 /// olddefconfig, then a check that every requested option survived.
@@ -106,7 +106,7 @@ fn check_kernel_tree(src: &Path) -> Result<()> {
 }
 
 /// `O=<build>` as one argument, without requiring the path to be UTF-8.
-fn make_out_arg(build: &Path) -> OsString {
+pub(crate) fn make_out_arg(build: &Path) -> OsString {
     let mut o = OsString::from("O=");
     o.push(build);
     o
@@ -135,7 +135,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Runs a short command, appending its output to `log`; on failure the error quotes the log's tail.
-fn run_logged(cmd: xshell::Cmd<'_>, log: &mut File, log_path: &Path, what: &str) -> Result<()> {
+pub(crate) fn run_logged(cmd: xshell::Cmd<'_>, log: &mut File, log_path: &Path, what: &str) -> Result<()> {
     writeln!(log, "$ {cmd}").with_context(|| format!("write {}", log_path.display()))?;
     let out = cmd.ignore_status().quiet().output().with_context(|| format!("run {what}"))?;
     log.write_all(&out.stdout).and_then(|_| log.write_all(&out.stderr)).with_context(|| format!("write {}", log_path.display()))?;
@@ -259,13 +259,13 @@ pub fn build(
 
 /// `-ffile-prefix-map` for both trees, without a trailing slash: with `<build>/=` the build
 /// directory itself (DW_AT_comp_dir) stayed in vmlinux and changed the build-id.
-fn prefix_maps(src: &Path, build: &Path) -> String {
+pub(crate) fn prefix_maps(src: &Path, build: &Path) -> String {
     let trim = |p: &Path| p.display().to_string().trim_end_matches('/').to_string();
     format!("-ffile-prefix-map={}=. -ffile-prefix-map={}=.", trim(src), trim(build))
 }
 
 /// Everything the images depend on, as readable text so a rebuild can be explained with `diff`.
-fn inputs_stamp(sh: &Shell, build: &Path, inputs: &BuildInputs<'_>, cc_wrapper: Option<&str>, epoch: u64, maps: &str) -> Result<String> {
+pub(crate) fn inputs_stamp(sh: &Shell, build: &Path, inputs: &BuildInputs<'_>, cc_wrapper: Option<&str>, epoch: u64, maps: &str) -> Result<String> {
     let first_line = |out: String| out.lines().next().unwrap_or("").to_string();
     let gcc = first_line(cmd!(sh, "gcc --version").quiet().read().context("run `gcc --version` (install build-essential)")?);
     let ld = first_line(cmd!(sh, "ld --version").quiet().read().context("run `ld --version` (install binutils)")?);
@@ -285,7 +285,7 @@ fn inputs_stamp(sh: &Shell, build: &Path, inputs: &BuildInputs<'_>, cc_wrapper: 
 
 /// Runs make with stdout and stderr into one pipe, copied to `log_path` and counted for the
 /// progress bar. Returns the number of kbuild steps seen.
-fn run_streaming(make: xshell::Cmd<'_>, log_path: &Path, expected: u64) -> Result<u64> {
+pub(crate) fn run_streaming(make: xshell::Cmd<'_>, log_path: &Path, expected: u64) -> Result<u64> {
     let shown = make.to_string();
     let mut log = File::create(log_path).with_context(|| format!("create {}", log_path.display()))?;
     writeln!(log, "$ {shown}").with_context(|| format!("write {}", log_path.display()))?;

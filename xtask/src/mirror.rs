@@ -181,7 +181,13 @@ fn write_releases_json(out: &Path, entries: &[(&LocalKernel, String, i64)]) -> R
 pub fn command(sh: &Shell, layout: &Layout, args: &crate::cli::MirrorArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| layout.default_mirror_dir());
     if args.from_upstream {
-        let plan = crate::pipeline::fetch_plan(layout, &args.fetch)?;
+        let fetch = crate::cli::FetchArgs {
+            recipe: args.recipe.clone(),
+            mirror: args.upstream.clone(),
+            keyring: args.keyring.clone(),
+            ..Default::default()
+        };
+        let plan = crate::pipeline::fetch_plan(layout, &fetch)?;
         from_upstream(layout, &out, &plan)?;
     } else {
         if args.add_kernel.is_empty() && args.add_busybox.is_empty() {

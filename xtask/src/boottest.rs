@@ -1,0 +1,1194 @@
+//! Boot test: boots a lab through its own run.sh, checks the guest's markers, then attaches gdb.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Serialize, Serializer};
+
+/// Kernel command-line words that put the guest's init into test mode and turn every oops or
+/// panic into an immediate QEMU exit (with run.sh's -no-reboot), so failures end the run fast.
+pub const TEST_APPEND: &str = "lab.test=1 panic=-1 oops=panic";
+
+/// Files the boot test writes into the lab directory.
+pub const REPORT: &str = "boot-report.json";
+pub const CONSOLE_LOG: &str = "boot-console.log";
+pub const GDB_TRANSCRIPT: &str = "boot-gdb.log";
+pub const GDB_CONSOLE_LOG: &str = "boot-gdb-console.log";
+
+/// How many console lines a failure message shows.
+const TAIL_LINES: usize = 30;
+
+/// What the booted lab must report about itself.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    /// `uname -r`, and the first word after `Linux version` in the banner.
+    pub kernel_version: String,
+    /// CPUs the guest must see (`nproc`); run.sh's default `--smp`.
+    pub smp: u32,
+    /// uid of the unprivileged user.
+    pub uid: u32,
+}
+
+/// The stages of a boot test, in order; each has its own timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Until the `Linux version` banner.
+    Banner,
+    /// Until the guest's `KLAB:BEGIN`.
+    Markers,
+    /// Until `KLAB:END`.
+    Checks,
+    /// Until QEMU exits by itself.
+    Poweroff,
+    /// gdb attached to a second boot.
+    Gdb,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Banner => "banner",
+            Stage::Markers => "markers",
+            Stage::Checks => "checks",
+            Stage::Poweroff => "poweroff",
+            Stage::Gdb => "gdb",
+        }
+    }
+}
+
+/// The outcome of a boot test; `Display` gives the stable names used in reports and CI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    KernelPanic,
+    Oops,
+    Bug,
+    Sanitizer,
+    InitDied,
+    RebootLoop,
+    Timeout(Stage),
+    /// QEMU exited before the stage completed, without a panic message.
+    Exited(Stage),
+    /// A marker (or the banner) is missing or has the wrong value.
+    CheckFailed(&'static str),
+    /// The gdb stage failed at the named step.
+    GdbFailed(&'static str),
+    Interrupted,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Pass => f.write_str("pass"),
+            Verdict::KernelPanic => f.write_str("kernel-panic"),
+            Verdict::Oops => f.write_str("oops"),
+            Verdict::Bug => f.write_str("bug"),
+            Verdict::Sanitizer => f.write_str("sanitizer"),
+            Verdict::InitDied => f.write_str("init-died"),
+            Verdict::RebootLoop => f.write_str("reboot-loop"),
+            Verdict::Timeout(s) => write!(f, "timeout-{}", s.name()),
+            Verdict::Exited(s) => write!(f, "exited-{}", s.name()),
+            Verdict::CheckFailed(c) => write!(f, "check-failed:{c}"),
+            Verdict::GdbFailed(c) => write!(f, "gdb-failed:{c}"),
+            Verdict::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+impl Verdict {
+    /// The stable name, e.g. `check-failed:nproc` (the same as `to_string()`).
+    pub fn name(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A verdict with the evidence behind it, e.g. `KLAB:nproc=1, expected 4`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(verdict: Verdict, detail: impl Into<String>) -> Finding {
+        Finding { verdict, detail: detail.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTime {
+    pub stage: &'static str,
+    /// Time this stage took.
+    pub seconds: f64,
+}
+
+/// Written to `boot-report.json` in the lab.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    pub verdict: Verdict,
+    /// Why the verdict is not `pass`; empty when it is.
+    pub detail: String,
+    /// Completed stages with their durations.
+    pub stages: Vec<StageTime>,
+    /// Whole test, both boots included.
+    pub wall_seconds: f64,
+    /// The QEMU command run.sh ran for the first boot, as `run.sh --dry-run` printed it.
+    pub qemu_command: String,
+    /// Serial console of the first boot.
+    pub console_log: PathBuf,
+    /// gdb's output, when the gdb stage ran.
+    pub gdb_transcript: Option<PathBuf>,
+}
+
+/// Incremental, pure console parser: feed it lines, ask it what it saw.
+#[derive(Debug, Default, Clone)]
+pub struct Console {
+    banners: u32,
+    /// First word after the first `Linux version`.
+    pub version: Option<String>,
+    pub begin: bool,
+    pub end: bool,
+    markers: Vec<(String, String)>,
+    /// The first fatal message, with its line.
+    pub fatal: Option<Finding>,
+}
+
+impl Console {
+    pub fn push(&mut self, line: &str) {
+        let line = line.trim_end();
+        if self.fatal.is_none() {
+            if let Some(v) = classify_fatal(line) {
+                self.fatal = Some(Finding::new(v, line));
+            }
+        }
+        if let Some(pos) = line.find("Linux version ") {
+            self.banners += 1;
+            if self.banners == 1 {
+                let rest = &line[pos + "Linux version ".len()..];
+                self.version = Some(rest.split_whitespace().next().unwrap_or("").to_string());
+            } else if self.fatal.is_none() {
+                self.fatal = Some(Finding::new(Verdict::RebootLoop, format!("second banner: {line}")));
+            }
+        }
+        // Markers may share a line with kernel messages printed at the same time.
+        if let Some(pos) = line.find("KLAB:") {
+            let rest = &line[pos + "KLAB:".len()..];
+            if rest.starts_with("BEGIN") {
+                self.begin = true;
+            } else if rest.starts_with("END") {
+                self.end = true;
+            } else if let Some((key, value)) = rest.split_once('=') {
+                if self.marker(key).is_none() {
+                    self.markers.push((key.to_string(), value.trim().to_string()));
+                }
+            }
+        }
+    }
+
+    pub fn marker(&self, key: &str) -> Option<&str> {
+        self.markers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The first stage not completed by the lines so far (Poweroff once END was seen).
+    pub fn stage(&self) -> Stage {
+        if self.version.is_none() {
+            Stage::Banner
+        } else if !self.begin {
+            Stage::Markers
+        } else if !self.end {
+            Stage::Checks
+        } else {
+            Stage::Poweroff
+        }
+    }
+
+    /// The banner names the expected kernel.
+    pub fn check_banner(&self, expect: &Expect) -> Result<(), Finding> {
+        match &self.version {
+            Some(v) if *v == expect.kernel_version => Ok(()),
+            Some(v) => Err(Finding::new(
+                Verdict::CheckFailed("banner"),
+                format!("booted Linux {v}, expected {}", expect.kernel_version),
+            )),
+            None => Err(Finding::new(Verdict::CheckFailed("banner"), "no `Linux version` banner")),
+        }
+    }
+
+    /// Every marker check in contract order; the first failure wins.
+    pub fn check_markers(&self, expect: &Expect) -> Result<(), Finding> {
+        for name in MARKER_CHECKS {
+            let (ok, want) = match self.marker(name) {
+                Some(v) => marker_ok(name, v, expect),
+                None => (false, marker_ok(name, "", expect).1),
+            };
+            if !ok {
+                let seen = self.marker(name).map_or(format!("no KLAB:{name}= line"), |v| format!("KLAB:{name}={v}"));
+                return Err(Finding::new(Verdict::CheckFailed(name), format!("{seen}, {want}")));
+            }
+        }
+        if !self.end {
+            return Err(Finding::new(Verdict::CheckFailed("end"), "no KLAB:END line"));
+        }
+        Ok(())
+    }
+
+    /// The verdict for a complete console, QEMU having exited after the last line.
+    pub fn verdict_at_exit(&self, expect: &Expect) -> Finding {
+        if let Some(f) = &self.fatal {
+            return f.clone();
+        }
+        if self.version.is_some() {
+            if let Err(f) = self.check_banner(expect) {
+                return f;
+            }
+        }
+        match self.stage() {
+            stage @ (Stage::Banner | Stage::Markers) => {
+                Finding::new(Verdict::Exited(stage), format!("QEMU exited before the {} stage completed", stage.name()))
+            }
+            _ => match self.check_markers(expect) {
+                Ok(()) => Finding::new(Verdict::Pass, ""),
+                Err(f) => f,
+            },
+        }
+    }
+}
+
+/// The value markers of the contract, in the order the guest prints them.
+const MARKER_CHECKS: [&str; 6] = ["uname", "nproc", "netns", "uid", "kallsyms", "e1000"];
+
+/// Whether marker `name` has an acceptable `value`, and what was expected.
+fn marker_ok(name: &str, value: &str, expect: &Expect) -> (bool, String) {
+    match name {
+        "uname" => (value == expect.kernel_version, format!("expected {}", expect.kernel_version)),
+        "nproc" => (value == expect.smp.to_string(), format!("expected {}", expect.smp)),
+        "netns" => (
+            value.strip_prefix("ok:").is_some_and(|i| i.split_whitespace().eq(["lo"])),
+            "expected ok:lo (a fresh network namespace has only lo)".to_string(),
+        ),
+        "uid" => (value == expect.uid.to_string(), format!("expected {}", expect.uid)),
+        "kallsyms" => (value.parse::<u64>().is_ok_and(|n| n > 0), "expected a count > 0".to_string()),
+        "e1000" => (!value.is_empty() && value != "none", "expected an interface bound to e1000".to_string()),
+        _ => (false, format!("unknown marker {name}")),
+    }
+}
+
+/// The verdict for a whole console log: the pure core of the boot test.
+pub fn judge<'a>(lines: impl IntoIterator<Item = &'a str>, expect: &Expect) -> Finding {
+    let mut console = Console::default();
+    for line in lines {
+        console.push(line);
+    }
+    console.verdict_at_exit(expect)
+}
+
+/// Kernel messages that mean the run failed, most specific first (one line can hold several).
+fn classify_fatal(line: &str) -> Option<Verdict> {
+    if line.contains("Attempted to kill init") {
+        Some(Verdict::InitDied)
+    } else if line.contains("KASAN") || line.contains("UBSAN") {
+        Some(Verdict::Sanitizer)
+    } else if line.contains("BUG:") || line.contains("kernel BUG at") {
+        Some(Verdict::Bug)
+    } else if line.contains("Oops") {
+        Some(Verdict::Oops)
+    } else if line.contains("Kernel panic") {
+        Some(Verdict::KernelPanic)
+    } else {
+        None
+    }
+}
+
+/// gdb commands of the gdb stage; the echo lines split the transcript into steps.
+const GDB_STEPS: [&str; 12] = [
+    "echo KLAB-GDB:breakpoint\\n",
+    "break start_kernel",
+    "continue",
+    "echo KLAB-GDB:banner\\n",
+    "p linux_banner",
+    "echo KLAB-GDB:lx-version\\n",
+    "lx-version",
+    "echo KLAB-GDB:lx-current\\n",
+    "p $lx_current().pid",
+    "echo KLAB-GDB:done\\n",
+    // A kill packet makes QEMU exit at once; the process-group kill afterwards is the backstop.
+    "kill",
+    "echo KLAB-GDB:killed\\n",
+];
+
+/// Checks a gdb transcript of GDB_STEPS against the expected kernel.
+pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
+    let section = |name: &str| -> Option<&str> {
+        let start = transcript.find(&format!("KLAB-GDB:{name}\n"))? + name.len() + 10;
+        let rest = &transcript[start..];
+        Some(rest.find("KLAB-GDB:").map_or(rest, |end| &rest[..end]))
+    };
+    let fail = |step: &'static str, why: String| Err(Finding::new(Verdict::GdbFailed(step), why));
+    match section("breakpoint") {
+        Some(s) if s.contains("Breakpoint 1, start_kernel") => {}
+        _ => return fail("breakpoint", "gdb did not print `Breakpoint 1, start_kernel`".into()),
+    }
+    let banner = format!("Linux version {version} ");
+    match section("banner") {
+        // gdb prints the array as `$1 = 0xffffffff81666fc0 <linux_banner> "Linux version ..."`.
+        Some(s) if s.lines().any(|l| l.starts_with('$') && l.contains(&format!("\"{banner}"))) => {}
+        _ => return fail("banner", format!("`p linux_banner` did not print \"{banner}...\"")),
+    }
+    match section("lx-version") {
+        Some(s) if s.lines().any(|l| l.starts_with(&banner)) => {}
+        _ => return fail("lx-version", format!("`lx-version` did not print \"{banner}...\" (are vmlinux-gdb.py and scripts/gdb in the lab?)")),
+    }
+    let is_number = |l: &str| {
+        l.strip_prefix('$')
+            .and_then(|l| l.split_once(" = "))
+            .is_some_and(|(n, v)| n.parse::<u32>().is_ok() && v.trim().parse::<i64>().is_ok())
+    };
+    match section("lx-current") {
+        Some(s) if s.lines().any(is_number) => {}
+        _ => return fail("lx-current", "`p $lx_current().pid` did not print a number".into()),
+    }
+    if section("done").is_none() {
+        return fail("done", "gdb stopped before the last step".into());
+    }
+    Ok(())
+}
+
+/// Boots `lab` with its run.sh, checks the markers and poweroff, then attaches gdb to a second
+/// boot. `timeout` applies to each stage separately. Writes boot-report.json and the logs into
+/// the lab; any verdict but `pass` is an error naming the verdict.
+pub fn run(lab: &Path, expect: &Expect, timeout: Duration) -> Result<BootReport> {
+    run_with_append(lab, expect, timeout, "")
+}
+
+/// `run` with `extra` added to the kernel command line of both boots, e.g. `maxcpus=1` or
+/// `init=/bin/false` to check that a broken boot gets the right verdict.
+pub fn run_with_append(lab: &Path, expect: &Expect, timeout: Duration, extra: &str) -> Result<BootReport> {
+    let append = if extra.trim().is_empty() { TEST_APPEND.to_string() } else { format!("{TEST_APPEND} {}", extra.trim()) };
+    let lab = std::fs::canonicalize(lab)
+        .with_context(|| format!("lab directory {}: build the lab first (cargo xtask)", lab.display()))?;
+    preflight(&lab)?;
+    let signals = interrupt::install();
+    let start = Instant::now();
+    let qemu_command = dry_run(&lab, &append)?;
+    let console_log = lab.join(CONSOLE_LOG);
+    let mut report = BootReport {
+        verdict: Verdict::Pass,
+        detail: String::new(),
+        stages: Vec::new(),
+        wall_seconds: 0.0,
+        qemu_command,
+        console_log: console_log.clone(),
+        gdb_transcript: None,
+    };
+    let mut tail = Tail::default();
+    let mut outcome = boot(&lab, &append, expect, timeout, &console_log, &mut report, &mut tail);
+    if matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
+        let transcript = lab.join(GDB_TRANSCRIPT);
+        report.gdb_transcript = Some(transcript.clone());
+        let gdb_start = Instant::now();
+        outcome = gdb_stage(&lab, &append, expect, timeout, &transcript);
+        if let Ok(f) = &outcome {
+            if f.verdict == Verdict::Pass {
+                report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
+            } else {
+                // The console tail would be the first boot's; the transcript explains a gdb failure.
+                tail = Tail::default();
+                for line in std::fs::read_to_string(&transcript).unwrap_or_default().lines() {
+                    tail.push(line);
+                }
+            }
+        }
+    }
+    drop(signals);
+    let finding = outcome?;
+    report.verdict = finding.verdict.clone();
+    report.detail = finding.detail.clone();
+    report.wall_seconds = start.elapsed().as_secs_f64();
+    write_report(&lab.join(REPORT), &report)?;
+    if finding.verdict != Verdict::Pass {
+        bail!(
+            "boot test of {}: verdict {}: {}\nlast {} lines:\n{}\nfull console: {}{}; report: {}",
+            lab.display(),
+            finding.verdict,
+            finding.detail,
+            TAIL_LINES,
+            tail.text(),
+            console_log.display(),
+            report.gdb_transcript.as_ref().map(|t| format!(", gdb transcript: {}", t.display())).unwrap_or_default(),
+            lab.join(REPORT).display(),
+        );
+    }
+    Ok(report)
+}
+
+/// Fails before booting anything when the lab or the host tools are incomplete.
+fn preflight(lab: &Path) -> Result<()> {
+    for name in ["run.sh", "gdb.sh", "debug.gdb", "bzImage", "vmlinux"] {
+        if !lab.join(name).exists() {
+            bail!("{} is missing: rebuild the lab with cargo xtask", lab.join(name).display());
+        }
+    }
+    for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("gdb", "gdb"), ("kill", "procps")] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            bail!("{tool} is not in PATH: install it (Debian package {package})");
+        }
+    }
+    Ok(())
+}
+
+/// The QEMU command run.sh would run, for the report; also proves run.sh accepts the options.
+fn dry_run(lab: &Path, append: &str) -> Result<String> {
+    let out = Command::new(lab.join("run.sh"))
+        .args(["--dry-run", "--append", append])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {}/run.sh --dry-run", lab.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}/run.sh --dry-run failed ({}): {}",
+            lab.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+enum Msg {
+    Out(String),
+    Err(String),
+    OutClosed,
+}
+
+/// Stages 1-4: the first boot, up to QEMU's own exit.
+fn boot(
+    lab: &Path,
+    append: &str,
+    expect: &Expect,
+    timeout: Duration,
+    console_log: &Path,
+    report: &mut BootReport,
+    tail: &mut Tail,
+) -> Result<Finding> {
+    let mut log = std::io::BufWriter::new(
+        File::create(console_log).with_context(|| format!("create {}", console_log.display()))?,
+    );
+    let mut cmd = Command::new(lab.join("run.sh"));
+    cmd.args(["--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = qemu.child.stdout.take().context("run.sh stdout")?;
+    let stderr = qemu.child.stderr.take().context("run.sh stderr")?;
+    forward_lines(stdout, tx.clone(), Msg::Out, Some(Msg::OutClosed));
+    forward_lines(stderr, tx, Msg::Err, None);
+
+    let mut console = Console::default();
+    let mut stage = Stage::Banner;
+    let mut stage_start = Instant::now();
+    let finding = 'outer: loop {
+        if interrupt::interrupted() {
+            break Finding::new(Verdict::Interrupted, "interrupted by a signal");
+        }
+        let deadline = stage_start + timeout;
+        let now = Instant::now();
+        if now >= deadline {
+            break Finding::new(
+                Verdict::Timeout(stage),
+                format!("the {} stage took longer than {} s", stage.name(), timeout.as_secs_f64()),
+            );
+        }
+        match rx.recv_timeout((deadline - now).min(Duration::from_millis(200))) {
+            Ok(Msg::Out(line)) => {
+                let _ = writeln!(log, "{line}");
+                tail.push(&line);
+                console.push(&line);
+                if let Some(f) = &console.fatal {
+                    // The lines after an oops (registers, call trace) are what a reader needs.
+                    drain(&rx, &mut log, tail, Duration::from_secs(2));
+                    break f.clone();
+                }
+                while console.stage() != stage {
+                    if stage == Stage::Banner {
+                        if let Err(f) = console.check_banner(expect) {
+                            break 'outer f;
+                        }
+                    }
+                    if stage == Stage::Checks {
+                        if let Err(f) = console.check_markers(expect) {
+                            break 'outer f;
+                        }
+                    }
+                    report.stages.push(StageTime { stage: stage.name(), seconds: stage_start.elapsed().as_secs_f64() });
+                    stage_start = Instant::now();
+                    stage = next(stage);
+                }
+            }
+            Ok(Msg::Err(line)) => {
+                let line = format!("[run.sh stderr] {line}");
+                let _ = writeln!(log, "{line}");
+                tail.push(&line);
+            }
+            Ok(Msg::OutClosed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = qemu.wait_for(Duration::from_secs(10));
+                // stderr may still hold QEMU's last words (e.g. why it refused to start).
+                drain(&rx, &mut log, tail, Duration::from_millis(500));
+                let _ = writeln!(log, "[kernel-lab] run.sh exited: {}", status.map_or("still running".to_string(), |s| s.to_string()));
+                let f = console.verdict_at_exit(expect);
+                if f.verdict == Verdict::Pass {
+                    report.stages.push(StageTime { stage: stage.name(), seconds: stage_start.elapsed().as_secs_f64() });
+                }
+                break f;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    };
+    qemu.kill();
+    log.flush().with_context(|| format!("write {}", console_log.display()))?;
+    Ok(finding)
+}
+
+fn next(stage: Stage) -> Stage {
+    match stage {
+        Stage::Banner => Stage::Markers,
+        Stage::Markers => Stage::Checks,
+        Stage::Checks => Stage::Poweroff,
+        Stage::Poweroff | Stage::Gdb => Stage::Gdb,
+    }
+}
+
+/// Copies what is still queued (up to `limit`) into the log and the tail.
+fn drain(rx: &mpsc::Receiver<Msg>, log: &mut impl Write, tail: &mut Tail, limit: Duration) {
+    let end = Instant::now() + limit;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(Msg::Out(line)) => {
+                let _ = writeln!(log, "{line}");
+                tail.push(&line);
+            }
+            Ok(Msg::Err(line)) => {
+                let line = format!("[run.sh stderr] {line}");
+                let _ = writeln!(log, "{line}");
+                tail.push(&line);
+            }
+            Ok(Msg::OutClosed) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Reads `from` line by line on a thread; QEMU's serial output has \r\n endings and may hold
+/// bytes that are not UTF-8.
+fn forward_lines(
+    from: impl Read + Send + 'static,
+    tx: mpsc::Sender<Msg>,
+    wrap: fn(String) -> Msg,
+    at_end: Option<Msg>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(from);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    if tx.send(wrap(line.trim_end_matches(['\n', '\r']).to_string())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(msg) = at_end {
+            let _ = tx.send(msg);
+        }
+    });
+}
+
+/// Stage 5: `run.sh --debug` on a free port, then `gdb.sh -batch` through GDB_STEPS.
+fn gdb_stage(lab: &Path, append: &str, expect: &Expect, timeout: Duration, transcript: &Path) -> Result<Finding> {
+    let port = free_port()?.to_string();
+    let console_path = lab.join(GDB_CONSOLE_LOG);
+    let console = File::create(&console_path).with_context(|| format!("create {}", console_path.display()))?;
+    let mut qemu_cmd = Command::new(lab.join("run.sh"));
+    qemu_cmd
+        .args(["--debug", "--gdb-port", &port, "--append", append])
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().context("duplicate the gdb console log handle")?)
+        .stderr(console);
+    let mut qemu = Group::spawn(&mut qemu_cmd, "run.sh --debug")?;
+
+    let out = File::create(transcript).with_context(|| format!("create {}", transcript.display()))?;
+    let mut gdb_cmd = Command::new(lab.join("gdb.sh"));
+    gdb_cmd.args(["--port", &port, "-batch"]);
+    for step in GDB_STEPS {
+        gdb_cmd.args(["-ex", step]);
+    }
+    gdb_cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().context("duplicate the gdb transcript handle")?)
+        .stderr(out);
+    let mut gdb = Group::spawn(&mut gdb_cmd, "gdb.sh")?;
+    let deadline = Instant::now() + timeout;
+    let finished = loop {
+        if interrupt::interrupted() {
+            return Ok(Finding::new(Verdict::Interrupted, "interrupted by a signal"));
+        }
+        if gdb.try_wait().is_some() {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    gdb.kill();
+    qemu.kill();
+    if !finished {
+        return Ok(Finding::new(
+            Verdict::Timeout(Stage::Gdb),
+            format!("gdb did not finish within {} s", timeout.as_secs_f64()),
+        ));
+    }
+    let text = std::fs::read_to_string(transcript).with_context(|| format!("read {}", transcript.display()))?;
+    Ok(match judge_gdb(&text, &expect.kernel_version) {
+        Ok(()) => Finding::new(Verdict::Pass, ""),
+        Err(f) => f,
+    })
+}
+
+/// A port nobody listens on right now; QEMU binds it a moment later, a race that only a busy
+/// machine loses, and then gdb fails to connect with a clear message.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("find a free TCP port for the gdb stub")?;
+    Ok(listener.local_addr().context("local address of the port probe")?.port())
+}
+
+fn write_report(path: &Path, report: &BootReport) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(report).context("serialize the boot report")?;
+    std::fs::write(&tmp, text + "\n").with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// The last TAIL_LINES lines, for failure messages.
+#[derive(Default)]
+struct Tail(VecDeque<String>);
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        if self.0.len() == TAIL_LINES {
+            self.0.pop_front();
+        }
+        self.0.push_back(line.to_string());
+    }
+    fn text(&self) -> String {
+        self.0.iter().map(|l| format!("  | {l}\n")).collect::<String>().trim_end().to_string()
+    }
+}
+
+/// A child in its own process group, so QEMU (and anything run.sh started) dies with it: on
+/// timeout, on failure, on Ctrl-C (see `interrupt`) and on drop, including unwinding.
+struct Group {
+    child: Child,
+    what: &'static str,
+    status: Option<ExitStatus>,
+}
+
+impl Group {
+    fn spawn(cmd: &mut Command, what: &'static str) -> Result<Group> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child = cmd.spawn().with_context(|| format!("start {what} ({:?})", cmd.get_program()))?;
+        Ok(Group { child, what, status: None })
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// TERM to the whole group, KILL after a grace period. A reaped leader's pid could be reused
+    /// by an unrelated group, so the group is signalled only while the leader is unreaped.
+    fn kill(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        let pgid = format!("-{}", self.child.id());
+        for (signal, grace) in [("TERM", Duration::from_secs(3)), ("KILL", Duration::from_secs(5))] {
+            let _ = Command::new("kill")
+                .args(["-s", signal, "--", &pgid])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if self.wait_for(grace).is_some() {
+                return;
+            }
+        }
+        eprintln!("boottest: {} (process group {pgid}) survived SIGKILL", self.what);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// SIGINT/SIGTERM while a boot test runs set a flag instead of ending the process, so the
+/// process groups above are killed before we exit. std links the C library on Linux, so its
+/// `signal` is declared here rather than adding the libc crate for one function.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    const SIGINT: i32 = 2;
+    const SIGTERM: i32 = 15;
+    const SIG_ERR: usize = usize::MAX;
+
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+
+    extern "C" fn on_signal(_signum: i32) {
+        // Only an atomic store: async-signal-safe.
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+
+    /// Restores the previous handlers when dropped.
+    pub struct Installed {
+        previous: Vec<(i32, usize)>,
+    }
+
+    pub fn install() -> Installed {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let mut previous = Vec::new();
+        for sig in [SIGINT, SIGTERM] {
+            // SAFETY: glibc's signal() installs a handler with BSD semantics; on_signal only
+            // touches an atomic.
+            let old = unsafe { signal(sig, on_signal as extern "C" fn(i32) as usize) };
+            if old != SIG_ERR {
+                previous.push((sig, old));
+            }
+        }
+        Installed { previous }
+    }
+
+    pub fn interrupted() -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
+
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            for &(sig, old) in &self.previous {
+                // SAFETY: puts back the handler signal() returned earlier.
+                unsafe { signal(sig, old) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expect() -> Expect {
+        Expect { kernel_version: "6.12.117".to_string(), smp: 4, uid: 1000 }
+    }
+
+    /// A passing console with the usual noise: timestamps, \r, a marker after a kernel message.
+    fn good_console() -> Vec<String> {
+        [
+            "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
+            "[    0.000000] Linux version 6.12.117 (kernel-lab@kernel-lab) (gcc (Debian 12.2.0-14) 12.2.0) #1 SMP\r",
+            "[    0.000000] Command line: console=ttyS0 nokaslr lab.test=1 panic=-1 oops=panic",
+            "[    0.812345] Run /init as init process",
+            "KLAB:BEGIN",
+            "KLAB:uname=6.12.117",
+            "[    1.201000] e1000 0000:00:03.0 eth0: (PCI:33MHz:32-bit) 52:54:00:12:34:56 KLAB:nproc=4",
+            "KLAB:netns=ok:lo",
+            "KLAB:uid=1000",
+            "KLAB:kallsyms=31337",
+            "KLAB:e1000=eth0",
+            "KLAB:END\r",
+            "[    1.650000] reboot: Power down",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn verdict_of(lines: &[String]) -> Verdict {
+        judge(lines.iter().map(String::as_str), &expect()).verdict
+    }
+
+    /// The good console with `marker`'s line replaced (or removed when `with` is None).
+    fn with_marker(marker: &str, with: Option<&str>) -> Vec<String> {
+        let mut lines = good_console();
+        let i = lines.iter().position(|l| l.contains(&format!("KLAB:{marker}"))).unwrap();
+        match with {
+            Some(w) => lines[i] = w.to_string(),
+            None => {
+                lines.remove(i);
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn good_console_passes() {
+        assert_eq!(judge(good_console().iter().map(String::as_str), &expect()), Finding::new(Verdict::Pass, ""));
+    }
+
+    #[test]
+    fn fatal_messages_have_their_own_verdicts() {
+        let cases = [
+            ("[    2.0] Kernel panic - not syncing: VFS: Unable to mount root fs", Verdict::KernelPanic),
+            ("[    2.0] Oops: general protection fault, probably for non-canonical address", Verdict::Oops),
+            ("[    2.0] BUG: kernel NULL pointer dereference, address: 0000000000000000", Verdict::Bug),
+            ("[    2.0] kernel BUG at mm/slub.c:123!", Verdict::Bug),
+            ("[    2.0] BUG: KASAN: slab-out-of-bounds in foo+0x1/0x2", Verdict::Sanitizer),
+            ("[    2.0] UBSAN: shift-out-of-bounds in kernel/foo.c:1:2", Verdict::Sanitizer),
+            ("[    2.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100", Verdict::InitDied),
+        ];
+        for (line, want) in cases {
+            // In the middle of the markers, and after END (a failed poweroff kills init).
+            let mut lines = good_console();
+            lines.insert(6, line.to_string());
+            assert_eq!(verdict_of(&lines), want, "{line}");
+            let mut lines = good_console();
+            lines.push(line.to_string());
+            assert_eq!(verdict_of(&lines), want, "{line} after END");
+        }
+    }
+
+    #[test]
+    fn first_fatal_message_wins() {
+        let mut lines = good_console();
+        lines.truncate(4);
+        lines.push("[    2.0] BUG: unable to handle page fault for address: ffff".into());
+        lines.push("[    2.0] Oops: 0000 [#1] SMP".into());
+        lines.push("[    2.1] Kernel panic - not syncing: Fatal exception".into());
+        let f = judge(lines.iter().map(String::as_str), &expect());
+        assert_eq!(f.verdict, Verdict::Bug);
+        assert!(f.detail.contains("page fault"), "{}", f.detail);
+    }
+
+    #[test]
+    fn second_banner_is_a_reboot_loop() {
+        let mut lines = good_console();
+        lines.truncate(5);
+        lines.push("[    0.000000] Linux version 6.12.117 (kernel-lab@kernel-lab) #1 SMP".into());
+        assert_eq!(verdict_of(&lines), Verdict::RebootLoop);
+    }
+
+    #[test]
+    fn wrong_banner_version_fails_even_if_uname_matches() {
+        let mut lines = good_console();
+        lines[1] = "[    0.000000] Linux version 6.12.117-dirty (x@y) #1".into();
+        assert_eq!(verdict_of(&lines), Verdict::CheckFailed("banner"));
+    }
+
+    #[test]
+    fn each_wrong_marker_fails_its_check() {
+        let cases = [
+            ("uname", "KLAB:uname=6.1.0"),
+            ("nproc", "KLAB:nproc=1"),
+            ("netns", "KLAB:netns=ok:lo eth0"),
+            ("netns", "KLAB:netns=fail:"),
+            ("netns", "KLAB:netns=ok:"),
+            ("uid", "KLAB:uid=0"),
+            ("kallsyms", "KLAB:kallsyms=0"),
+            ("kallsyms", "KLAB:kallsyms=lots"),
+            ("e1000", "KLAB:e1000=none"),
+            ("e1000", "KLAB:e1000="),
+        ];
+        for (name, line) in cases {
+            assert_eq!(verdict_of(&with_marker(name, Some(line))), Verdict::CheckFailed(name), "{line}");
+        }
+        for name in ["uname", "nproc", "netns", "uid", "kallsyms", "e1000"] {
+            let f = judge(with_marker(name, None).iter().map(String::as_str), &expect());
+            assert_eq!(f.verdict, Verdict::CheckFailed(name), "missing {name}");
+            assert!(f.detail.contains("no KLAB:"), "{}", f.detail);
+        }
+    }
+
+    #[test]
+    fn missing_end_fails() {
+        assert_eq!(verdict_of(&with_marker("END", None)), Verdict::CheckFailed("end"));
+    }
+
+    #[test]
+    fn early_exits_name_the_stage() {
+        let lines = good_console();
+        assert_eq!(verdict_of(&lines[..1]), Verdict::Exited(Stage::Banner));
+        assert_eq!(verdict_of(&lines[..4]), Verdict::Exited(Stage::Markers));
+        // After BEGIN the checks say what is missing.
+        assert_eq!(verdict_of(&lines[..6]), Verdict::CheckFailed("nproc"));
+    }
+
+    #[test]
+    fn console_tracks_stages() {
+        let mut c = Console::default();
+        let lines = good_console();
+        let stages: Vec<Stage> = lines.iter().map(|l| {
+            c.push(l);
+            c.stage()
+        }).collect();
+        assert_eq!(stages[0], Stage::Banner);
+        assert_eq!(stages[1], Stage::Markers);
+        assert_eq!(stages[4], Stage::Checks);
+        assert_eq!(stages[11], Stage::Poweroff);
+        assert_eq!(c.marker("nproc"), Some("4"));
+    }
+
+    #[test]
+    fn verdict_names_are_stable() {
+        let names: Vec<String> = [
+            Verdict::Pass,
+            Verdict::KernelPanic,
+            Verdict::InitDied,
+            Verdict::RebootLoop,
+            Verdict::Timeout(Stage::Markers),
+            Verdict::CheckFailed("netns"),
+            Verdict::GdbFailed("breakpoint"),
+        ]
+        .iter()
+        .map(Verdict::to_string)
+        .collect();
+        assert_eq!(
+            names,
+            ["pass", "kernel-panic", "init-died", "reboot-loop", "timeout-markers", "check-failed:netns", "gdb-failed:breakpoint"]
+        );
+        assert_eq!(serde_json::to_string(&Verdict::Oops).unwrap(), "\"oops\"");
+    }
+
+    const GOOD_GDB: &str = "0x000000000000fff0 in ?? ()\n\
+        KLAB-GDB:breakpoint\n\
+        Breakpoint 1 at 0xffffffff82f0a8b0: file init/main.c, line 904.\n\n\
+        Thread 1 hit Breakpoint 1, start_kernel () at ./init/main.c:875\n\
+        875\t{\n\
+        KLAB-GDB:banner\n\
+        $1 = 0xffffffff81666fc0 <linux_banner> \"Linux version 6.12.117 (kernel-lab@kernel-lab) (gcc) #1 SMP\\n\"\n\
+        KLAB-GDB:lx-version\n\
+        Linux version 6.12.117 (kernel-lab@kernel-lab) (gcc) #1 SMP\n\
+        KLAB-GDB:lx-current\n\
+        $2 = 0\n\
+        KLAB-GDB:done\n\
+        [Inferior 1 (process 1) killed]\n\
+        KLAB-GDB:killed\n";
+
+    #[test]
+    fn gdb_transcript_checks() {
+        assert_eq!(judge_gdb(GOOD_GDB, "6.12.117"), Ok(()));
+        let step = |text: &str, version: &str| judge_gdb(text, version).unwrap_err().verdict;
+        assert_eq!(step(GOOD_GDB, "6.1.0"), Verdict::GdbFailed("banner"));
+        let no_break = GOOD_GDB.replace("Breakpoint 1, start_kernel", "Program received signal SIGTRAP");
+        assert_eq!(step(&no_break, "6.12.117"), Verdict::GdbFailed("breakpoint"));
+        let no_lx = GOOD_GDB.replace(
+            "KLAB-GDB:lx-version\nLinux version",
+            "KLAB-GDB:lx-version\nUndefined command: \"lx-version\".\nLinux versio",
+        );
+        assert_eq!(step(&no_lx, "6.12.117"), Verdict::GdbFailed("lx-version"));
+        let no_pid = GOOD_GDB.replace("$2 = 0", "No symbol \"lx_current\" in current context.");
+        assert_eq!(step(&no_pid, "6.12.117"), Verdict::GdbFailed("lx-current"));
+        let cut = &GOOD_GDB[..GOOD_GDB.find("KLAB-GDB:done").unwrap()];
+        assert_eq!(step(cut, "6.12.117"), Verdict::GdbFailed("done"));
+        assert_eq!(step("localhost:1234: Connection refused.\n", "6.12.117"), Verdict::GdbFailed("breakpoint"));
+    }
+
+    // --- The runner, with shell scripts standing in for run.sh/gdb.sh (no QEMU, no kernel). ---
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("klab-boottest-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn script(path: &Path, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, format!("#!/bin/bash\n{body}")).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A lab whose run.sh replays `console` (then runs `after`), and whose gdb.sh prints GOOD_GDB.
+    fn fake_lab(name: &str, console: &[String], after: &str) -> PathBuf {
+        let lab = scratch(name);
+        for f in ["bzImage", "vmlinux", "debug.gdb"] {
+            std::fs::write(lab.join(f), b"").unwrap();
+        }
+        std::fs::write(lab.join("console.txt"), console.join("\n") + "\n").unwrap();
+        std::fs::write(lab.join("gdb.txt"), GOOD_GDB).unwrap();
+        let lab_s = lab.display();
+        script(
+            &lab.join("run.sh"),
+            &format!(
+                "echo \"$*\" >> {lab_s}/calls\n\
+                 [ \"$1\" = --dry-run ] && {{ echo qemu-system-x86_64 -append \"$3\"; exit 0; }}\n\
+                 [ \"$1\" = --debug ] && exec sleep 600\n\
+                 echo $$ > {lab_s}/pid\n\
+                 echo 'run.sh: KVM not usable; emulating with TCG' >&2\n\
+                 cat {lab_s}/console.txt\n{after}\n"
+            ),
+        );
+        script(&lab.join("gdb.sh"), &format!("echo \"$*\" > {lab_s}/gdb-args\ncat {lab_s}/gdb.txt\n"));
+        lab
+    }
+
+    fn alive(pid_file: &Path) -> bool {
+        let pid = std::fs::read_to_string(pid_file).unwrap();
+        Command::new("kill").args(["-0", pid.trim()]).stderr(Stdio::null()).status().unwrap().success()
+    }
+
+    #[test]
+    fn runner_passes_a_good_lab_and_writes_the_report() {
+        let lab = fake_lab("pass", &good_console(), "exit 0");
+        let report = run(&lab, &expect(), Duration::from_secs(60)).unwrap();
+        assert_eq!(report.verdict, Verdict::Pass);
+        let stages: Vec<&str> = report.stages.iter().map(|s| s.stage).collect();
+        assert_eq!(stages, ["banner", "markers", "checks", "poweroff", "gdb"]);
+        assert!(report.qemu_command.contains(TEST_APPEND), "{}", report.qemu_command);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(lab.join(REPORT)).unwrap()).unwrap();
+        assert_eq!(json["verdict"], "pass");
+        assert_eq!(json["stages"][4]["stage"], "gdb");
+        let console = std::fs::read_to_string(lab.join(CONSOLE_LOG)).unwrap();
+        assert!(console.contains("KLAB:END\n") && console.contains("[run.sh stderr] run.sh: KVM"), "{console}");
+        let calls = std::fs::read_to_string(lab.join("calls")).unwrap();
+        assert!(calls.contains(&format!("--append {TEST_APPEND}")), "{calls}");
+        assert!(calls.contains("--debug --gdb-port "), "{calls}");
+        let gdb_args = std::fs::read_to_string(lab.join("gdb-args")).unwrap();
+        assert!(gdb_args.starts_with("--port ") && gdb_args.contains("-batch -ex echo KLAB-GDB:breakpoint"), "{gdb_args}");
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+
+    #[test]
+    fn runner_reports_a_failed_check_with_the_console_tail() {
+        let lab = fake_lab("nproc", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        assert!(err.contains("verdict check-failed:nproc"), "{err}");
+        assert!(err.contains("KLAB:nproc=1, expected 4"), "{err}");
+        assert!(err.contains("  | KLAB:netns=ok:lo"), "no console tail in: {err}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(lab.join(REPORT)).unwrap()).unwrap();
+        assert_eq!(json["verdict"], "check-failed:nproc");
+        assert!(json["gdb_transcript"].is_null());
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+
+    #[test]
+    fn runner_times_out_and_kills_the_process_group() {
+        let mut console = good_console();
+        console.truncate(3);
+        // The guest hangs before init: no markers ever come.
+        let lab = fake_lab("hang", &console, "exec sleep 600");
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2)).unwrap_err());
+        assert!(err.contains("verdict timeout-markers"), "{err}");
+        assert!(!alive(&lab.join("pid")), "run.sh's process survived the timeout");
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+
+    #[test]
+    fn runner_notices_a_guest_that_does_not_power_off() {
+        let lab = fake_lab("nopoweroff", &good_console(), "exec sleep 600");
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2)).unwrap_err());
+        assert!(err.contains("verdict timeout-poweroff"), "{err}");
+        assert!(!alive(&lab.join("pid")));
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+
+    #[test]
+    fn runner_stops_at_a_panic() {
+        let mut console = good_console();
+        console.truncate(5);
+        console.push("[    1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100".into());
+        let lab = fake_lab("panic", &console, "exec sleep 600");
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        assert!(err.contains("verdict init-died"), "{err}");
+        assert!(!alive(&lab.join("pid")));
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+
+    #[test]
+    fn runner_fails_a_broken_gdb_stage() {
+        let lab = fake_lab("gdbfail", &good_console(), "exit 0");
+        std::fs::write(lab.join("gdb.txt"), "localhost:1: Connection refused.\n").unwrap();
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        assert!(err.contains("verdict gdb-failed:breakpoint"), "{err}");
+        assert!(err.contains("Connection refused"), "transcript tail missing: {err}");
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+
+    #[test]
+    fn extra_append_reaches_both_boots() {
+        let lab = fake_lab("append", &good_console(), "exit 0");
+        run_with_append(&lab, &expect(), Duration::from_secs(60), " maxcpus=1 ").unwrap();
+        let calls = std::fs::read_to_string(lab.join("calls")).unwrap();
+        let want = format!("--append {TEST_APPEND} maxcpus=1");
+        assert_eq!(calls.matches(&want).count(), 3, "dry run, boot and gdb boot: {calls}");
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+
+    #[test]
+    fn preflight_names_the_missing_file() {
+        let lab = fake_lab("preflight", &good_console(), "exit 0");
+        std::fs::remove_file(lab.join("vmlinux")).unwrap();
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        assert!(err.contains("vmlinux is missing"), "{err}");
+        let _ = std::fs::remove_dir_all(&lab);
+    }
+}
+
+/// The real thing on a built lab: `KLAB_BOOTTEST_LAB=<lab> KLAB_BOOTTEST_VERSION=<uname -r>
+/// cargo test -p xtask boottest::real -- --ignored --nocapture` (needs QEMU and gdb; slow).
+#[cfg(test)]
+mod real {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn real_lab_boot_test() {
+        let lab = PathBuf::from(std::env::var("KLAB_BOOTTEST_LAB").expect("set KLAB_BOOTTEST_LAB to a lab directory"));
+        let version = std::env::var("KLAB_BOOTTEST_VERSION").expect("set KLAB_BOOTTEST_VERSION to the kernel release");
+        let smp = std::env::var("KLAB_BOOTTEST_SMP").map_or(4, |s| s.parse().expect("KLAB_BOOTTEST_SMP: a number"));
+        let expect = Expect { kernel_version: version, smp, uid: 1000 };
+        let start = Instant::now();
+        let result = run(&lab, &expect, Duration::from_secs(120));
+        eprintln!("boot test wall time: {:.2} s", start.elapsed().as_secs_f64());
+        match result {
+            Ok(report) => eprintln!("{}", serde_json::to_string_pretty(&report).unwrap()),
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+}

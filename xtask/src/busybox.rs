@@ -1,0 +1,420 @@
+//! Configures and builds a static busybox out of tree, reproducibly, for the lab's initramfs.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use xshell::{cmd, Shell};
+
+use crate::kbuild::{self, BuildInputs};
+use crate::kconfig::{self, Entry, Value};
+use crate::layout;
+use crate::recipe::ConfigBase;
+
+/// How this module builds busybox; hashed into the inputs stamp, so changing the steps here
+/// (bump the version) rebuilds existing trees.
+const BUILD_STEPS: &[u8] = b"kernel-lab busybox v1: make defconfig, fragments, make oldconfig, make busybox";
+/// Progress lines (CC, LD, AR, ...) of a defconfig build of 1.35.0; sizes the first progress bar.
+const EXPECTED_STEPS: u64 = 640;
+/// `make oldconfig` asks about every option it has no value for and exits on end of input; an
+/// empty answer takes the default. Busybox has about 1,800 options, so this answers them all,
+/// and it stays under the pipe buffer (64 KiB) so writing it never blocks.
+const OLDCONFIG_ANSWERS: usize = 8192;
+
+/// Builds `build/busybox` from the source tree `src`, configured as defconfig plus `fragments`,
+/// and checks that it is statically linked. The same inputs give a byte-identical binary whatever
+/// the directories are called; unchanged inputs and an existing binary skip make entirely.
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    sh: &Shell,
+    src: &Path,
+    build: &Path,
+    fragments: &[PathBuf],
+    tarball_sha256: &str,
+    jobs: usize,
+    cc_wrapper: Option<&str>,
+    release_epoch: u64,
+) -> Result<PathBuf> {
+    check_preconditions(src, fragments, jobs, cc_wrapper)?;
+    std::fs::create_dir_all(build).with_context(|| format!("create busybox build directory {}", build.display()))?;
+    let binary = build.join("busybox");
+    let log_path = build.join("build.log");
+    let maps = kbuild::prefix_maps(src, build);
+    let inputs = BuildInputs { tarball_sha256, recipe: BUILD_STEPS, fragments, patches: &[], base: ConfigBase::Defconfig };
+    let stamp_path = build.join(kbuild::INPUTS_STAMP);
+    // The stamp covers the final .config too, so a hand-edited .config is configured again.
+    if binary.is_file() && build.join(".config").is_file() {
+        let stamp = kbuild::inputs_stamp(sh, build, &inputs, cc_wrapper, release_epoch, &maps)?;
+        if std::fs::read(&stamp_path).ok().as_deref() == Some(stamp.as_bytes()) {
+            return Ok(binary);
+        }
+    }
+    // A failed or interrupted build must not leave a stamp that claims the old binary is current.
+    let _ = std::fs::remove_file(&stamp_path);
+
+    configure(sh, src, build, fragments, release_epoch).with_context(|| format!("configure busybox in {}", build.display()))?;
+
+    let o = kbuild::make_out_arg(build);
+    let j = format!("-j{jobs}");
+    let cc = cc_wrapper.map(|w| format!("CC={w} gcc"));
+    // Busybox's Makefile starts from CFLAGS in the environment and appends its own flags to it;
+    // on the command line CFLAGS would replace them instead.
+    let make = reproducible(cmd!(sh, "make -C {src} {o} {j} {cc...} busybox"), release_epoch).env("CFLAGS", &maps);
+    let objects_path = build.join(kbuild::OBJECTS_STAMP);
+    let expected = std::fs::read_to_string(&objects_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(EXPECTED_STEPS);
+    let steps = kbuild::run_streaming(make, &log_path, expected).context("build busybox")?;
+    std::fs::write(&objects_path, format!("{steps}\n")).with_context(|| format!("write {}", objects_path.display()))?;
+
+    check_static(&binary, &log_path)?;
+    let stamp = kbuild::inputs_stamp(sh, build, &inputs, cc_wrapper, release_epoch, &maps)?;
+    layout::write_atomic(&stamp_path, stamp.as_bytes())?;
+    Ok(binary)
+}
+
+fn check_preconditions(src: &Path, fragments: &[PathBuf], jobs: usize, cc_wrapper: Option<&str>) -> Result<()> {
+    if !src.join("Makefile").is_file() || !src.join("Config.in").is_file() || !src.join("applets").is_dir() {
+        bail!("{} is not a busybox source tree (no Makefile, Config.in and applets/): extract the busybox tarball there first", src.display());
+    }
+    // Busybox's Makefile refuses O= builds from a configured source tree, after defconfig ran.
+    if src.join(".config").exists() {
+        bail!("busybox source tree {} has a .config (it was built in place): extract it again, or run `make -C {} mrproper`", src.display(), src.display());
+    }
+    if jobs == 0 {
+        bail!("jobs is 0: pass at least 1 (the number of CPUs is a good choice)");
+    }
+    if let Some(w) = cc_wrapper {
+        if !kbuild::CC_WRAPPERS.contains(&w) {
+            bail!("compiler wrapper {w:?} is not supported: use one of {}", kbuild::CC_WRAPPERS.join(", "));
+        }
+    }
+    for f in fragments {
+        if !f.is_file() {
+            bail!("busybox config fragment {} does not exist: fix the name in the recipe or add the file", f.display());
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's reproducible-build environment. Busybox reads only SOURCE_DATE_EPOCH (kconfig
+/// writes it as AUTOCONF_TIMESTAMP, shown by `busybox --help`), in every step that writes
+/// .config; the KBUILD_BUILD_* variables are set so both builds run in the same environment.
+fn reproducible(cmd: xshell::Cmd<'_>, epoch: u64) -> xshell::Cmd<'_> {
+    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("KBUILD_BUILD_TIMESTAMP", kbuild::kbuild_timestamp(epoch))
+        .env("KBUILD_BUILD_USER", "kernel-lab")
+        .env("KBUILD_BUILD_HOST", "kernel-lab")
+}
+
+/// defconfig, then the fragments written into .config, then `make oldconfig` (busybox 1.35 has
+/// no olddefconfig) answering every question with its default, then a check that every
+/// requested option survived.
+fn configure(sh: &Shell, src: &Path, build: &Path, fragments: &[PathBuf], epoch: u64) -> Result<()> {
+    let log_path = build.join("configure.log");
+    let mut log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+    let bar = ProgressBar::new_spinner().with_message("configure busybox");
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let o = kbuild::make_out_arg(build);
+    kbuild::run_logged(reproducible(cmd!(sh, "make -C {src} {o} defconfig"), epoch), &mut log, &log_path, "make defconfig")?;
+
+    let config = build.join(".config");
+    let mut requested = Vec::new();
+    for f in fragments {
+        requested.extend(kconfig::parse_file(f)?);
+    }
+    let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
+    let merged = apply_fragments(&text, &requested, &config)?;
+    layout::write_atomic(&config, merged.as_bytes())?;
+
+    let answers = "\n".repeat(OLDCONFIG_ANSWERS);
+    kbuild::run_logged(reproducible(cmd!(sh, "make -C {src} {o} oldconfig"), epoch).stdin(answers), &mut log, &log_path, "make oldconfig")?;
+    bar.finish_and_clear();
+
+    let lost = lost_options(&requested, &kconfig::parse_file(&config)?);
+    if !lost.is_empty() {
+        bail!(
+            "{} requested option(s) did not survive `make oldconfig` (a misspelt name, or a dependency that is off); fix the fragment:\n  {}\nsee {} and {}",
+            lost.len(),
+            lost.join("\n  "),
+            config.display(),
+            log_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `.config` text with every requested option set: its `CONFIG_X=...` or `# CONFIG_X is not set`
+/// line is replaced, and options the file does not mention are appended. The last request wins.
+fn apply_fragments(config_text: &str, requested: &[Entry], config_path: &Path) -> Result<String> {
+    let mut wanted: Vec<(String, Value)> = Vec::new();
+    for e in requested {
+        match wanted.iter_mut().find(|(s, _)| *s == e.symbol) {
+            Some(w) => w.1 = e.value.clone(),
+            None => wanted.push((e.symbol.clone(), e.value.clone())),
+        }
+    }
+    let symbol_at: HashMap<usize, String> = kconfig::parse(config_text, config_path)?.into_iter().map(|e| (e.line, e.symbol)).collect();
+    let mut written = HashSet::new();
+    let mut out = String::new();
+    for (i, line) in config_text.lines().enumerate() {
+        match symbol_at.get(&(i + 1)).and_then(|s| wanted.iter().find(|(w, _)| w == s)) {
+            Some(w) => {
+                out.push_str(&kconfig::render(std::slice::from_ref(w)));
+                written.insert(w.0.as_str());
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let missing: Vec<(String, Value)> = wanted.iter().filter(|(s, _)| !written.contains(s.as_str())).cloned().collect();
+    out.push_str(&kconfig::render(&missing));
+    Ok(out)
+}
+
+/// One line per requested option whose final value differs, naming the symbol, the asked and
+/// the final value. Kconfig does not write options it cannot show, so absent counts as `n`.
+fn lost_options(requested: &[Entry], final_config: &[Entry]) -> Vec<String> {
+    let finals: HashMap<&str, &Value> = final_config.iter().map(|e| (e.symbol.as_str(), &e.value)).collect();
+    let last: HashMap<&str, &Entry> = requested.iter().map(|e| (e.symbol.as_str(), e)).collect();
+    let mut lost = Vec::new();
+    for req in requested {
+        if !std::ptr::eq(last[req.symbol.as_str()], req) {
+            continue;
+        }
+        let fin = finals.get(req.symbol.as_str()).copied();
+        let survived = match (&req.value, fin) {
+            (Value::No, None) => true,
+            (want, Some(got)) => want == got,
+            (_, None) => false,
+        };
+        if !survived {
+            let got = match fin {
+                Some(Value::No) => "not set".to_string(),
+                Some(v) => v.to_string(),
+                None => "absent".to_string(),
+            };
+            lost.push(format!("CONFIG_{}: asked {} ({}:{}), final {got}", req.symbol, req.value, req.file.display(), req.line));
+        }
+    }
+    lost
+}
+
+/// Fails unless `binary` is an ELF file without an interpreter, i.e. runs in an initramfs that
+/// has no dynamic loader.
+fn check_static(binary: &Path, log_path: &Path) -> Result<()> {
+    let bytes = std::fs::read(binary).with_context(|| format!("make succeeded but {} cannot be read; see {}", binary.display(), log_path.display()))?;
+    let interp = elf_interpreter(&bytes).with_context(|| format!("inspect {}", binary.display()))?;
+    if interp.is_some() {
+        bail!(
+            "busybox at {} is dynamically linked (has an ELF interpreter): CONFIG_STATIC did not take effect; see {}",
+            binary.display(),
+            log_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The PT_INTERP path of a little-endian ELF64 file (the dynamic loader), or None for a static
+/// executable. A static-pie binary has a PT_DYNAMIC segment but no interpreter, and runs anywhere.
+fn elf_interpreter(elf: &[u8]) -> Result<Option<String>> {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let u64_at = |at: usize| elf.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if elf.get(..4) != Some(b"\x7fELF") {
+        bail!("not an ELF file");
+    }
+    if elf.get(4..6) != Some(&[2, 1]) {
+        bail!("not a little-endian 64-bit ELF file (EI_CLASS, EI_DATA = {:?})", elf.get(4..6));
+    }
+    let truncated = || anyhow::anyhow!("truncated ELF file ({} bytes)", elf.len());
+    let phoff = usize::try_from(u64_at(0x20).ok_or_else(truncated)?)?;
+    let phentsize = usize::from(u16_at(0x36).ok_or_else(truncated)?);
+    let phnum = usize::from(u16_at(0x38).ok_or_else(truncated)?);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph).ok_or_else(truncated)? != PT_INTERP {
+            continue;
+        }
+        let offset = usize::try_from(u64_at(ph + 8).ok_or_else(truncated)?)?;
+        let size = usize::try_from(u64_at(ph + 32).ok_or_else(truncated)?)?;
+        let path = elf.get(offset..offset + size).ok_or_else(truncated)?;
+        return Ok(Some(String::from_utf8_lossy(path).trim_end_matches('\0').to_string()));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kernel-lab-busybox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A minimal ELF64 executable: the header, then the given program headers (type, and for
+    /// PT_INTERP the path placed after them).
+    fn fixture_elf(types: &[u32], interp: &str) -> Vec<u8> {
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
+        let data_at = 64 + 56 * types.len() as u64;
+        for &t in types {
+            let mut ph = vec![0u8; 56];
+            ph[..4].copy_from_slice(&t.to_le_bytes());
+            ph[8..16].copy_from_slice(&data_at.to_le_bytes());
+            ph[32..40].copy_from_slice(&(interp.len() as u64 + 1).to_le_bytes());
+            elf.extend(ph);
+        }
+        elf.extend(interp.bytes());
+        elf.push(0);
+        elf
+    }
+
+    #[test]
+    fn finds_the_interpreter_of_a_dynamic_elf() {
+        assert_eq!(elf_interpreter(&fixture_elf(&[6, 3, 1], "/lib/ld.so")).unwrap().as_deref(), Some("/lib/ld.so"));
+        // PT_LOAD and PT_DYNAMIC (static-pie) but no PT_INTERP: static.
+        assert_eq!(elf_interpreter(&fixture_elf(&[1, 2], "")).unwrap(), None);
+        let ls = std::fs::read("/bin/ls").unwrap();
+        assert!(elf_interpreter(&ls).unwrap().unwrap().contains("ld-linux"));
+    }
+
+    #[test]
+    fn rejects_what_is_not_elf64() {
+        assert!(format!("{:#}", elf_interpreter(b"#!/bin/sh\n").unwrap_err()).contains("not an ELF"));
+        let mut elf32 = fixture_elf(&[1], "");
+        elf32[4] = 1;
+        assert!(elf_interpreter(&elf32).is_err());
+        let whole = fixture_elf(&[3], "/lib/ld.so");
+        assert!(format!("{:#}", elf_interpreter(&whole[..whole.len() - 4]).unwrap_err()).contains("truncated"));
+    }
+
+    #[test]
+    fn dynamic_busybox_error_names_the_binary_and_the_log() {
+        let dir = temp("static");
+        let (bin, log) = (dir.join("busybox"), dir.join("build.log"));
+        std::fs::write(&bin, fixture_elf(&[1, 3], "/lib64/ld-linux-x86-64.so.2")).unwrap();
+        let e = format!("{:#}", check_static(&bin, &log).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "busybox at {} is dynamically linked (has an ELF interpreter): CONFIG_STATIC did not take effect; see {}",
+                bin.display(),
+                log.display()
+            )
+        );
+        std::fs::write(&bin, fixture_elf(&[1], "")).unwrap();
+        check_static(&bin, &log).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn entries(text: &str) -> Vec<Entry> {
+        kconfig::parse(text, Path::new("static.config")).unwrap()
+    }
+
+    #[test]
+    fn fragments_replace_lines_in_place_and_append_the_rest() {
+        let config = "#\n# Busybox version: 1.35.0\n#\n# CONFIG_STATIC is not set\nCONFIG_TC=y\nCONFIG_EXTRA_CFLAGS=\"\"\nCONFIG_LS=y\n";
+        let req = entries("CONFIG_STATIC=y\n# CONFIG_TC is not set\nCONFIG_NEW=y\nCONFIG_LS=n\n# CONFIG_LS is not set\nCONFIG_EXTRA_CFLAGS=\"-Os\"\n");
+        let out = apply_fragments(config, &req, Path::new(".config")).unwrap();
+        assert_eq!(
+            out,
+            "#\n# Busybox version: 1.35.0\n#\nCONFIG_STATIC=y\n# CONFIG_TC is not set\nCONFIG_EXTRA_CFLAGS=\"-Os\"\n# CONFIG_LS is not set\nCONFIG_NEW=y\n"
+        );
+    }
+
+    #[test]
+    fn lost_options_name_symbol_asked_and_final() {
+        let req = entries("CONFIG_STATIC=y\n# CONFIG_TC is not set\nCONFIG_FEATURE_X=y\nCONFIG_PIE=y\n# CONFIG_PIE is not set\n");
+        let fin = kconfig::parse("CONFIG_STATIC=y\nCONFIG_TC=y\n", Path::new(".config")).unwrap();
+        assert_eq!(
+            lost_options(&req, &fin),
+            ["CONFIG_TC: asked n (static.config:2), final y", "CONFIG_FEATURE_X: asked y (static.config:3), final absent"]
+        );
+        let fin = kconfig::parse("CONFIG_STATIC=y\n# CONFIG_TC is not set\nCONFIG_FEATURE_X=y\n", Path::new(".config")).unwrap();
+        assert!(lost_options(&req, &fin).is_empty());
+    }
+
+    /// A build directory whose stamp matches its inputs runs no make: the fake source tree's
+    /// Makefile fails on every target, so reaching make is an error.
+    #[test]
+    fn unchanged_inputs_skip_make() {
+        let dir = temp("noop");
+        let (src, build_dir) = (dir.join("src"), dir.join("build"));
+        std::fs::create_dir_all(src.join("applets")).unwrap();
+        std::fs::create_dir_all(&build_dir).unwrap();
+        std::fs::write(src.join("Makefile"), "%:\n\tfalse\n").unwrap();
+        std::fs::write(src.join("Config.in"), "").unwrap();
+        std::fs::write(build_dir.join(".config"), "CONFIG_STATIC=y\n").unwrap();
+        std::fs::write(build_dir.join("busybox"), fixture_elf(&[1], "")).unwrap();
+        let frag = dir.join("static.config");
+        std::fs::write(&frag, "CONFIG_STATIC=y\n").unwrap();
+        let frags = [frag.clone()];
+        let sh = Shell::new().unwrap();
+        let inputs = BuildInputs { tarball_sha256: "ab12", recipe: BUILD_STEPS, fragments: &frags, patches: &[], base: ConfigBase::Defconfig };
+        let stamp = kbuild::inputs_stamp(&sh, &build_dir, &inputs, None, 7, &kbuild::prefix_maps(&src, &build_dir)).unwrap();
+        std::fs::write(build_dir.join(kbuild::INPUTS_STAMP), stamp).unwrap();
+
+        let t = Instant::now();
+        assert_eq!(build(&sh, &src, &build_dir, &frags, "ab12", 2, None, 7).unwrap(), build_dir.join("busybox"));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+        // A different tarball or epoch reaches make (defconfig), which fails here.
+        let e = format!("{:#}", build(&sh, &src, &build_dir, &frags, "cd34", 2, None, 7).unwrap_err());
+        assert!(e.contains("make defconfig failed") && e.contains("configure.log"), "{e}");
+        assert!(!build_dir.join(kbuild::INPUTS_STAMP).exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn configured_source_tree_is_refused_before_make() {
+        let dir = temp("configured");
+        std::fs::create_dir_all(dir.join("applets")).unwrap();
+        for f in ["Makefile", "Config.in", ".config"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let sh = Shell::new().unwrap();
+        let e = format!("{:#}", build(&sh, &dir, &dir.join("out"), &[], "", 2, None, 0).unwrap_err());
+        assert!(e.contains("has a .config") && e.contains("mrproper"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The slow check on a real source tree (KERNEL_LAB_TEST_BUSYBOX_SRC, an extracted
+    /// busybox-1.35.0): builds with configs/busybox/static.config, checks the binary runs and is
+    /// static, then times the no-op rerun. KERNEL_LAB_TEST_BUSYBOX_BUILD overrides the build dir.
+    #[test]
+    #[ignore]
+    fn real_busybox_build() {
+        let src = PathBuf::from(std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"));
+        let build_dir = std::env::var("KERNEL_LAB_TEST_BUSYBOX_BUILD").map(PathBuf::from).unwrap_or_else(|_| temp("real"));
+        let frags = [Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/busybox/static.config")];
+        let sh = Shell::new().unwrap();
+        let t = Instant::now();
+        let bin = build(&sh, &src, &build_dir, &frags, "test", 2, None, 1761782400).unwrap();
+        let size = std::fs::metadata(&bin).unwrap().len();
+        eprintln!("busybox build: {:?}, {} bytes at {}", t.elapsed(), size, bin.display());
+        assert_eq!(elf_interpreter(&std::fs::read(&bin).unwrap()).unwrap(), None);
+        let help = cmd!(sh, "{bin} --help").ignore_status().read_stderr().unwrap() + &cmd!(sh, "{bin}").ignore_status().read().unwrap();
+        assert!(help.contains("BusyBox v1.35.0 (2025-10-30 00:00:00"), "{help}");
+        let applets = cmd!(sh, "{bin} --list").read().unwrap();
+        for a in ["setuidgid", "cttyhack", "unshare", "nproc", "sh"] {
+            assert!(applets.lines().any(|l| l == a), "applet {a} missing");
+        }
+        assert!(!applets.lines().any(|l| l == "tc"), "tc should be off");
+        let t = Instant::now();
+        build(&sh, &src, &build_dir, &frags, "test", 2, None, 1761782400).unwrap();
+        eprintln!("no-op rebuild: {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}

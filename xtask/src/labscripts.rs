@@ -1,0 +1,467 @@
+//! Lab scripts: writes run.sh, gdb.sh, debug.gdb and README.md into a lab directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::recipe::QemuSpec;
+
+const RUN_SH: &str = include_str!("../templates/lab/run.sh");
+const GDB_SH: &str = include_str!("../templates/lab/gdb.sh");
+const DEBUG_GDB: &str = include_str!("../templates/lab/debug.gdb");
+const README_MD: &str = include_str!("../templates/lab/README.md");
+
+/// Lists host directories that gdb.sh adds to gdb's source path when they still exist.
+pub const SOURCE_LIST: &str = ".kernel-lab-source";
+
+/// What the lab scripts and README need to know about a lab.
+#[derive(Debug, Clone)]
+pub struct LabInfo {
+    /// Recipe name, e.g. `lts`.
+    pub recipe: String,
+    /// Kernel release as `uname -r` prints it, e.g. `6.12.117`.
+    pub kernel_version: String,
+    /// Busybox version, e.g. `1.35.0`.
+    pub busybox_version: String,
+    /// The unprivileged guest user.
+    pub user: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Password of the user and of root.
+    pub password: String,
+    /// How QEMU starts the lab; run.sh's defaults.
+    pub qemu: QemuSpec,
+    /// Kernel source tree on this host; gdb.sh uses it for source lines if it exists then.
+    pub source_dir: Option<PathBuf>,
+    /// Kernel build tree (generated sources) on this host; same rule.
+    pub build_dir: Option<PathBuf>,
+}
+
+/// One generated file: its name in the lab directory, mode and contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub name: &'static str,
+    pub mode: u32,
+    pub text: String,
+}
+
+/// Writes the lab scripts into `lab`, replacing earlier versions.
+pub fn write(lab: &Path, info: &LabInfo) -> Result<()> {
+    if !lab.is_dir() {
+        bail!("lab directory {} does not exist: build the lab before writing its scripts", lab.display());
+    }
+    for file in render(info)? {
+        write_file(&lab.join(file.name), &file.text, file.mode)?;
+    }
+    // Without source paths a stale list from an earlier build must not point gdb at a wrong tree.
+    if info.source_dir.is_none() && info.build_dir.is_none() {
+        let stale = lab.join(SOURCE_LIST);
+        if stale.exists() {
+            std::fs::remove_file(&stale).with_context(|| format!("remove stale {}", stale.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Renders every generated file; pure, so the golden tests see exactly what `write` writes.
+pub fn render(info: &LabInfo) -> Result<Vec<Generated>> {
+    check(info)?;
+    let q = &info.qemu;
+    let topology: String = [("cores", q.cores), ("threads", q.threads)]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!(",{k}={v}")))
+        .collect();
+    let smp_desc = if topology.is_empty() {
+        q.smp.to_string()
+    } else {
+        format!("{} ({})", q.smp, topology.trim_start_matches(',').replace(',', ", "))
+    };
+    let extra_args: Vec<String> = q.extra_args.iter().map(|a| shell_quote(a)).collect();
+    let vars: Vec<(&str, String)> = vec![
+        ("RECIPE", info.recipe.clone()),
+        ("KERNEL_VERSION", info.kernel_version.clone()),
+        ("BUSYBOX_VERSION", info.busybox_version.clone()),
+        ("USER", info.user.clone()),
+        ("UID", info.uid.to_string()),
+        ("PASSWORD", info.password.clone()),
+        ("MEMORY", q.memory.clone()),
+        ("SMP", q.smp.to_string()),
+        ("SMP_DESC", smp_desc),
+        ("SMP_TOPOLOGY", shell_quote(&topology)),
+        ("NIC", q.nic.clone()),
+        ("APPEND", shell_quote(&q.append)),
+        ("EXTRA_ARGS", extra_args.join(" ")),
+        ("GDB_PORT", q.gdb_port.to_string()),
+    ];
+    // run.sh gets shell-quoted values for everything a recipe can set freely.
+    let mut run_vars = vars.clone();
+    for (key, value) in run_vars.iter_mut() {
+        if matches!(*key, "MEMORY" | "NIC") {
+            *value = shell_quote(value);
+        }
+    }
+    let mut files = vec![
+        Generated { name: "run.sh", mode: 0o755, text: fill("templates/lab/run.sh", RUN_SH, &run_vars)? },
+        Generated { name: "gdb.sh", mode: 0o755, text: fill("templates/lab/gdb.sh", GDB_SH, &vars)? },
+        Generated { name: "debug.gdb", mode: 0o644, text: fill("templates/lab/debug.gdb", DEBUG_GDB, &vars)? },
+        Generated { name: "README.md", mode: 0o644, text: fill("templates/lab/README.md", README_MD, &vars)? },
+    ];
+    let dirs: Vec<&PathBuf> = info.source_dir.iter().chain(info.build_dir.iter()).collect();
+    if !dirs.is_empty() {
+        let mut text = String::from("# Kernel source and build trees on the build host; gdb.sh uses those that exist.\n");
+        for dir in dirs {
+            let dir = dir.to_str().with_context(|| format!("kernel tree path {} is not UTF-8: move it", dir.display()))?;
+            text.push_str(dir);
+            text.push('\n');
+        }
+        files.push(Generated { name: SOURCE_LIST, mode: 0o644, text });
+    }
+    Ok(files)
+}
+
+/// Values land in shell comments, gdb commands and file lines, where a newline would split them.
+fn check(info: &LabInfo) -> Result<()> {
+    let q = &info.qemu;
+    let mut fields: Vec<(&str, &str)> = vec![
+        ("recipe name", &info.recipe),
+        ("kernel version", &info.kernel_version),
+        ("busybox version", &info.busybox_version),
+        ("rootfs.user", &info.user),
+        ("rootfs.password", &info.password),
+        ("qemu.memory", &q.memory),
+        ("qemu.nic", &q.nic),
+        ("qemu.append", &q.append),
+    ];
+    fields.extend(q.extra_args.iter().map(|a| ("qemu.extra_args", a.as_str())));
+    let dirs = info.source_dir.iter().chain(info.build_dir.iter());
+    let dir_strs: Vec<String> = dirs.map(|d| d.to_string_lossy().into_owned()).collect();
+    fields.extend(dir_strs.iter().map(|d| ("kernel tree path", d.as_str())));
+    for (what, value) in fields {
+        if value.chars().any(|c| c.is_control()) {
+            bail!("{what} {value:?} contains a control character (newline?): remove it");
+        }
+    }
+    for (what, value) in [("qemu.memory", &q.memory), ("qemu.nic", &q.nic), ("kernel version", &info.kernel_version)] {
+        if value.is_empty() || value.contains(char::is_whitespace) {
+            bail!("{what} {value:?} must be one non-empty word");
+        }
+    }
+    if q.smp == 0 {
+        bail!("qemu.smp is 0: a machine needs at least one CPU");
+    }
+    if q.gdb_port == 0 {
+        bail!("qemu.gdb_port is 0: pick a TCP port such as 1234");
+    }
+    Ok(())
+}
+
+/// Replaces every `{{KEY}}`; a placeholder left over is a template bug and fails loudly.
+fn fill(name: &str, template: &str, vars: &[(&str, String)]) -> Result<String> {
+    let mut text = template.to_string();
+    for (key, value) in vars {
+        text = text.replace(&format!("{{{{{key}}}}}"), value);
+    }
+    if let Some(start) = text.find("{{") {
+        let rest = &text[start..];
+        let end = rest.find("}}").map_or(rest.len().min(40), |e| e + 2);
+        bail!("{name}: unknown placeholder {}: add it to labscripts::render", &rest[..end]);
+    }
+    Ok(text)
+}
+
+/// Quotes a value as one bash word; plain words stay readable in the generated script.
+fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a script.
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp-kernel-lab");
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Output};
+
+    fn fixed_info() -> LabInfo {
+        LabInfo {
+            recipe: "lts".to_string(),
+            kernel_version: "6.12.117".to_string(),
+            busybox_version: "1.35.0".to_string(),
+            user: "user".to_string(),
+            uid: 1000,
+            password: "kernel-lab".to_string(),
+            qemu: QemuSpec {
+                memory: "4G".to_string(),
+                smp: 4,
+                cores: Some(2),
+                threads: None,
+                nic: "e1000".to_string(),
+                append: "loglevel=7 quiet's".to_string(),
+                extra_args: vec!["-rtc".to_string(), "base=utc".to_string()],
+                gdb_port: 1234,
+            },
+            source_dir: Some(PathBuf::from("/work/src/linux-6.12.117")),
+            build_dir: Some(PathBuf::from("/work/build/lts")),
+        }
+    }
+
+    /// A fresh directory under the system temp dir, unique per test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("klab-labscripts-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A lab with placeholder kernel files, for tests that never start a real QEMU.
+    fn fake_lab(dir: &Path, info: &LabInfo) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("bzImage"), b"").unwrap();
+        std::fs::write(dir.join("rootfs.cpio"), b"").unwrap();
+        write(dir, info).unwrap();
+    }
+
+    /// Puts an executable `name` that prints its argv (one per line), cwd and port env first in PATH.
+    fn fake_bin(dir: &Path, name: &str) -> String {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = "#!/bin/sh\necho \"cwd=$(pwd)\"\necho \"env KLAB_GDB_PORT=${KLAB_GDB_PORT:-}\"\nfor a in \"$0\" \"$@\"; do printf 'arg=%s\\n' \"$a\"; done\n";
+        write_file(&bin.join(name), script, 0o755).unwrap();
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+    }
+
+    fn run(script: &Path, args: &[&str], path_env: Option<&str>) -> Output {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script).args(args).env_remove("KLAB_GDB_PORT");
+        if let Some(p) = path_env {
+            cmd.env("PATH", p);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn args_of(out: &Output) -> Vec<String> {
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().filter_map(|l| l.strip_prefix("arg=")).map(str::to_string).collect()
+    }
+
+    /// True when `args` holds `flag` immediately followed by `value`.
+    fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
+        args.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    #[test]
+    fn golden_files() {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/lab");
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+        let files = render(&fixed_info()).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.name).collect();
+        assert_eq!(names, ["run.sh", "gdb.sh", "debug.gdb", "README.md", SOURCE_LIST]);
+        for file in files {
+            // Dot files are easy to miss in a review, so the golden copy drops the dot.
+            let path = golden.join(file.name.trim_start_matches('.'));
+            if update {
+                std::fs::create_dir_all(&golden).unwrap();
+                std::fs::write(&path, &file.text).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("read {}: {e} (create it with UPDATE_GOLDEN=1 cargo test -p xtask labscripts::)", path.display())
+            });
+            assert!(
+                want == file.text,
+                "{} differs from {}; if the change is intended, run UPDATE_GOLDEN=1 cargo test -p xtask labscripts:: and review the diff",
+                file.name,
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn rendered_files_mention_the_recipe_values() {
+        let files = render(&fixed_info()).unwrap();
+        let get = |n: &str| files.iter().find(|f| f.name == n).unwrap().text.clone();
+        let run_sh = get("run.sh");
+        assert!(run_sh.contains("RECIPE_APPEND='loglevel=7 quiet'\\''s'"), "{run_sh}");
+        assert!(run_sh.contains("SMP_TOPOLOGY=,cores=2\n"), "{run_sh}");
+        let readme = get("README.md");
+        for needle in ["6.12.117", "1.35.0", "`user` (uid 1000)", "`kernel-lab`", "4 (cores=2)", "port 1234"] {
+            assert!(readme.contains(needle), "README lacks {needle:?}");
+        }
+        assert!(get("debug.gdb").contains("\"KLAB_GDB_PORT\", \"1234\""));
+        assert!(!get("debug.gdb").contains("/work"), "debug.gdb must not bake in absolute paths");
+    }
+
+    #[test]
+    fn newline_in_a_value_is_rejected() {
+        let mut info = fixed_info();
+        info.qemu.append = "a\nb".to_string();
+        let err = format!("{:#}", render(&info).unwrap_err());
+        assert!(err.contains("qemu.append"), "{err}");
+    }
+
+    #[test]
+    fn unknown_placeholder_is_an_error() {
+        let err = format!("{:#}", fill("t", "a {{NOPE}} b", &[]).unwrap_err());
+        assert!(err.contains("{{NOPE}}"), "{err}");
+    }
+
+    #[test]
+    fn run_sh_parses_and_handles_help_and_bad_options() {
+        let dir = scratch("help");
+        fake_lab(&dir, &fixed_info());
+        let run_sh = dir.join("run.sh");
+        let mode = std::fs::metadata(&run_sh).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o755);
+        let syntax = Command::new("bash").arg("-n").arg(&run_sh).output().unwrap();
+        assert!(syntax.status.success(), "bash -n: {}", String::from_utf8_lossy(&syntax.stderr));
+
+        let help = run(&run_sh, &["--help"], None);
+        assert_eq!(help.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&help.stdout);
+        for opt in ["usage: ./run.sh", "--debug", "--kvm", "--no-kvm", "--smp", "--mem", "--append", "--gdb-port"] {
+            assert!(text.contains(opt), "help lacks {opt}: {text}");
+        }
+
+        let bogus = run(&run_sh, &["--bogus"], None);
+        assert_eq!(bogus.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&bogus.stderr);
+        assert!(err.contains("unknown option '--bogus'") && err.contains("usage:"), "{err}");
+
+        for bad in [&["--smp", "0"][..], &["--smp", "x"], &["--gdb-port", "70000"], &["--smp"]] {
+            let out = run(&run_sh, bad, None);
+            assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn run_sh_builds_the_qemu_command_line() {
+        let dir = scratch("qemu");
+        // Written in one place and run from another: the lab must be relocatable.
+        let built = dir.join("built");
+        fake_lab(&built, &fixed_info());
+        let lab = dir.join("moved lab");
+        std::fs::rename(&built, &lab).unwrap();
+        let path = fake_bin(&dir, "qemu-system-x86_64");
+
+        let out = run(
+            &lab.join("run.sh"),
+            &["--debug", "--no-kvm", "--smp", "4", "--gdb-port", "4321", "--append", "lab.test=1 panic=-1", "--append=oops=panic", "--", "-snapshot", "a b"],
+            Some(&path),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let args = args_of(&out);
+        assert!(args[0].ends_with("/bin/qemu-system-x86_64"), "{args:?}");
+        let lab_s = lab.to_str().unwrap();
+        assert!(has_pair(&args, "-kernel", &format!("{lab_s}/bzImage")), "{args:?}");
+        assert!(has_pair(&args, "-initrd", &format!("{lab_s}/rootfs.cpio")), "{args:?}");
+        // --smp drops the recipe's cores=2, which would no longer multiply out.
+        assert!(has_pair(&args, "-smp", "4"), "{args:?}");
+        assert!(has_pair(&args, "-m", "4G"), "{args:?}");
+        assert!(args.contains(&"-S".to_string()), "{args:?}");
+        assert!(has_pair(&args, "-gdb", "tcp::4321"), "{args:?}");
+        assert!(has_pair(&args, "-device", "e1000,netdev=net0,romfile="), "{args:?}");
+        assert!(has_pair(&args, "-netdev", "user,id=net0"), "{args:?}");
+        assert!(has_pair(&args, "-accel", "tcg"), "{args:?}");
+        assert!(
+            has_pair(&args, "-append", "console=ttyS0 nokaslr loglevel=7 quiet's lab.test=1 panic=-1 oops=panic"),
+            "{args:?}"
+        );
+        for flag in ["-nographic", "-no-reboot"] {
+            assert!(args.contains(&flag.to_string()), "{flag} missing: {args:?}");
+        }
+        // Recipe extra args first, then the ones after --, each kept as one argument.
+        let tail: Vec<&str> = args[args.len() - 4..].iter().map(String::as_str).collect();
+        assert_eq!(tail, ["-rtc", "base=utc", "-snapshot", "a b"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("waiting for gdb on port 4321: run ./gdb.sh --port 4321"), "{err}");
+
+        // Defaults: the recipe's topology, no -S, the recipe's port.
+        let out = run(&lab.join("run.sh"), &["--no-kvm"], Some(&path));
+        let args = args_of(&out);
+        assert!(has_pair(&args, "-smp", "4,cores=2"), "{args:?}");
+        assert!(has_pair(&args, "-gdb", "tcp::1234"), "{args:?}");
+        assert!(!args.contains(&"-S".to_string()), "{args:?}");
+        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr loglevel=7 quiet's"), "{args:?}");
+
+        // --dry-run prints instead of running.
+        let out = run(&lab.join("run.sh"), &["--dry-run", "--no-kvm", "--mem", "512M"], Some(&path));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("qemu-system-x86_64 ") && text.contains("-m 512M"), "{text}");
+        assert!(!text.contains("arg="), "--dry-run ran QEMU: {text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn run_sh_reports_missing_kernel() {
+        let dir = scratch("missing");
+        fake_lab(&dir, &fixed_info());
+        std::fs::remove_file(dir.join("bzImage")).unwrap();
+        let path = fake_bin(&dir, "qemu-system-x86_64");
+        let out = run(&dir.join("run.sh"), &["--no-kvm"], Some(&path));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("bzImage is missing"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn gdb_sh_starts_gdb_in_the_lab_with_debug_gdb() {
+        let dir = scratch("gdb");
+        let lab = dir.join("lab");
+        let mut info = fixed_info();
+        let src = dir.join("linux-src");
+        std::fs::create_dir_all(&src).unwrap();
+        info.source_dir = Some(src.clone());
+        info.build_dir = Some(dir.join("build-gone"));
+        fake_lab(&lab, &info);
+        let path = fake_bin(&dir, "gdb");
+
+        let out = run(&lab.join("gdb.sh"), &["--port", "4321", "-batch", "-ex", "info registers"], Some(&path));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lab_s = lab.to_str().unwrap();
+        assert!(text.contains(&format!("cwd={lab_s}\n")), "{text}");
+        assert!(text.contains("env KLAB_GDB_PORT=4321\n"), "{text}");
+        let args = args_of(&out);
+        assert!(has_pair(&args, "-iex", &format!("add-auto-load-safe-path {lab_s}")), "{args:?}");
+        assert!(has_pair(&args, "-iex", &format!("directory {}", src.display())), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains("build-gone")), "missing tree passed to gdb: {args:?}");
+        // The user's commands run after debug.gdb has connected.
+        let tail: Vec<&str> = args[args.len() - 5..].iter().map(String::as_str).collect();
+        assert_eq!(tail, ["-x", "debug.gdb", "-batch", "-ex", "info registers"]);
+
+        let help = run(&lab.join("gdb.sh"), &["--help"], Some(&path));
+        assert_eq!(help.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&help.stdout).contains("usage: ./gdb.sh"));
+        let bad = run(&lab.join("gdb.sh"), &["--port", "nope"], Some(&path));
+        assert_eq!(bad.status.code(), Some(2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn write_removes_a_stale_source_list() {
+        let dir = scratch("stale");
+        fake_lab(&dir, &fixed_info());
+        assert!(dir.join(SOURCE_LIST).exists());
+        let mut info = fixed_info();
+        info.source_dir = None;
+        info.build_dir = None;
+        write(&dir, &info).unwrap();
+        assert!(!dir.join(SOURCE_LIST).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
