@@ -390,6 +390,25 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// On a real tree, an option whose dependency is off (PIE needs !STATIC) and a misspelt one
+    /// fail after `make oldconfig`, naming both, before any compilation.
+    #[test]
+    #[ignore]
+    fn real_busybox_lost_options_fail_configure() {
+        let src = PathBuf::from(std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"));
+        let dir = temp("lost");
+        let frag = dir.join("bad.config");
+        std::fs::write(&frag, "CONFIG_STATIC=y\nCONFIG_PIE=y\nCONFIG_NSLOOKUPP=y\n").unwrap();
+        let sh = Shell::new().unwrap();
+        let e = format!("{:#}", build(&sh, &src, &dir.join("out"), &[frag], "test", 2, None, 1761782400).unwrap_err());
+        eprintln!("{e}");
+        assert!(e.contains("CONFIG_PIE: asked y (") && e.contains("bad.config:2), final not set"), "{e}");
+        assert!(e.contains("bad.config:3), final absent"), "{e}");
+        assert!(e.contains("CONFIG_NSLOOKUPP: asked y ("), "{e}");
+        assert!(!dir.join("out/build.log").exists(), "make ran after a failed configure");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// The slow check on a real source tree (KERNEL_LAB_TEST_BUSYBOX_SRC, an extracted
     /// busybox-1.35.0): builds with configs/busybox/static.config, checks the binary runs and is
     /// static, then times the no-op rerun. KERNEL_LAB_TEST_BUSYBOX_BUILD overrides the build dir.
@@ -405,9 +424,10 @@ mod tests {
         let size = std::fs::metadata(&bin).unwrap().len();
         eprintln!("busybox build: {:?}, {} bytes at {}", t.elapsed(), size, bin.display());
         assert_eq!(elf_interpreter(&std::fs::read(&bin).unwrap()).unwrap(), None);
-        let help = cmd!(sh, "{bin} --help").ignore_status().read_stderr().unwrap() + &cmd!(sh, "{bin}").ignore_status().read().unwrap();
+        let out = cmd!(sh, "{bin}").quiet().ignore_status().output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         assert!(help.contains("BusyBox v1.35.0 (2025-10-30 00:00:00"), "{help}");
-        let applets = cmd!(sh, "{bin} --list").read().unwrap();
+        let applets = cmd!(sh, "{bin} --list").quiet().read().unwrap();
         for a in ["setuidgid", "cttyhack", "unshare", "nproc", "sh"] {
             assert!(applets.lines().any(|l| l == a), "applet {a} missing");
         }
