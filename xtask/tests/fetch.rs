@@ -1,0 +1,298 @@
+//! `cargo xtask fetch` end to end against a generated kernel.org-layout mirror on loopback
+//! (served by `cargo xtask serve`), with a throwaway gpg key. No network beyond 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xtask");
+/// WKD hash (z-base-32 of SHA-1) of the local part "autosigner".
+const AUTOSIGNER_WKD_HASH: &str = "ew8uiogxwri7d3fuioqgt7u1d5sngorx";
+
+struct Fixture {
+    dir: PathBuf,
+    gnupg: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.gnupg).args(["--kill", "gpg-agent"]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("kernel-lab-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let gnupg = dir.join("gnupg");
+        std::fs::create_dir_all(&gnupg).unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&gnupg).unwrap().permissions(), 0o700);
+        Command::new("chmod").arg("700").arg(&gnupg).status().unwrap();
+        let f = Fixture { dir, gnupg };
+        f.gen_key("Mirror Signer <mirror@test.invalid>");
+        f.gen_key("Other Signer <other@test.invalid>");
+        std::fs::create_dir_all(f.dir.join("recipes")).unwrap();
+        std::fs::write(
+            f.dir.join("recipes/lts.yaml"),
+            "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragments: [lab.config]\n",
+        )
+        .unwrap();
+        f
+    }
+
+    fn gen_key(&self, uid: &str) {
+        let ok = Command::new("gpg")
+            .env("GNUPGHOME", &self.gnupg)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn export(&self, email: &str) -> PathBuf {
+        let out = Command::new("gpg").env("GNUPGHOME", &self.gnupg).args(["--batch", "--export", email]).output().unwrap();
+        assert!(!out.stdout.is_empty());
+        let path = self.dir.join(format!("{email}.gpg"));
+        std::fs::write(&path, out.stdout).unwrap();
+        path
+    }
+
+    fn fingerprint(&self, email: &str) -> String {
+        let out = Command::new("gpg").env("GNUPGHOME", &self.gnupg).args(["--batch", "--with-colons", "--list-keys", email]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().find(|l| l.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_string()
+    }
+
+    /// A kernel tarball whose top directory has a Debian-like name, and a busybox tarball.
+    fn tarballs(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let src = self.dir.join("src");
+        for (top, version) in [("linux-source-6.12", "6.12.117"), ("linux-6.6.9", "6.6.9")] {
+            let d = src.join(top);
+            std::fs::create_dir_all(d.join("kernel")).unwrap();
+            std::fs::write(d.join("Makefile"), format!("# Linux {version}\n")).unwrap();
+            std::fs::write(d.join("kernel/fork.c"), "int fork;\n").unwrap();
+        }
+        std::fs::create_dir_all(src.join("busybox-1.35.0")).unwrap();
+        std::fs::write(src.join("busybox-1.35.0/Makefile"), "# busybox\n").unwrap();
+        let k1 = self.dir.join("k1.tar.xz");
+        let k2 = self.dir.join("k2.tar.xz");
+        let bb = self.dir.join("bb.tar.bz2");
+        for (out, top, flag) in [(&k1, "linux-source-6.12", "-cJf"), (&k2, "linux-6.6.9", "-cJf"), (&bb, "busybox-1.35.0", "-cjf")] {
+            assert!(Command::new("tar").arg("-C").arg(&src).arg(flag).arg(out).arg(top).status().unwrap().success());
+        }
+        (k1, k2, bb)
+    }
+
+    fn mirror(&self, sign: Option<&str>) -> PathBuf {
+        let (k1, k2, bb) = self.tarballs();
+        let out = self.dir.join("mirror");
+        let mut cmd = self.xtask();
+        cmd.arg("mirror").arg("--out").arg(&out);
+        cmd.arg("--add-kernel").arg(&k1).args(["--version", "6.12.117"]);
+        cmd.arg("--add-kernel").arg(&k2).args(["--version", "6.6.9"]);
+        cmd.arg("--add-busybox").arg(&bb).args(["--busybox-version", "1.35.0"]);
+        if let Some(key) = sign {
+            cmd.args(["--sign-key", key]);
+        }
+        let out_ = cmd.output().unwrap();
+        assert!(out_.status.success(), "mirror failed: {}", String::from_utf8_lossy(&out_.stderr));
+        out
+    }
+
+    fn xtask(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env("GNUPGHOME", &self.gnupg)
+            .env("KERNEL_LAB_CACHE", self.dir.join("cache"))
+            .env("KERNEL_LAB_ARTIFACTS", self.dir.join("artifacts"))
+            .env_remove("KERNEL_LAB_MIRROR")
+            .env_remove("KERNEL_LAB_KEYRING")
+            .env_remove("KERNEL_LAB_SIGNER_FPR")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn fetch(&self, mirror: &str, extra: &[&str]) -> Output {
+        let mut cmd = self.xtask();
+        cmd.arg("fetch").arg("--recipe").arg(self.dir.join("recipes/lts.yaml")).args(["--mirror", mirror]).args(extra);
+        cmd.output().unwrap()
+    }
+
+    fn src(&self, version: &str) -> PathBuf {
+        self.dir.join("artifacts/src").join(format!("linux-{version}"))
+    }
+}
+
+/// `cargo xtask serve` on 127.0.0.1:0; killed on drop.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path) -> Served {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg(dir)
+        .args(["--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "unexpected serve banner {line:?}");
+    Served { child, url }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn good_fetch_then_cache_hit_without_server_and_locked() {
+    let f = Fixture::new("good");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The Debian-style top directory was stripped.
+    assert_eq!(std::fs::read_to_string(f.src("6.12.117").join("Makefile")).unwrap(), "# Linux 6.12.117\n");
+    assert!(f.dir.join("artifacts/src/busybox-1.35.0/Makefile").is_file());
+    let lock = std::fs::read_to_string(f.dir.join("recipes/lts.lock")).unwrap();
+    assert!(lock.contains("\"version\": \"6.12.117\"") && lock.contains("pub/linux/kernel/v6.x/linux-6.12.117.tar.xz"), "{lock}");
+
+    // With the server gone, a locked fetch must succeed from the cache: it sends no request.
+    drop(served);
+    let out = f.fetch("http://127.0.0.1:9/", &["--locked", "--keyring", keyring.to_str().unwrap()]);
+    assert!(out.status.success(), "cache hit needed the network: {}", stderr(&out));
+
+    // --locked with another request is stale and says what would change.
+    let out = f.fetch("http://127.0.0.1:9/", &["--locked", "--lts", "6.6"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("stale") && err.contains("--lts -> --lts 6.6"), "{err}");
+
+    // --locked without a lock file fails and says how to make one.
+    std::fs::remove_file(f.dir.join("recipes/lts.lock")).unwrap();
+    let out = f.fetch("http://127.0.0.1:9/", &["--locked"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no lock file"), "{}", stderr(&out));
+}
+
+#[test]
+fn lts_series_and_exact_version() {
+    let f = Fixture::new("series");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--lts", "6.6", "--keyring", keyring.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), "# Linux 6.6.9\n");
+    let out = f.fetch(&served.url, &["--lts", "4.4", "--keyring", keyring.to_str().unwrap()]);
+    assert!(stderr(&out).contains("no longterm series 4.4"), "{}", stderr(&out));
+}
+
+#[test]
+fn wrong_signer_is_refused_and_nothing_extracted() {
+    let f = Fixture::new("wrongsig");
+    let mirror = f.mirror(Some("other@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("sha256sums.asc"), "{err}");
+    assert!(!f.src("6.12.117").exists());
+}
+
+#[test]
+fn unsigned_sums_refused_unless_opted_out() {
+    let f = Fixture::new("unsigned");
+    let mirror = f.mirror(None);
+    let keyring = f.export("mirror@test.invalid");
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--insecure-skip-signature"), "{}", stderr(&out));
+    assert!(!f.src("6.12.117").exists());
+    let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap(), "--insecure-skip-signature"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING"), "{}", stderr(&out));
+}
+
+#[test]
+fn tampered_tarball_is_refused_and_removed() {
+    let f = Fixture::new("tamper");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let tarball = mirror.join("pub/linux/kernel/v6.x/linux-6.12.117.tar.xz");
+    let mut file = std::fs::OpenOptions::new().append(true).open(&tarball).unwrap();
+    file.write_all(b"evil").unwrap();
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("verify sha256 of linux-6.12.117.tar.xz: expected"), "{err}");
+    assert!(!f.src("6.12.117").exists());
+    let cached: Vec<_> = std::fs::read_dir(f.dir.join("cache/sha256")).map(|d| d.count()).into_iter().collect();
+    assert!(cached.iter().all(|n| *n == 0), "a tampered file stayed in the cache");
+    let partial = f.dir.join("cache/partial");
+    assert!(!partial.exists() || std::fs::read_dir(&partial).unwrap().count() == 0);
+}
+
+#[test]
+fn file_mirror_works() {
+    let f = Fixture::new("file");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let out = f.fetch(&format!("file://{}", mirror.display()), &["--keyring", keyring.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(f.src("6.12.117").join("kernel/fork.c").is_file());
+}
+
+#[test]
+fn missing_file_names_the_url() {
+    let f = Fixture::new("404");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    std::fs::remove_file(mirror.join("busybox/busybox-1.35.0.tar.bz2.sha256")).unwrap();
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}busybox/busybox-1.35.0.tar.bz2.sha256: 404", served.url)), "{err}");
+}
+
+#[test]
+fn wkd_key_is_pinned_by_fingerprint() {
+    let f = Fixture::new("wkd");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let key = f.export("mirror@test.invalid");
+    let hu = mirror.join(".well-known/openpgpkey/hu");
+    std::fs::create_dir_all(&hu).unwrap();
+    std::fs::copy(&key, hu.join(AUTOSIGNER_WKD_HASH)).unwrap();
+    let served = serve(&mirror);
+    // Default pin (kernel.org's autosigner): the mirror's key is refused.
+    let out = f.fetch(&served.url, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("expected B8868C80BA62A1FFFAF5FDA9632D3A06589DA6B1: refusing it"), "{err}");
+    assert!(!f.src("6.12.117").exists());
+    // Pinned to the mirror's fingerprint, the key from WKD verifies the sums.
+    let mut cmd = f.xtask();
+    cmd.env("KERNEL_LAB_SIGNER_FPR", f.fingerprint("mirror@test.invalid"));
+    cmd.arg("fetch").arg("--recipe").arg(f.dir.join("recipes/lts.yaml")).args(["--mirror", &served.url]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
