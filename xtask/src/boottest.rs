@@ -286,7 +286,9 @@ fn marker_ok(name: &str, value: &str, expect: &Expect) -> (bool, String) {
     }
 }
 
-/// The verdict for a whole console log: the pure core of the boot test.
+/// The verdict for a whole console log, QEMU having exited after it (the runner feeds
+/// `Console` line by line instead, to notice timeouts and stop early).
+#[cfg(test)]
 pub fn judge<'a>(lines: impl IntoIterator<Item = &'a str>, expect: &Expect) -> Finding {
     let mut console = Console::default();
     for line in lines {
@@ -1172,6 +1174,7 @@ mod tests {
 
 /// The real thing on a built lab: `KLAB_BOOTTEST_LAB=<lab> KLAB_BOOTTEST_VERSION=<uname -r>
 /// cargo test -p xtask boottest::real -- --ignored --nocapture` (needs QEMU and gdb; slow).
+/// Optional: KLAB_BOOTTEST_SMP (default 4), KLAB_BOOTTEST_APPEND (extra kernel command line).
 #[cfg(test)]
 mod real {
     use super::*;
@@ -1184,7 +1187,8 @@ mod real {
         let smp = std::env::var("KLAB_BOOTTEST_SMP").map_or(4, |s| s.parse().expect("KLAB_BOOTTEST_SMP: a number"));
         let expect = Expect { kernel_version: version, smp, uid: 1000 };
         let start = Instant::now();
-        let result = run(&lab, &expect, Duration::from_secs(120));
+        let append = std::env::var("KLAB_BOOTTEST_APPEND").unwrap_or_default();
+        let result = run_with_append(&lab, &expect, Duration::from_secs(120), &append);
         eprintln!("boot test wall time: {:.2} s", start.elapsed().as_secs_f64());
         match result {
             Ok(report) => eprintln!("{}", serde_json::to_string_pretty(&report).unwrap()),

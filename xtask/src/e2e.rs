@@ -86,13 +86,13 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
 /// Breaks the lab on purpose and checks that each break gets its own named verdict.
 fn negative(lab: &pipeline::Lab) -> Result<()> {
     let cases = [
-        ("rdinit=/nonexistent", None::<()>, "kernel-panic"),
+        ("rdinit=/nonexistent init=/nonexistent", None::<()>, "kernel-panic"),
         ("rdinit=/bin/true", None, "init-died"),
         ("maxcpus=1", None, "check-failed:nproc"),
     ];
     for (append, _, want) in cases {
         eprintln!("==> negative boot: append {append:?}, expecting {want}");
-        let report = pipeline::boot_test_with(&lab.dir, &lab.recipe, &lab.lock, Duration::from_secs(300), append, false);
+        let report = pipeline::boot_test_with(&lab.dir, &lab.recipe, &lab.lock, Duration::from_secs(300), append);
         let got = match &report {
             Ok(r) => r.verdict.name().to_string(),
             Err(e) => pipeline::verdict_of_error(e).unwrap_or_else(|| format!("error: {e:#}")),

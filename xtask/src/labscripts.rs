@@ -403,6 +403,15 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.starts_with("qemu-system-x86_64 ") && text.contains("-m 512M"), "{text}");
         assert!(!text.contains("arg="), "--dry-run ran QEMU: {text}");
+
+        // The printed command is meant to be pasted into a shell: running it as shell code must
+        // give QEMU exactly the arguments run.sh gives it (quotes and spaces included).
+        let opts = ["--no-kvm", "--append", "it's \"odd\" $HOME", "--", "-name", "a b"];
+        let direct = args_of(&run(&lab.join("run.sh"), &opts, Some(&path)));
+        let dry_opts: Vec<&str> = std::iter::once("--dry-run").chain(opts).collect();
+        let printed = String::from_utf8(run(&lab.join("run.sh"), &dry_opts, Some(&path)).stdout).unwrap();
+        let pasted = Command::new("bash").arg("-c").arg(printed.trim()).env("PATH", &path).output().unwrap();
+        assert_eq!(args_of(&pasted), direct, "{printed}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

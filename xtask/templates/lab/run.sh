@@ -21,8 +21,8 @@ usage() {
     cat <<USAGE
 usage: ./run.sh [options] [-- qemu-args...]
 
-Boots bzImage with rootfs.cpio on the serial console (this terminal). Leave QEMU with
-Ctrl-a x, or run 'poweroff' in the guest.
+Boots bzImage with rootfs.cpio on the serial console (this terminal). Leave with 'exit'
+in the guest (the lab powers off when the user's shell ends) or Ctrl-a x.
 
 options:
   --debug          freeze the CPU at the first instruction (-S) until gdb attaches: run ./gdb.sh
@@ -103,7 +103,7 @@ kvm_problem() {
     elif [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
         echo "/dev/kvm is not readable and writable by $(id -un) (add yourself to group kvm)"
     elif ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
-        echo "the CPU has no vmx/svm flag (no hardware virtualization)"
+        echo "the CPU has no vmx/svm flag, so no hardware virtualization"
     fi
 }
 
@@ -121,7 +121,7 @@ case "$ACCEL" in
         if [ -z "$problem" ]; then
             ACCEL_ARGS=(-accel kvm -cpu host)
         else
-            echo "run.sh: KVM not usable ($problem); emulating with TCG, which is slower" >&2
+            echo "run.sh: KVM not usable: $problem; emulating with TCG (slower)" >&2
             ACCEL_ARGS=(-accel tcg)
         fi
         ;;
@@ -157,8 +157,22 @@ QEMU=(qemu-system-x86_64
 # The ${a[@]+...} form keeps empty arrays working under set -u on every bash.
 QEMU+=(${RECIPE_QEMU_ARGS[@]+"${RECIPE_QEMU_ARGS[@]}"} "$@")
 
+# Quotes only the words that need it, so the printed command stays readable and pastable.
+quote() {
+    if [[ "$1" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then
+        printf '%s' "$1"
+    else
+        printf "'%s'" "${1//\'/\'\\\'\'}"
+    fi
+}
+
 if [ "$DRY_RUN" = 1 ]; then
-    printf '%q ' "${QEMU[@]}"
+    sep=""
+    for word in "${QEMU[@]}"; do
+        printf '%s' "$sep"
+        quote "$word"
+        sep=" "
+    done
     echo
     exit 0
 fi
