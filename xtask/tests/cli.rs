@@ -1,0 +1,73 @@
+//! The command line as a user meets it: help listing, rootfs editing commands, bad input.
+
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xtask");
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn no_arguments_lists_every_subcommand() {
+    let out = run(&[]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    for sub in ["kernel", "fetch", "mirror", "serve", "rootfs", "boot-test", "doctor", "e2e"] {
+        assert!(text.contains(&format!("  {sub} ")), "`{sub}` missing from:\n{text}");
+    }
+}
+
+#[test]
+fn rootfs_list_unpack_repack_round_trip_and_bad_archive() {
+    let dir = std::env::temp_dir().join(format!("kernel-lab-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tree/bin")).unwrap();
+    std::fs::write(dir.join("tree/bin/hello"), "#!/bin/sh\necho hi\n").unwrap();
+    // Build an archive with GNU cpio, unpack it with ours, repack twice: same bytes both times.
+    let gnu = Command::new("sh")
+        .arg("-c")
+        .arg("cd tree && printf 'bin\\nbin/hello\\n' | cpio -o -H newc --quiet > ../gnu.cpio")
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(gnu.success());
+    let gnu_cpio = dir.join("gnu.cpio");
+    let out = run(&["rootfs", "list", gnu_cpio.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bin/hello"));
+    let unpacked = dir.join("unpacked");
+    assert!(run(&["rootfs", "unpack", gnu_cpio.to_str().unwrap(), unpacked.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_to_string(unpacked.join("bin/hello")).unwrap(), "#!/bin/sh\necho hi\n");
+    let a = dir.join("a.cpio");
+    let b = dir.join("b.cpio");
+    assert!(run(&["rootfs", "repack", unpacked.to_str().unwrap(), a.to_str().unwrap()]).status.success());
+    assert!(run(&["rootfs", "repack", unpacked.to_str().unwrap(), b.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // A truncated archive: clear error naming the file, nothing written.
+    let bytes = std::fs::read(&a).unwrap();
+    let bad = dir.join("bad.cpio");
+    std::fs::write(&bad, &bytes[..150]).unwrap();
+    let out = run(&["rootfs", "list", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.cpio") && err.contains("truncated"), "{err}");
+    let target = dir.join("never");
+    let out = run(&["rootfs", "unpack", bad.to_str().unwrap(), target.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(!target.exists(), "unpack of a bad archive left {}", target.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_recipe_names_file_line_and_field() {
+    let dir = std::env::temp_dir().join(format!("kernel-lab-cli-recipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("typo.yaml");
+    std::fs::write(&recipe, "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragmnts: [lab.config]\n").unwrap();
+    let out = run(&["kernel", "--dry-run", "--recipe", recipe.to_str().unwrap(), "--mirror", "http://127.0.0.1:9/"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("typo.yaml") && err.contains("fragmnts") && err.contains('7'), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
