@@ -81,6 +81,9 @@ pub struct FetchArgs {
     /// Public key (binary or armored) that signs the mirror's sha256sums.asc
     #[arg(long, env = "KERNEL_LAB_KEYRING", value_name = "FILE")]
     pub keyring: Option<PathBuf>,
+    /// Key that signs busybox tarballs: also verify the detached .sig
+    #[arg(long, env = "KERNEL_LAB_BUSYBOX_KEYRING", value_name = "FILE")]
+    pub busybox_keyring: Option<PathBuf>,
     /// Use only the lock file; fail if it is missing or stale
     #[arg(long)]
     pub locked: bool,

@@ -161,6 +161,7 @@ impl Archive {
         self.add(Entry { path: path.to_string(), mode, uid, gid, kind: Kind::CharDev { major, minor } })
     }
 
+    #[cfg(test)]
     pub fn get(&self, path: &str) -> Option<&Entry> {
         let key: Vec<String> = path.split('/').map(str::to_string).collect();
         self.entries.get(&key)
@@ -169,14 +170,6 @@ impl Archive {
     /// Entries in write order.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     fn has_children(&self, key: &[String]) -> bool {

@@ -64,6 +64,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
             keyring: Some(mirror_dir.join("kernel-lab-mirror.gpg")),
             locked: false,
             insecure_skip_signature: false,
+            busybox_keyring: None,
         },
         jobs: args.jobs,
         cc_wrapper: None,

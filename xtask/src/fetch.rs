@@ -25,6 +25,8 @@ pub struct FetchPlan {
     pub locked: bool,
     /// Accept unsigned or wrongly signed checksums (the loud opt-out).
     pub insecure_skip_signature: bool,
+    /// Key that signs busybox tarballs: when given, the detached `.sig` must verify too.
+    pub busybox_keyring: Option<PathBuf>,
 }
 
 /// Verified, extracted sources.
@@ -47,7 +49,7 @@ pub struct Metadata {
 
 pub fn run(layout: &Layout, plan: &FetchPlan) -> Result<Sources> {
     let (lock, _) = lock_for(layout, plan)?;
-    download_and_extract(layout, &lock, &plan.mirror)
+    download_and_extract(layout, &lock, &plan.mirror, plan.busybox_keyring.as_deref())
 }
 
 /// Reads the lock (`--locked`) or resolves afresh and updates the lock when it changed.
@@ -180,14 +182,7 @@ fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8]) -> Result<String
 /// The keyring to check signatures with and the fingerprints it may sign with.
 fn keyring(layout: &Layout, plan: &FetchPlan) -> Result<(PathBuf, Vec<String>)> {
     if let Some(file) = &plan.keyring {
-        let bytes = std::fs::read(file).with_context(|| format!("read keyring {}", file.display()))?;
-        let key = verify::dearmor_if_needed(&bytes).with_context(|| format!("keyring {}", file.display()))?;
-        let fprs = verify::key_fingerprints(&key).with_context(|| format!("keyring {}", file.display()))?;
-        let path = layout.cache.join("keys").join(format!("user-{}.gpg", verify::sha256_bytes(&key)));
-        if !path.is_file() {
-            layout::write_atomic(&path, &key)?;
-        }
-        return Ok((path, fprs));
+        return user_keyring(layout, file);
     }
     // The pin can be moved for a mirror that publishes its own key over WKD.
     let fpr = std::env::var("KERNEL_LAB_SIGNER_FPR").unwrap_or_else(|_| verify::KERNEL_ORG_AUTOSIGNER.to_string());
@@ -197,14 +192,35 @@ fn keyring(layout: &Layout, plan: &FetchPlan) -> Result<(PathBuf, Vec<String>)> 
     Ok((path, vec![fpr]))
 }
 
+/// A user's key file (binary or armored) as a binary keyring gpgv can read, with its fingerprints.
+fn user_keyring(layout: &Layout, file: &Path) -> Result<(PathBuf, Vec<String>)> {
+    let bytes = std::fs::read(file).with_context(|| format!("read keyring {}", file.display()))?;
+    let key = verify::dearmor_if_needed(&bytes).with_context(|| format!("keyring {}", file.display()))?;
+    let fprs = verify::key_fingerprints(&key).with_context(|| format!("keyring {}", file.display()))?;
+    let path = layout.cache.join("keys").join(format!("user-{}.gpg", verify::sha256_bytes(&key)));
+    if !path.is_file() {
+        layout::write_atomic(&path, &key)?;
+    }
+    Ok((path, fprs))
+}
+
 /// Downloads (or finds in the cache) both tarballs and extracts them.
-pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror) -> Result<Sources> {
+pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror, busybox_keyring: Option<&Path>) -> Result<Sources> {
     let k = &lock.kernel;
     let kernel_tarball = download::fetch_verified(layout, &mirror.kernel_org(&k.path), &k.sha256, &k.file)
         .with_context(|| format!("fetch linux-{}", k.version))?;
     let b = &lock.busybox;
     let busybox_tarball = download::fetch_verified(layout, &mirror.busybox(&b.path), &b.sha256, &b.file)
         .with_context(|| format!("fetch busybox-{}", b.version))?;
+    if let Some(file) = busybox_keyring {
+        let sig_url = mirror.busybox(&format!("{}.sig", b.path));
+        let sig = download::get_small(&sig_url)?;
+        let sig_path = layout.cache.join("keys").join(format!("{}.sig", b.sha256));
+        layout::write_atomic(&sig_path, &sig)?;
+        let (keyring, _) = user_keyring(layout, file)?;
+        verify::verify_detached(&keyring, &busybox_tarball, &sig_path, None)
+            .with_context(|| format!("verify {sig_url} with {}", file.display()))?;
+    }
     let kernel_src = layout.kernel_src(&k.version);
     extract::extract(&kernel_tarball, &k.sha256, &kernel_src, &k.file)
         .with_context(|| format!("extract {} into {}", k.file, kernel_src.display()))?;

@@ -168,7 +168,6 @@ pub struct BuildOutputs {
     pub bzimage: PathBuf,
     pub vmlinux: PathBuf,
     pub system_map: PathBuf,
-    pub config: PathBuf,
     /// True when the inputs matched the last successful build and make did not run.
     pub up_to_date: bool,
     /// kbuild steps printed by make (0 when up to date).
@@ -205,7 +204,6 @@ pub fn build(
         bzimage: build.join("arch/x86/boot/bzImage"),
         vmlinux: build.join("vmlinux"),
         system_map: build.join("System.map"),
-        config: config.clone(),
         up_to_date: false,
         objects: 0,
         elapsed: Duration::ZERO,

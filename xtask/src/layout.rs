@@ -48,16 +48,9 @@ impl Layout {
     pub fn cache_blob(&self, sha256: &str) -> PathBuf {
         self.cache.join("sha256").join(sha256)
     }
-    /// Small metadata files (sums, keys) cached by mirror path.
-    pub fn cache_meta(&self, rel: &str) -> PathBuf {
-        self.cache.join("meta").join(rel.trim_start_matches('/'))
-    }
     /// Keys fetched through WKD, by fingerprint.
     pub fn cache_key(&self, fingerprint: &str) -> PathBuf {
         self.cache.join("keys").join(format!("{fingerprint}.gpg"))
-    }
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.cache.join("tmp")
     }
     pub fn kernel_src(&self, version: &str) -> PathBuf {
         self.artifacts.join("src").join(format!("linux-{version}"))

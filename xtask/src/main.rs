@@ -28,8 +28,19 @@ use clap::Parser;
 
 use cli::{Cli, Command, RootfsAction};
 
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // The chain reads stage by stage: `fetch linux-6.12.117: verify sha256: expected .., got ..`.
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let sh = xshell::Shell::new()?;
     let layout = layout::Layout::from_env()?;
     match cli.command {

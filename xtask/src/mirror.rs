@@ -64,6 +64,16 @@ pub fn from_local(
         publish(&b.file, &dest)?;
         let sha = verify::sha256_file(&dest)?;
         layout::write_atomic(&out.join("busybox").join(format!("{name}.sha256")), format!("{sha}  {name}\n").as_bytes())?;
+        if let Some(key) = sign_key {
+            // busybox.net publishes a detached signature next to each tarball; so does the mirror.
+            let sig = out.join("busybox").join(format!("{name}.sig"));
+            let tmp = layout::tmp_sibling(&sig);
+            cmd!(sh, "gpg --batch --yes --local-user {key} --detach-sign --output {tmp} {dest}")
+                .quiet()
+                .run()
+                .with_context(|| format!("sign {} with key {key}", dest.display()))?;
+            std::fs::rename(&tmp, &sig)?;
+        }
     }
     if !entries.is_empty() {
         write_releases_json(out, &entries)?;
@@ -83,7 +93,7 @@ pub fn from_local(
 /// upstream's own releases.json and signed sums unchanged, so clients verify the same signature.
 pub fn from_upstream(layout: &Layout, out: &Path, plan: &FetchPlan) -> Result<()> {
     let (lock, meta) = fetch::resolve(layout, plan)?;
-    let sources = fetch::download_and_extract(layout, &lock, &plan.mirror)?;
+    let sources = fetch::download_and_extract(layout, &lock, &plan.mirror, plan.busybox_keyring.as_deref())?;
     publish(&sources.kernel_tarball, &out.join(&lock.kernel.path))?;
     publish(&sources.busybox_tarball, &out.join(&lock.busybox.path))?;
     if let (Some(path), Some(asc)) = (&lock.kernel.sums_path, &meta.sums_asc) {

@@ -44,6 +44,7 @@ pub fn fetch_plan(layout: &Layout, args: &FetchArgs) -> Result<FetchPlan> {
         keyring: args.keyring.clone(),
         locked: args.locked,
         insecure_skip_signature: args.insecure_skip_signature,
+        busybox_keyring: args.busybox_keyring.clone(),
     })
 }
 

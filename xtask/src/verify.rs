@@ -338,12 +338,6 @@ fn zbase32(bytes: &[u8]) -> String {
     out
 }
 
-/// `https://<domain>` for an email address: the WKD base without a mirror.
-pub fn wkd_default_base(email: &str) -> String {
-    let domain = email.rsplit_once('@').map_or(email, |(_, d)| d);
-    format!("https://{}", domain.to_ascii_lowercase())
-}
-
 /// The WKD URL of `email`'s key under `base`: the domain or a mirror root (direct method), or a
 /// base already ending in `.well-known/openpgpkey/<domain>` (advanced method, as kernel.org uses).
 pub fn wkd_url(base: &str, email: &str) -> String {
@@ -537,10 +531,6 @@ pub(crate) mod tests {
         // draft-koch-openpgp-webkey-service: "Joe.Doe@Example.ORG".
         let url = wkd_url("https://example.org/", "Joe.Doe@Example.ORG");
         assert_eq!(url, "https://example.org/.well-known/openpgpkey/hu/iy9q119eutrkn8s1mk4r39qejnbu3n5q?l=Joe.Doe");
-        assert_eq!(
-            wkd_default_base("autosigner@kernel.org"),
-            "https://kernel.org"
-        );
         assert_eq!(zbase32(&[0xff]), "9h");
     }
 

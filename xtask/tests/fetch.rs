@@ -296,3 +296,18 @@ fn wkd_key_is_pinned_by_fingerprint() {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn busybox_detached_signature_checked_when_keyring_given() {
+    let f = Fixture::new("bbsig");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let good = f.export("mirror@test.invalid");
+    let other = f.export("other@test.invalid");
+    let served = serve(&mirror);
+    let k = good.to_str().unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k, "--busybox-keyring", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("busybox-1.35.0.tar.bz2.sig"), "{}", stderr(&out));
+    let out = f.fetch(&served.url, &["--keyring", k, "--busybox-keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
