@@ -3,15 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use indicatif::ProgressBar;
 use xshell::{cmd, Shell};
 
 use crate::kbuild::{self, BuildInputs};
 use crate::kconfig::{self, Entry, Value};
 use crate::layout;
+use crate::progress;
 use crate::recipe::ConfigBase;
 
 /// How this module builds busybox; hashed into the inputs stamp, so changing the steps here
@@ -114,8 +113,8 @@ fn reproducible(cmd: xshell::Cmd<'_>, epoch: u64) -> xshell::Cmd<'_> {
 fn configure(sh: &Shell, src: &Path, build: &Path, fragments: &[PathBuf], epoch: u64) -> Result<()> {
     let log_path = build.join("configure.log");
     let mut log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
-    let bar = ProgressBar::new_spinner().with_message("configure busybox");
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let bar = progress::spinner("configure");
+    bar.set_message("busybox");
     let o = kbuild::make_out_arg(build);
     kbuild::run_logged(reproducible(cmd!(sh, "make -C {src} {o} defconfig"), epoch), &mut log, &log_path, "make defconfig")?;
 
@@ -251,7 +250,7 @@ fn elf_interpreter(elf: &[u8]) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("kernel-lab-busybox-{name}-{}", std::process::id()));

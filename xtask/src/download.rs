@@ -7,12 +7,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use sha2::Digest as _;
 
 use crate::layout::Layout;
+use crate::progress;
 use crate::verify;
 
 /// Tries per request; the waits between them double from `FIRST_BACKOFF` (0.5 s, 1 s, 2 s).
@@ -123,19 +124,6 @@ fn partial_path(layout: &Layout, sha256: &str) -> PathBuf {
     layout.cache.join("partial").join(format!("{sha256}.part"))
 }
 
-fn progress_bar(label: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
-    bar
-}
-
 /// Returns the cached file whose sha256 is `sha256`, downloading it from `url` first if needed.
 ///
 /// A cache hit sends no request. A download resumes from an earlier partial file with a Range
@@ -169,7 +157,8 @@ pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> 
 
 /// Downloads (resuming) or copies `url` into `partial`, returning the sha256 of the result.
 fn download_to(url: &str, partial: &Path, label: &str) -> Result<String> {
-    let bar = progress_bar(label);
+    // The length is unknown until the server answers; download_attempt sets it.
+    let bar = progress::bytes(label, None);
     let got = if let Some(src) = file_url_path(url) {
         copy_hashing(src, partial, &bar).with_context(|| format!("copy {url} into the cache"))?
     } else if url.starts_with("http://") || url.starts_with("https://") {

@@ -80,6 +80,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     if args.repro {
         repro(sh, layout, &kernel_args, &lab)?;
     }
+    let _ = cmd!(sh, "gpgconf --kill gpg-agent").quiet().ignore_stderr().run();
     println!("e2e: pass ({})", lab.dir.display());
     Ok(())
 }
@@ -120,12 +121,18 @@ fn repro(sh: &Shell, layout: &Layout, args: &KernelArgs, first: &pipeline::Lab) 
     let second = pipeline::build_lab(sh, &other, &plan.recipe, &sources, &args, &mut t)?;
     t.print();
     let mut differ = Vec::new();
-    for f in ["bzImage", "vmlinux"] {
-        let a = verify::sha256_file(&first.dir.join(f))?;
-        let b = verify::sha256_file(&second.dir.join(f))?;
-        println!("repro {f}: {a} vs {b}: {}", if a == b { "identical" } else { "DIFFERENT" });
+    let version = &first.lock.kernel.version;
+    let name = &first.recipe.name;
+    let pairs = [
+        ("bzImage", layout.kernel_build(name, version).join("arch/x86/boot/bzImage"), other.kernel_build(name, version).join("arch/x86/boot/bzImage")),
+        ("vmlinux", layout.kernel_build(name, version).join("vmlinux"), other.kernel_build(name, version).join("vmlinux")),
+        ("rootfs.cpio", first.dir.join("rootfs.cpio"), second.dir.join("rootfs.cpio")),
+    ];
+    for (what, a, b) in pairs {
+        let (a, b) = (verify::sha256_file(&a)?, verify::sha256_file(&b)?);
+        println!("repro {what}: {a} vs {b}: {}", if a == b { "identical" } else { "DIFFERENT" });
         if a != b {
-            differ.push(f);
+            differ.push(what);
         }
     }
     if !differ.is_empty() {

@@ -9,10 +9,11 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use tar::EntryType;
 
 use crate::layout;
+use crate::progress;
 
 /// Written last into an extracted tree; holds the tarball's sha256 so a later run can reuse it.
 pub const STAMP: &str = ".kernel-lab-stamp";
@@ -180,15 +181,7 @@ fn unpack(tarball: &Path, root: &Path, label: &str) -> Result<()> {
         .metadata()
         .with_context(|| format!("stat {}", tarball.display()))?
         .len();
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
+    let bar = progress::bytes(label, Some(len));
     let input = BufReader::with_capacity(
         CHUNK,
         Counting {

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use crate::kconfig;
 use crate::layout;
+use crate::progress;
 use crate::recipe::ConfigBase;
 
 /// Options generated from the kernel version (see `kconfig::debug_info_options`), merged last.
@@ -55,9 +55,7 @@ pub fn configure(sh: &Shell, src: &Path, build: &Path, base: ConfigBase, fragmen
 
     let log_path = build.join("configure.log");
     let mut log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
-    let bar = ProgressBar::new_spinner().with_prefix("configure");
-    bar.set_style(ProgressStyle::with_template("{prefix:>10} {spinner} {msg} [{elapsed}]").expect("valid template"));
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let bar = progress::spinner("configure");
 
     let o = make_out_arg(build);
     let base_target = match base {
@@ -296,12 +294,7 @@ pub(crate) fn run_streaming(make: xshell::Cmd<'_>, log_path: &Path, expected: u6
     // The Command holds the pipe's write ends; the reader only sees EOF once they are closed.
     drop(command);
 
-    let bar = ProgressBar::new(expected).with_prefix("build");
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} objects {per_sec} ETA {eta} {wide_msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress::objects("build", expected);
     let mut count = 0u64;
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();

@@ -16,6 +16,7 @@ mod layout;
 mod lock;
 mod mirror;
 mod pipeline;
+mod progress;
 mod recipe;
 mod releases;
 mod rootfs;

@@ -183,9 +183,9 @@ pub fn build_lab(
             busybox: &bb,
             applets: rootfs::applets(&bb)?,
             kernel_version: version,
-            mtime: u32::try_from(epoch).context("release date after 2106")?,
         })?;
-        let rootfs_bytes = cpio::to_bytes(&archive, epoch as u32, r.rootfs.gzip)?;
+        let mtime = u32::try_from(epoch).context("release date after 2106: cpio mtimes are 32-bit")?;
+        let rootfs_bytes = cpio::to_bytes(&archive, mtime, r.rootfs.gzip)?;
         let info = labscripts::LabInfo {
             recipe: recipe.name.clone(),
             kernel_version: version.clone(),
@@ -348,7 +348,6 @@ pub fn rootfs_only(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<()>
         busybox: &bb,
         applets: rootfs::applets(&bb)?,
         kernel_version: &lock.kernel.version,
-        mtime: epoch as u32,
     })?;
     let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join("rootfs.cpio");
     cpio::write_file(&archive, epoch as u32, r.rootfs.gzip, &out)?;

@@ -45,11 +45,6 @@ pub struct RootfsInput<'a> {
     pub applets: Vec<String>,
     /// Kernel version the archive is built for (shown in the generated scripts).
     pub kernel_version: &'a str,
-    /// mtime of every archive entry; kept fixed so the archive is reproducible.
-    // `build` returns an `Archive`, which has no mtime: the caller passes the same value to
-    // `cpio::write`. Remove this field together with its two initialisers in pipeline.rs.
-    #[allow(dead_code)]
-    pub mtime: u32,
 }
 
 /// Lists busybox's applets with their install paths by running `busybox --list-full`.
@@ -509,9 +504,8 @@ mod tests {
             busybox: &f.busybox,
             applets: applets.iter().map(|s| s.to_string()).collect(),
             kernel_version: VERSION,
-            mtime: 1_761_782_400,
         };
-        cpio::to_bytes(&build(&input)?, input.mtime, f.spec.gzip)
+        cpio::to_bytes(&build(&input)?, 1_761_782_400, f.spec.gzip)
     }
 
     #[test]
@@ -569,7 +563,7 @@ mod tests {
         }
         let spec = RootfsSpec::default();
         let dir = busybox.parent().unwrap();
-        let input = RootfsInput { spec: &spec, recipe_dir: dir, busybox: &busybox, applets: list, kernel_version: VERSION, mtime: 0 };
+        let input = RootfsInput { spec: &spec, recipe_dir: dir, busybox: &busybox, applets: list, kernel_version: VERSION };
         let archive = build(&input).unwrap();
         cpio::write_file(&archive, 0, false, &dir.join("kernel-lab-rootfs.cpio")).unwrap();
     }

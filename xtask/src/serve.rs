@@ -32,12 +32,14 @@ impl Server {
     }
 
     /// The requests received so far, oldest first.
+    #[cfg(test)]
     pub fn requests(&self) -> Vec<String> {
         self.state.requests.lock().unwrap().clone()
     }
 
     /// The next request whose path ends with `path_suffix` announces the full Content-Length but
     /// the connection closes after `bytes` body bytes, as a flaky network would do. Happens once.
+    #[cfg(test)]
     pub fn cut_after(&self, path_suffix: &str, bytes: u64) {
         self.state
             .cuts
