@@ -32,6 +32,11 @@ const INIT_TEMPLATE: &str = include_str!("../templates/init.sh");
 const BOOT_TEST_TEMPLATE: &str = include_str!("../templates/boot-test.sh");
 
 /// Where `/init` finds the self-test; also named in the marker contract above.
+/// The setuid copy of busybox behind `SUID_APPLETS`.
+const SUID_BUSYBOX: &str = "bin/busybox-suid";
+/// Applets that need root privileges to work for the user (`su`, `passwd user`).
+const SUID_APPLETS: &[&str] = &["su", "passwd"];
+
 pub const BOOT_TEST_PATH: &str = "etc/kernel-lab/boot-test.sh";
 
 /// Everything the rootfs is made from.
@@ -75,15 +80,18 @@ pub fn build(input: &RootfsInput) -> Result<Archive> {
 
     let busybox = fs::read(input.busybox)
         .with_context(|| format!("read busybox binary {} (build busybox first)", input.busybox.display()))?;
-    // setuid root so that `su` works for the user; busybox built with CONFIG_FEATURE_SUID (on in
-    // defconfig) drops the privilege again for every applet that does not need it.
-    a.add_file("bin/busybox", 0o4755, 0, 0, busybox)?;
+    // Only the applets that need root get it, through a setuid copy: a setuid /bin/busybox would
+    // make every process of the user non-dumpable (its /proc files root's), unlike a real system.
+    a.add_file("bin/busybox", 0o755, 0, 0, busybox.clone())?;
+    a.add_file(SUID_BUSYBOX, 0o4755, 0, 0, busybox)?;
     for applet in &input.applets {
         let path = applet.trim_start_matches('/');
         if path == "bin/busybox" {
             continue;
         }
-        a.add_symlink(path, "/bin/busybox").with_context(|| format!("busybox applet {applet:?}"))?;
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let target = if SUID_APPLETS.contains(&name) { "/bin/busybox-suid" } else { "/bin/busybox" };
+        a.add_symlink(path, target).with_context(|| format!("busybox applet {applet:?}"))?;
     }
 
     // In the archive itself because the kernel opens /dev/console for init before anything can
@@ -497,7 +505,7 @@ mod tests {
     }
 
     fn build_bytes(f: &Fixture) -> Result<Vec<u8>> {
-        let applets = ["bin/ash", "bin/busybox", "bin/ls", "sbin/ip", "usr/bin/setuidgid", "usr/sbin/chroot", "linuxrc"];
+        let applets = ["bin/ash", "bin/busybox", "bin/ls", "bin/su", "usr/bin/passwd", "sbin/ip", "usr/bin/setuidgid", "usr/sbin/chroot", "linuxrc"];
         let input = RootfsInput {
             spec: &f.spec,
             recipe_dir: &f.tmp.0,
@@ -526,7 +534,11 @@ mod tests {
         for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "dev/pts", "mnt", "run", "var"] {
             assert_eq!((meta(d), kind(d)), ((0o755, 0, 0), Kind::Dir), "{d}");
         }
-        assert_eq!(meta("bin/busybox"), (0o4755, 0, 0));
+        assert_eq!(meta("bin/busybox"), (0o755, 0, 0));
+        assert_eq!(meta("bin/busybox-suid"), (0o4755, 0, 0));
+        for applet in ["bin/su", "usr/bin/passwd"] {
+            assert_eq!(kind(applet), Kind::Symlink("/bin/busybox-suid".into()), "{applet}");
+        }
         assert_eq!(kind("bin/busybox"), Kind::File(b"fake busybox\n".to_vec()));
         for applet in ["bin/ash", "bin/ls", "sbin/ip", "usr/bin/setuidgid", "usr/sbin/chroot", "linuxrc"] {
             assert_eq!(kind(applet), Kind::Symlink("/bin/busybox".into()), "{applet}");
