@@ -311,7 +311,21 @@ pub fn boot_test_with(
 pub fn verdict_of_error(e: &anyhow::Error) -> Option<String> {
     let text = format!("{e:#}");
     let rest = &text[text.find("verdict ")? + "verdict ".len()..];
-    Some(rest.split(|c: char| c == ':' && !rest.starts_with("check-failed") || c.is_whitespace()).next()?.to_string())
+    // "verdict check-failed:nproc: detail": the name runs to the first whitespace, minus the ':'.
+    let word = rest.split_whitespace().next()?;
+    Some(word.strip_suffix(':').unwrap_or(word).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verdict_names_are_read_back_from_errors() {
+        let e = anyhow::anyhow!("boot test of /lab: verdict check-failed:nproc: expected 4, got 1\nlast lines");
+        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("check-failed:nproc"));
+        let e = anyhow::anyhow!("boot test of /lab: verdict kernel-panic: Kernel panic - not syncing");
+        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("kernel-panic"));
+        assert_eq!(super::verdict_of_error(&anyhow::anyhow!("no such thing")), None);
+    }
 }
 
 /// `cargo xtask boot-test`.
