@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the host packages kernel-lab needs (Debian/Ubuntu, as root) and, for the end-to-end
-# check, Debian's kernel source and busybox's upstream tarball (kernel.org is not reachable in CI).
+# Installs the host packages kernel-lab needs (Debian/Ubuntu, as root). With --e2e it also gets
+# what the offline end-to-end check needs: Debian's kernel source and busybox's upstream tarball
+# (Debian's "orig" tarball), because kernel.org is not reachable in our CI.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,7 +9,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
     build-essential flex bison bc perl libelf-dev libssl-dev cpio qemu-system-x86 gdb \
-    dwarves kmod rsync gnupg gpgv procps ca-certificates dpkg-dev linux-source-6.12
+    dwarves kmod rsync gnupg gpgv procps ca-certificates
+
+[ "${1:-}" = "--e2e" ] || exit 0
+apt-get install -y -q --no-install-recommends dpkg-dev linux-source-6.12
 
 # busybox's pristine tarball is Debian's "orig" tarball of the busybox source package.
 if ! ls "$here"/artifacts/debsrc/busybox_*.orig.tar.bz2 >/dev/null 2>&1; then
