@@ -72,7 +72,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
         boot_timeout: 600,
         dry_run: false,
     };
-    let lab = pipeline::kernel(sh, layout, &kernel_args)?;
+    let lab = pipeline::kernel(sh, layout, &kernel_args)?.context("e2e never runs dry")?;
 
     if args.negative {
         negative(&lab)?;

@@ -87,11 +87,12 @@ pub struct Lab {
     pub recipe: LoadedRecipe,
 }
 
-pub fn kernel(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<Lab> {
+/// The main job; `None` for a dry run, which only prints the plan.
+pub fn kernel(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<Option<Lab>> {
     let plan = fetch_plan(layout, &args.fetch)?;
     if args.dry_run {
         print_plan(layout, &plan)?;
-        return Ok(Lab { dir: PathBuf::new(), lock: dummy_lock(), recipe: plan.recipe });
+        return Ok(None);
     }
     doctor::require()?;
     let mut t = Timings::default();
@@ -106,11 +107,7 @@ pub fn kernel(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<Lab> {
         t.print();
     }
     println!("lab: {}", lab.dir.display());
-    Ok(lab)
-}
-
-fn dummy_lock() -> Lock {
-    serde_json::from_str(r#"{"request":{"channel":"stable"},"kernel":{"version":"","file":"","path":"","sums_path":null,"sha256":"","released":0},"busybox":{"version":"","file":"","path":"","sha256":""}}"#).expect("valid")
+    Ok(Some(lab))
 }
 
 fn print_plan(layout: &Layout, plan: &FetchPlan) -> Result<()> {
@@ -118,7 +115,8 @@ fn print_plan(layout: &Layout, plan: &FetchPlan) -> Result<()> {
     println!("request:  {}", plan.request);
     println!("mirror:   {}", plan.mirror.describe());
     println!("lock:     {}", plan.recipe.lock_path().display());
-    let (lock, _) = fetch::lock_for(layout, plan)?;
+    // A dry run resolves but writes nothing, not even the lock.
+    let lock = if plan.locked { fetch::lock_for(layout, plan)?.0 } else { fetch::resolve(layout, plan)?.0 };
     let k = &lock.kernel;
     println!("kernel:   {} sha256 {}\n          {}", k.version, k.sha256, plan.mirror.kernel_org(&k.path));
     let b = &lock.busybox;
