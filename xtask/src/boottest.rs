@@ -370,14 +370,10 @@ pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
 
 /// Boots `lab` with its run.sh, checks the markers and poweroff, then attaches gdb to a second
 /// boot. `timeout` applies to each stage separately. Writes boot-report.json and the logs into
-/// the lab; any verdict but `pass` is an error naming the verdict.
-pub fn run(lab: &Path, expect: &Expect, timeout: Duration) -> Result<BootReport> {
-    run_with_append(lab, expect, timeout, "")
-}
-
-/// `run` with `extra` added to the kernel command line of both boots, e.g. `maxcpus=1` or
-/// `init=/bin/false` to check that a broken boot gets the right verdict.
-pub fn run_with_append(lab: &Path, expect: &Expect, timeout: Duration, extra: &str) -> Result<BootReport> {
+/// the lab; any verdict but `pass` is an error naming the verdict. `extra` is added to the
+/// kernel command line of both boots, e.g. `maxcpus=1` to check that a broken boot gets the
+/// right verdict.
+pub fn run(lab: &Path, expect: &Expect, timeout: Duration, extra: &str) -> Result<BootReport> {
     let append = if extra.trim().is_empty() { TEST_APPEND.to_string() } else { format!("{TEST_APPEND} {}", extra.trim()) };
     let lab = std::fs::canonicalize(lab)
         .with_context(|| format!("lab directory {}: build the lab first (cargo xtask)", lab.display()))?;
@@ -1076,7 +1072,7 @@ mod tests {
     #[test]
     fn runner_passes_a_good_lab_and_writes_the_report() {
         let lab = fake_lab("pass", &good_console(), "exit 0");
-        let report = run(&lab, &expect(), Duration::from_secs(60)).unwrap();
+        let report = run(&lab, &expect(), Duration::from_secs(60), "").unwrap();
         assert_eq!(report.verdict, Verdict::Pass);
         let stages: Vec<&str> = report.stages.iter().map(|s| s.stage).collect();
         assert_eq!(stages, ["banner", "markers", "checks", "poweroff", "gdb"]);
@@ -1098,7 +1094,7 @@ mod tests {
     #[test]
     fn runner_reports_a_failed_check_with_the_console_tail() {
         let lab = fake_lab("nproc", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
         assert!(err.contains("verdict check-failed:nproc"), "{err}");
         assert!(err.contains("KLAB:nproc=1, expected 4"), "{err}");
         assert!(err.contains("  | KLAB:netns=ok:lo"), "no console tail in: {err}");
@@ -1115,7 +1111,7 @@ mod tests {
         console.truncate(3);
         // The guest hangs before init: no markers ever come.
         let lab = fake_lab("hang", &console, "exec sleep 600");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2)).unwrap_err());
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2), "").unwrap_err());
         assert!(err.contains("verdict timeout-markers"), "{err}");
         assert!(!alive(&lab.join("pid")), "run.sh's process survived the timeout");
         let _ = std::fs::remove_dir_all(&lab);
@@ -1124,7 +1120,7 @@ mod tests {
     #[test]
     fn runner_notices_a_guest_that_does_not_power_off() {
         let lab = fake_lab("nopoweroff", &good_console(), "exec sleep 600");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2)).unwrap_err());
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2), "").unwrap_err());
         assert!(err.contains("verdict timeout-poweroff"), "{err}");
         assert!(!alive(&lab.join("pid")));
         let _ = std::fs::remove_dir_all(&lab);
@@ -1136,7 +1132,7 @@ mod tests {
         console.truncate(5);
         console.push("[    1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100".into());
         let lab = fake_lab("panic", &console, "exec sleep 600");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
         assert!(err.contains("verdict init-died"), "{err}");
         assert!(!alive(&lab.join("pid")));
         let _ = std::fs::remove_dir_all(&lab);
@@ -1146,7 +1142,7 @@ mod tests {
     fn runner_fails_a_broken_gdb_stage() {
         let lab = fake_lab("gdbfail", &good_console(), "exit 0");
         std::fs::write(lab.join("gdb.txt"), "localhost:1: Connection refused.\n").unwrap();
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
         assert!(err.contains("verdict gdb-failed:breakpoint"), "{err}");
         assert!(err.contains("Connection refused"), "transcript tail missing: {err}");
         let _ = std::fs::remove_dir_all(&lab);
@@ -1155,7 +1151,7 @@ mod tests {
     #[test]
     fn extra_append_reaches_both_boots() {
         let lab = fake_lab("append", &good_console(), "exit 0");
-        run_with_append(&lab, &expect(), Duration::from_secs(60), " maxcpus=1 ").unwrap();
+        run(&lab, &expect(), Duration::from_secs(60), " maxcpus=1 ").unwrap();
         let calls = std::fs::read_to_string(lab.join("calls")).unwrap();
         let want = format!("--append {TEST_APPEND} maxcpus=1");
         assert_eq!(calls.matches(&want).count(), 3, "dry run, boot and gdb boot: {calls}");
@@ -1166,7 +1162,7 @@ mod tests {
     fn preflight_names_the_missing_file() {
         let lab = fake_lab("preflight", &good_console(), "exit 0");
         std::fs::remove_file(lab.join("vmlinux")).unwrap();
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60)).unwrap_err());
+        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
         assert!(err.contains("vmlinux is missing"), "{err}");
         let _ = std::fs::remove_dir_all(&lab);
     }
@@ -1188,7 +1184,7 @@ mod real {
         let expect = Expect { kernel_version: version, smp, uid: 1000 };
         let start = Instant::now();
         let append = std::env::var("KLAB_BOOTTEST_APPEND").unwrap_or_default();
-        let result = run_with_append(&lab, &expect, Duration::from_secs(120), &append);
+        let result = run(&lab, &expect, Duration::from_secs(120), &append);
         eprintln!("boot test wall time: {:.2} s", start.elapsed().as_secs_f64());
         match result {
             Ok(report) => eprintln!("{}", serde_json::to_string_pretty(&report).unwrap()),

@@ -192,9 +192,6 @@ pub struct BootTestArgs {
     /// Extra kernel command line for this boot (e.g. to break it on purpose)
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub append: String,
-    /// Expected CPU count (default: the lab's -smp)
-    #[arg(long, value_name = "N")]
-    pub smp: Option<u32>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -302,7 +302,7 @@ pub fn boot_test_with(
         smp: recipe.recipe.qemu.smp,
         uid: recipe.recipe.rootfs.uid,
     };
-    boottest::run_with_append(lab, &expect, timeout, append)
+    boottest::run(lab, &expect, timeout, append)
 }
 
 /// The verdict named in a boot-test error ("... verdict NAME: ..."), if any.
@@ -333,8 +333,8 @@ pub fn boot_test_command(layout: &Layout, args: &crate::cli::BootTestArgs) -> Re
         (None, r) => layout.lab_link(r.as_deref().unwrap_or("lts")),
     };
     let info = read_lab_json(&lab)?;
-    let expect = boottest::Expect { kernel_version: info.kernel_version, smp: args.smp.unwrap_or(info.smp), uid: info.uid };
-    let report = boottest::run(&lab, &expect, Duration::from_secs(args.timeout))?;
+    let expect = boottest::Expect { kernel_version: info.kernel_version, smp: info.smp, uid: info.uid };
+    let report = boottest::run(&lab, &expect, Duration::from_secs(args.timeout), &args.append)?;
     println!("boot test: {} in {:.1} s; report {}", report.verdict.name(), report.wall_seconds, lab.join(boottest::REPORT).display());
     Ok(())
 }
