@@ -76,6 +76,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
 
     if args.negative {
         negative(&lab)?;
+        without_net_ns(sh, layout, &kernel_args, &recipes)?;
     }
     if args.repro {
         repro(sh, layout, &kernel_args, &lab)?;
@@ -104,6 +105,31 @@ fn negative(lab: &pipeline::Lab) -> Result<()> {
         }
         eprintln!("    verdict {got}: as expected");
     }
+    Ok(())
+}
+
+/// A lab whose kernel lacks NET_NS (the lts recipe without netns.config) must fail the netns check.
+fn without_net_ns(sh: &Shell, layout: &Layout, args: &KernelArgs, recipes: &std::path::Path) -> Result<()> {
+    eprintln!("==> negative lab: a kernel without NET_NS, expecting check-failed:netns");
+    let text = std::fs::read_to_string(recipes.join("lts.yaml"))?;
+    let without = text.replace("netns.config, ", "").replace(", netns.config", "");
+    if without == text {
+        bail!("recipes/lts.yaml no longer lists netns.config: update the e2e's no-netns case");
+    }
+    let recipe = recipes.join("nonetns.yaml");
+    std::fs::write(&recipe, format!("# e2e: the lts lab without network namespaces (must fail its boot test)\n{without}"))?;
+    let mut args = args.clone();
+    args.fetch.recipe = Some(recipe.to_string_lossy().into_owned());
+    args.no_boot_test = true;
+    let lab = pipeline::kernel(sh, layout, &args)?.context("e2e never runs dry")?;
+    let got = match pipeline::boot_test(&lab.dir, &lab.recipe, &lab.lock, Duration::from_secs(300), "") {
+        Ok(r) => r.verdict.name().to_string(),
+        Err(e) => pipeline::verdict_of_error(&e).unwrap_or_else(|| format!("error: {e:#}")),
+    };
+    if got != "check-failed:netns" {
+        bail!("a kernel without NET_NS: expected verdict check-failed:netns, got {got}");
+    }
+    eprintln!("    verdict {got}: as expected");
     Ok(())
 }
 
