@@ -165,7 +165,20 @@ pub struct RootfsArgs {
     #[command(subcommand)]
     pub action: Option<RootfsAction>,
     #[command(flatten)]
-    pub kernel: KernelArgs,
+    pub build: RootfsBuildArgs,
+}
+
+/// `cargo xtask rootfs` without a subcommand: fetch, build busybox, write rootfs.cpio.
+#[derive(Debug, Args, Clone)]
+pub struct RootfsBuildArgs {
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// Parallel make jobs (default: number of CPUs)
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Compiler wrapper passed through CC: ccache, sccache or distcc
+    #[arg(long, value_name = "WRAPPER")]
+    pub cc_wrapper: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -69,7 +69,7 @@ fn run(cli: Cli) -> Result<()> {
                 let r = cpio::repack(&dir)?;
                 cpio::write_file(&r.archive, r.mtime, r.gzip, &file)
             }
-            None => pipeline::rootfs_only(&sh, &layout, &args.kernel),
+            None => pipeline::rootfs_only(&sh, &layout, &args.build),
         },
         Command::BootTest(args) => pipeline::boot_test_command(&layout, &args),
         Command::Doctor => doctor::run(),

@@ -340,7 +340,7 @@ pub fn boot_test_command(layout: &Layout, args: &crate::cli::BootTestArgs) -> Re
 }
 
 /// `cargo xtask rootfs`: fetch, build busybox and write the recipe's rootfs.cpio.
-pub fn rootfs_only(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<()> {
+pub fn rootfs_only(sh: &Shell, layout: &Layout, args: &crate::cli::RootfsBuildArgs) -> Result<()> {
     let plan = fetch_plan(layout, &args.fetch)?;
     let sources = fetch::run(layout, &plan)?;
     let lock = &sources.lock;

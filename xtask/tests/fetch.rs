@@ -311,3 +311,35 @@ fn busybox_detached_signature_checked_when_keyring_given() {
     let out = f.fetch(&served.url, &["--keyring", k, "--busybox-keyring", k]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn mirror_from_upstream_republishes_signed_files() {
+    let f = Fixture::new("upstream");
+    let upstream = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let served = serve(&upstream);
+    let copy = f.dir.join("copy");
+    let out = f
+        .xtask()
+        .arg("mirror")
+        .arg("--out")
+        .arg(&copy)
+        .arg("--from-upstream")
+        .arg("--recipe")
+        .arg(f.dir.join("recipes/lts.yaml"))
+        .args(["--upstream", &served.url])
+        .arg("--keyring")
+        .arg(&keyring)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sums = "pub/linux/kernel/v6.x/sha256sums.asc";
+    assert_eq!(std::fs::read(copy.join(sums)).unwrap(), std::fs::read(upstream.join(sums)).unwrap());
+    drop(served);
+    // The copy alone serves a verified fetch (the upstream is gone), with the upstream's key.
+    std::fs::remove_dir_all(f.dir.join("cache")).unwrap();
+    std::fs::remove_dir_all(f.dir.join("artifacts")).unwrap();
+    let out = f.fetch(&format!("file://{}", copy.display()), &["--keyring", keyring.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(f.src("6.12.117").join("Makefile").is_file());
+}
