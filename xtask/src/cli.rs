@@ -212,15 +212,14 @@ pub struct E2eArgs {
     /// Debian's kernel source tarball
     #[arg(long, default_value = "/usr/src/linux-source-6.12.tar.xz")]
     pub kernel_tarball: PathBuf,
-    /// Version the kernel tarball is published as
-    #[arg(long, default_value = "6.12.117")]
-    pub kernel_version: String,
-    /// busybox's orig tarball (default: the one .ci/host-setup.sh puts in artifacts/debsrc/)
+    /// Version the kernel tarball is published as (default: the upstream part of the Debian
+    /// package version that owns the tarball, e.g. 6.12.117)
+    #[arg(long, value_name = "V")]
+    pub kernel_version: Option<String>,
+    /// busybox's orig tarball (default: the busybox_*.orig.tar.bz2 that .ci/host-setup.sh puts in
+    /// artifacts/debsrc/; its version replaces the recipe's)
     #[arg(long, value_name = "FILE")]
     pub busybox_tarball: Option<PathBuf>,
-    /// Version the busybox tarball is published as
-    #[arg(long, default_value = "1.35.0")]
-    pub busybox_version: String,
     /// Also build a second time in other directories and compare bzImage/vmlinux bytes
     #[arg(long)]
     pub repro: bool,

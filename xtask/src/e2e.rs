@@ -16,15 +16,21 @@ const SIGNER: &str = "kernel-lab e2e mirror <e2e@kernel-lab.invalid>";
 const SIGNER_EMAIL: &str = "e2e@kernel-lab.invalid";
 
 pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
+    if !args.kernel_tarball.is_file() {
+        bail!(
+            "{} is missing: run `sudo bash .ci/host-setup.sh --e2e` (installs linux-source-6.12)",
+            args.kernel_tarball.display()
+        );
+    }
+    let kernel_version = match &args.kernel_version {
+        Some(v) => v.clone(),
+        None => debian_upstream_version(sh, &args.kernel_tarball)?,
+    };
     let busybox_tarball = match &args.busybox_tarball {
         Some(f) => f.clone(),
-        None => layout.artifacts.join("debsrc").join(format!("busybox_{}.orig.tar.bz2", args.busybox_version)),
+        None => find_busybox_orig(&layout.artifacts.join("debsrc"))?,
     };
-    for f in [&args.kernel_tarball, &busybox_tarball] {
-        if !f.is_file() {
-            bail!("{} is missing: `apt-get install linux-source-6.12` and `apt-get source --download-only busybox` (see .ci/run)", f.display());
-        }
-    }
+    let busybox_version = busybox_version_of(&busybox_tarball)?;
     let root = layout.artifacts.join("e2e");
     let gnupg = root.join("gnupg");
     let mirror_dir = root.join("mirror");
@@ -42,8 +48,8 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     mirror::from_local(
         sh,
         &mirror_dir,
-        &[mirror::LocalKernel { file: args.kernel_tarball.clone(), version: args.kernel_version.clone(), moniker: "longterm".into() }],
-        &[mirror::LocalBusybox { file: busybox_tarball.clone(), version: args.busybox_version.clone() }],
+        &[mirror::LocalKernel { file: args.kernel_tarball.clone(), version: kernel_version.clone(), moniker: "longterm".into() }],
+        &[mirror::LocalBusybox { file: busybox_tarball.clone(), version: busybox_version.clone() }],
         Some(SIGNER_EMAIL),
     )?;
     let server = serve::spawn(mirror_dir.clone(), "127.0.0.1:0")?;
@@ -55,7 +61,12 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     let recipes = root.join("recipes");
     std::fs::create_dir_all(&recipes)?;
     let recipe = recipes.join("lts.yaml");
-    std::fs::copy(layout.recipes_dir().join("lts.yaml"), &recipe)?;
+    let lts = layout.recipes_dir().join("lts.yaml");
+    let text = std::fs::read_to_string(&lts).with_context(|| format!("read {}", lts.display()))?;
+    let pinned = crate::recipe::parse(&text).with_context(|| format!("recipe {}", lts.display()))?.busybox.version;
+    // The e2e builds the busybox Debian ships, whatever version the recipe pins.
+    let text = text.replace(&format!("\"{pinned}\""), &format!("\"{busybox_version}\""));
+    crate::layout::write_atomic(&recipe, text.as_bytes())?;
     let kernel_args = KernelArgs {
         fetch: FetchArgs {
             channel: ChannelArgs { lts: Some(String::new()), ..Default::default() },
@@ -64,7 +75,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
             keyring: Some(mirror_dir.join("kernel-lab-mirror.gpg")),
             locked: false,
             insecure_skip_signature: false,
-            busybox_keyring: None,
+            busybox_keyring: Some(mirror_dir.join("kernel-lab-mirror.gpg")),
         },
         jobs: args.jobs,
         cc_wrapper: None,
@@ -167,3 +178,64 @@ fn repro(sh: &Shell, layout: &Layout, args: &KernelArgs, first: &pipeline::Lab) 
     Ok(())
 }
 
+
+/// "6.12.117" from the Debian package owning `tarball` (version "6.12.117-1~deb12u1").
+fn debian_upstream_version(sh: &Shell, tarball: &std::path::Path) -> Result<String> {
+    let owner = cmd!(sh, "dpkg -S {tarball}").quiet().read().with_context(|| {
+        format!("find the Debian package of {}; or pass --kernel-version", tarball.display())
+    })?;
+    let package = owner.split(':').next().unwrap_or_default().trim().to_string();
+    let format = "${Version}";
+    let version = cmd!(sh, "dpkg-query -W -f {format} {package}").quiet().read()?;
+    let upstream = version.split('-').next().unwrap_or_default().to_string();
+    crate::releases::check_version(&upstream)
+        .with_context(|| format!("version {version:?} of {package}; pass --kernel-version"))?;
+    Ok(upstream)
+}
+
+fn find_busybox_orig(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n.starts_with("busybox_") && n.ends_with(".orig.tar.bz2")
+        })
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some(p) => Ok(p),
+        None => bail!(
+            "no busybox_*.orig.tar.bz2 in {}: run `sudo bash .ci/host-setup.sh --e2e`, or pass --busybox-tarball",
+            dir.display()
+        ),
+    }
+}
+
+/// "busybox_1.35.0.orig.tar.bz2" -> "1.35.0"; other names need the version in the name too.
+fn busybox_version_of(tarball: &std::path::Path) -> Result<String> {
+    let name = tarball.file_name().unwrap_or_default().to_string_lossy();
+    let v = name
+        .trim_start_matches("busybox_")
+        .trim_start_matches("busybox-")
+        .trim_end_matches(".tar.bz2")
+        .trim_end_matches(".orig");
+    if v.is_empty() || !v.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        bail!("cannot read a busybox version from {}: name it busybox-X.Y.Z.tar.bz2", tarball.display());
+    }
+    Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn busybox_version_from_file_name() {
+        assert_eq!(super::busybox_version_of(Path::new("/x/busybox_1.35.0.orig.tar.bz2")).unwrap(), "1.35.0");
+        assert_eq!(super::busybox_version_of(Path::new("busybox-1.36.1.tar.bz2")).unwrap(), "1.36.1");
+        let err = super::busybox_version_of(Path::new("bb.tar.bz2")).unwrap_err().to_string();
+        assert!(err.contains("bb.tar.bz2"), "{err}");
+    }
+}

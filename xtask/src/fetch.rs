@@ -75,6 +75,13 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
                 stale.join("\n  ")
             );
         }
+        if !old.kernel.verified && !plan.insecure_skip_signature {
+            bail!(
+                "--locked: lock {} records an unverified kernel tarball (made with --insecure-skip-signature); \
+                 pass that flag again to accept it, or re-resolve without it",
+                lock_path.display()
+            );
+        }
         return Ok((old, Metadata::default()));
     }
     let (new, meta) = resolve(layout, plan)?;
@@ -113,15 +120,26 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         }
         Err(e) => return Err(e.context(format!("resolve {} from {url}", plan.request))),
     };
+    // releases.json is not signed: its version names directories here, and only the signed sums
+    // tie a file to a hash, so the file must be exactly the one the version names.
+    releases::check_version(&version).with_context(|| format!("version in {url}"))?;
     let file = tar_path.rsplit('/').next().unwrap_or(&tar_path).to_string();
+    if signed {
+        let expected = format!("{}/linux-{version}.tar.xz", releases::kernel_dir(&version)?);
+        if tar_path != expected {
+            bail!("{url}: release {version} points at {tar_path}, expected {expected}: refusing a mismatched tarball");
+        }
+    }
     let mut meta = Metadata { releases_json: Some(json), ..Default::default() };
 
+    let verified;
     let (sums_path, sha256) = if signed {
         let dir = tar_path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let sums_path = format!("{dir}/sha256sums.asc");
         let sums_url = mirror.kernel_org(&sums_path);
         let asc = download::get_small(&sums_url)?;
-        let text = verified_sums(layout, plan, &asc).with_context(|| format!("verify {sums_url}"))?;
+        let (text, ok) = verified_sums(layout, plan, &asc).with_context(|| format!("verify {sums_url}"))?;
+        verified = ok;
         let sha = verify::sums_lookup(&text, &file)
             .with_context(|| format!("{sums_url} has no sha256 line for {file}: the mirror is incomplete"))?;
         meta.sums_asc = Some(asc);
@@ -134,6 +152,7 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
             );
         }
         eprintln!("WARNING: {version} is unsigned; --insecure-skip-signature: trusting the first download");
+        verified = false;
         let url = mirror.kernel_org(&tar_path);
         let blob = download::fetch_unverified(layout, &url, &file)?;
         (None, verify::sha256_file(&blob)?)
@@ -150,14 +169,15 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
 
     let lock = Lock {
         request: plan.request.clone(),
-        kernel: LockedKernel { version, file, path: tar_path, sums_path, sha256, released },
+        kernel: LockedKernel { version, file, path: tar_path, sums_path, sha256, released, verified },
         busybox: LockedBusybox { version: bb.clone(), file: bb_file, path: bb_path, sha256: bb_sha },
     };
     Ok((lock, meta))
 }
 
-/// The signed text of a clearsigned sums file, or an error unless the user opted out.
-fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8]) -> Result<String> {
+/// The signed text of a clearsigned sums file and `true`; with the opt-out, the unverified text
+/// and `false`; otherwise an error.
+fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8]) -> Result<(String, bool)> {
     let result = (|| -> Result<String> {
         let (keyring, fprs) = keyring(layout, plan)?;
         let mut last = None;
@@ -170,10 +190,10 @@ fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8]) -> Result<String
         Err(last.unwrap_or_else(|| anyhow::anyhow!("keyring {} holds no key", keyring.display())))
     })();
     match result {
-        Ok(text) => Ok(text),
+        Ok(text) => Ok((text, true)),
         Err(e) if plan.insecure_skip_signature => {
             eprintln!("WARNING: --insecure-skip-signature: using unverified checksums ({e:#})");
-            Ok(String::from_utf8_lossy(asc).into_owned())
+            Ok((String::from_utf8_lossy(asc).into_owned(), false))
         }
         Err(e) => Err(e),
     }

@@ -29,6 +29,9 @@ pub struct LockedKernel {
     pub sha256: String,
     /// Release time (unix seconds) from releases.json: the build's SOURCE_DATE_EPOCH.
     pub released: i64,
+    /// False when the hash was accepted with --insecure-skip-signature; `--locked` then needs
+    /// that flag again.
+    pub verified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

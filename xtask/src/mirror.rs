@@ -79,7 +79,7 @@ pub fn from_local(
         write_releases_json(out, &entries)?;
     }
     if let Some(key) = sign_key {
-        // Publish the public key twice: as a file for --keyring, and over WKD.
+        // Publish the public key as a file, for clients' --keyring.
         let public = cmd!(sh, "gpg --batch --export {key}").output()?.stdout;
         if public.is_empty() {
             bail!("gpg --export {key} gave nothing: is the key in GNUPGHOME?");

@@ -145,7 +145,7 @@ pub fn build_lab(
     let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
     t.time("configure", || kbuild::configure(sh, &sources.kernel_src, &kbuild_dir, r.config.base, &fragments, version))
         .with_context(|| format!("configure linux-{version}"))?;
-    let recipe_bytes = std::fs::read(&recipe.path)?;
+    let recipe_bytes = std::fs::read(&recipe.path).with_context(|| format!("read recipe {}", recipe.path.display()))?;
     let inputs = kbuild::BuildInputs {
         tarball_sha256: &lock.kernel.sha256,
         recipe: &recipe_bytes,

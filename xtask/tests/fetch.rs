@@ -343,3 +343,36 @@ fn mirror_from_upstream_republishes_signed_files() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(f.src("6.12.117").join("Makefile").is_file());
 }
+
+#[test]
+fn releases_json_pointing_at_another_tarball_is_refused() {
+    let f = Fixture::new("mismatch");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    // releases.json is unsigned: make 6.12.117 point at the (signed) 6.6.9 tarball.
+    let json = std::fs::read_to_string(mirror.join("releases.json")).unwrap();
+    let evil = json.replace("v6.x/linux-6.12.117.tar.xz", "v6.x/linux-6.6.9.tar.xz");
+    assert_ne!(json, evil);
+    std::fs::write(mirror.join("releases.json"), evil).unwrap();
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("refusing a mismatched tarball"), "{}", stderr(&out));
+    assert!(!f.src("6.12.117").exists());
+}
+
+#[test]
+fn insecure_lock_needs_the_opt_out_again() {
+    let f = Fixture::new("insecurelock");
+    let mirror = f.mirror(None);
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--insecure-skip-signature", "--keyring", f.export("mirror@test.invalid").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = std::fs::read_to_string(f.dir.join("recipes/lts.lock")).unwrap();
+    assert!(lock.contains("\"verified\": false"), "{lock}");
+    let out = f.fetch(&served.url, &["--locked"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unverified"), "{}", stderr(&out));
+    let out = f.fetch(&served.url, &["--locked", "--insecure-skip-signature"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
