@@ -314,18 +314,6 @@ pub fn verdict_of_error(e: &anyhow::Error) -> Option<String> {
     Some(word.strip_suffix(':').unwrap_or(word).to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn verdict_names_are_read_back_from_errors() {
-        let e = anyhow::anyhow!("boot test of /lab: verdict check-failed:nproc: expected 4, got 1\nlast lines");
-        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("check-failed:nproc"));
-        let e = anyhow::anyhow!("boot test of /lab: verdict kernel-panic: Kernel panic - not syncing");
-        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("kernel-panic"));
-        assert_eq!(super::verdict_of_error(&anyhow::anyhow!("no such thing")), None);
-    }
-}
-
 /// `cargo xtask boot-test`.
 pub fn boot_test_command(layout: &Layout, args: &crate::cli::BootTestArgs) -> Result<()> {
     let lab = match (&args.lab, &args.recipe) {
@@ -365,4 +353,16 @@ pub fn rootfs_only(sh: &Shell, layout: &Layout, args: &crate::cli::RootfsBuildAr
     cpio::write_file(&archive, epoch as u32, r.rootfs.gzip, &out)?;
     println!("rootfs: {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verdict_names_are_read_back_from_errors() {
+        let e = anyhow::anyhow!("boot test of /lab: verdict check-failed:nproc: expected 4, got 1\nlast lines");
+        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("check-failed:nproc"));
+        let e = anyhow::anyhow!("boot test of /lab: verdict kernel-panic: Kernel panic - not syncing");
+        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("kernel-panic"));
+        assert_eq!(super::verdict_of_error(&anyhow::anyhow!("no such thing")), None);
+    }
 }

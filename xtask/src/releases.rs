@@ -67,7 +67,7 @@ pub fn resolve<'a>(releases: &'a Releases, request: &Request) -> Result<&'a Rele
                 .releases
                 .iter()
                 .filter(|r| r.moniker == "longterm" && !r.iseol)
-                .filter(|r| series.as_deref().map_or(true, |s| series_of(&r.version) == s))
+                .filter(|r| series.as_deref().is_none_or(|s| series_of(&r.version) == s))
                 .collect();
             candidates.sort_by_key(|r| version_key(&r.version));
             match (candidates.last(), series) {
