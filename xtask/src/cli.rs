@@ -96,12 +96,8 @@ pub struct FetchArgs {
 pub struct KernelArgs {
     #[command(flatten)]
     pub fetch: FetchArgs,
-    /// Parallel make jobs (default: number of CPUs)
-    #[arg(long, short = 'j', value_name = "N")]
-    pub jobs: Option<usize>,
-    /// Compiler wrapper passed through CC: ccache, sccache or distcc
-    #[arg(long, value_name = "WRAPPER")]
-    pub cc_wrapper: Option<String>,
+    #[command(flatten)]
+    pub make: MakeArgs,
     /// Stop after building the lab; do not boot it
     #[arg(long)]
     pub no_boot_test: bool,
@@ -173,12 +169,26 @@ pub struct RootfsArgs {
 pub struct RootfsBuildArgs {
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub make: MakeArgs,
+}
+
+/// How `make` runs, for the kernel and busybox alike.
+#[derive(Debug, Args, Clone, Default)]
+pub struct MakeArgs {
     /// Parallel make jobs (default: number of CPUs)
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
     /// Compiler wrapper passed through CC: ccache, sccache or distcc
     #[arg(long, value_name = "WRAPPER")]
     pub cc_wrapper: Option<String>,
+}
+
+impl MakeArgs {
+    /// `--jobs`, or the number of CPUs.
+    pub fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::{
-    cli::{ChannelArgs, E2eArgs, FetchArgs, KernelArgs},
+    cli::{ChannelArgs, E2eArgs, FetchArgs, KernelArgs, MakeArgs},
     fetch,
     layout::Layout,
     mirror, pipeline, serve, verify,
@@ -77,8 +77,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
             insecure_skip_signature: false,
             busybox_keyring: Some(mirror_dir.join("kernel-lab-mirror.gpg")),
         },
-        jobs: args.jobs,
-        cc_wrapper: None,
+        make: MakeArgs { jobs: args.jobs, cc_wrapper: None },
         no_boot_test: false,
         boot_timeout: 600,
         dry_run: false,
@@ -106,7 +105,7 @@ fn negative(lab: &pipeline::Lab) -> Result<()> {
     ];
     for (append, _, want) in cases {
         eprintln!("==> negative boot: append {append:?}, expecting {want}");
-        let report = pipeline::boot_test_with(&lab.dir, &lab.recipe, &lab.lock, Duration::from_secs(300), append);
+        let report = pipeline::boot_test(&lab.dir, &lab.recipe, &lab.lock, Duration::from_secs(300), append);
         let got = match &report {
             Ok(r) => r.verdict.name().to_string(),
             Err(e) => pipeline::verdict_of_error(e).unwrap_or_else(|| format!("error: {e:#}")),

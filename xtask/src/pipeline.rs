@@ -8,7 +8,7 @@ use xshell::Shell;
 
 use crate::{
     boottest, busybox,
-    cli::{FetchArgs, KernelArgs},
+    cli::{FetchArgs, KernelArgs, MakeArgs},
     cpio, doctor,
     fetch::{self, FetchPlan, Sources},
     kbuild, labscripts,
@@ -139,7 +139,7 @@ pub fn build_lab(
     let lock = &sources.lock;
     let version = &lock.kernel.version;
     let r = &recipe.recipe;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs = args.make.jobs();
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
     let kbuild_dir = layout.kernel_build(&recipe.name, version);
     let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
@@ -154,36 +154,21 @@ pub fn build_lab(
         base: r.config.base,
     };
     let out = t
-        .time("kernel", || kbuild::build(sh, &sources.kernel_src, &kbuild_dir, &inputs, jobs, args.cc_wrapper.as_deref(), epoch))
+        .time("kernel", || kbuild::build(sh, &sources.kernel_src, &kbuild_dir, &inputs, jobs, args.make.cc_wrapper.as_deref(), epoch))
         .with_context(|| format!("build linux-{version}"))?;
     if out.up_to_date {
         eprintln!("kernel up to date ({})", kbuild_dir.display());
     }
 
-    let bb_fragments: Vec<PathBuf> = r
-        .busybox
-        .fragments
-        .iter()
-        .map(|f| fragment_path(layout, &recipe.path, &format!("busybox/{f}")))
-        .collect::<Result<_>>()?;
-    let bb_build = layout.busybox_build(&lock.busybox.version);
     let bb = t
-        .time("busybox", || busybox::build(sh, &sources.busybox_src, &bb_build, &bb_fragments, &lock.busybox.sha256, jobs, args.cc_wrapper.as_deref(), epoch))
+        .time("busybox", || build_busybox(sh, layout, recipe, sources, &args.make, epoch))
         .with_context(|| format!("build busybox-{}", lock.busybox.version))?;
 
     let lab = layout.lab(&recipe.name, version);
     t.time("lab", || {
         // The rootfs and scripts are cheap to make; they and the kernel's inputs stamp decide
         // whether the expensive part (copying and indexing a 100 MB vmlinux) can be skipped.
-        let archive = rootfs::build(&rootfs::RootfsInput {
-            spec: &r.rootfs,
-            recipe_dir: recipe.dir(),
-            busybox: &bb,
-            applets: rootfs::applets(&bb)?,
-            kernel_version: version,
-        })?;
-        let mtime = u32::try_from(epoch).context("release date after 2106: cpio mtimes are 32-bit")?;
-        let rootfs_bytes = cpio::to_bytes(&archive, mtime, r.rootfs.gzip)?;
+        let rootfs_bytes = rootfs_archive(recipe, &bb, version, epoch)?;
         let info = labscripts::LabInfo {
             recipe: recipe.name.clone(),
             kernel_version: version.clone(),
@@ -225,6 +210,33 @@ pub fn build_lab(
     })
     .context("assemble the lab")?;
     Ok(Lab { dir: lab, lock: lock.clone(), recipe: recipe.clone() })
+}
+
+/// The recipe's static busybox, built from its fragments in `configs/busybox/`.
+fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &Sources, make: &MakeArgs, epoch: u64) -> Result<PathBuf> {
+    let fragments: Vec<PathBuf> = recipe
+        .recipe
+        .busybox
+        .fragments
+        .iter()
+        .map(|f| fragment_path(layout, &recipe.path, &format!("busybox/{f}")))
+        .collect::<Result<_>>()?;
+    let b = &sources.lock.busybox;
+    busybox::build(sh, &sources.busybox_src, &layout.busybox_build(&b.version), &fragments, &b.sha256, make.jobs(), make.cc_wrapper.as_deref(), epoch)
+}
+
+/// The recipe's rootfs.cpio bytes, every entry dated `epoch`.
+fn rootfs_archive(recipe: &LoadedRecipe, busybox: &Path, kernel_version: &str, epoch: u64) -> Result<Vec<u8>> {
+    let r = &recipe.recipe;
+    let archive = rootfs::build(&rootfs::RootfsInput {
+        spec: &r.rootfs,
+        recipe_dir: recipe.dir(),
+        busybox,
+        applets: rootfs::applets(busybox)?,
+        kernel_version,
+    })?;
+    let mtime = u32::try_from(epoch).context("release date after 2106: cpio mtimes are 32-bit")?;
+    cpio::to_bytes(&archive, mtime, r.rootfs.gzip)
 }
 
 /// gdb's symbol index makes type lookups (`p $lx_current()`) about 13x faster; without
@@ -285,18 +297,8 @@ pub fn read_lab_json(lab: &Path) -> Result<LabJson> {
     serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
 }
 
+/// Boot test with `append` added to the kernel command line (e.g. to break a lab on purpose).
 pub fn boot_test(lab: &Path, recipe: &LoadedRecipe, lock: &Lock, timeout: Duration, append: &str) -> Result<boottest::BootReport> {
-    boot_test_with(lab, recipe, lock, timeout, append)
-}
-
-/// Boot test with extra kernel command-line text (to break a lab on purpose).
-pub fn boot_test_with(
-    lab: &Path,
-    recipe: &LoadedRecipe,
-    lock: &Lock,
-    timeout: Duration,
-    append: &str,
-) -> Result<boottest::BootReport> {
     let expect = boottest::Expect {
         kernel_version: lock.kernel.version.clone(),
         smp: recipe.recipe.qemu.smp,
@@ -332,25 +334,11 @@ pub fn rootfs_only(sh: &Shell, layout: &Layout, args: &crate::cli::RootfsBuildAr
     let plan = fetch_plan(layout, &args.fetch)?;
     let sources = fetch::run(layout, &plan)?;
     let lock = &sources.lock;
-    let r = &plan.recipe.recipe;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
-    let bb_fragments: Vec<PathBuf> = r
-        .busybox
-        .fragments
-        .iter()
-        .map(|f| fragment_path(layout, &plan.recipe.path, &format!("busybox/{f}")))
-        .collect::<Result<_>>()?;
-    let bb = busybox::build(sh, &sources.busybox_src, &layout.busybox_build(&lock.busybox.version), &bb_fragments, &lock.busybox.sha256, jobs, args.cc_wrapper.as_deref(), epoch)?;
-    let archive = rootfs::build(&rootfs::RootfsInput {
-        spec: &r.rootfs,
-        recipe_dir: plan.recipe.dir(),
-        busybox: &bb,
-        applets: rootfs::applets(&bb)?,
-        kernel_version: &lock.kernel.version,
-    })?;
+    let bb = build_busybox(sh, layout, &plan.recipe, &sources, &args.make, epoch)?;
+    let bytes = rootfs_archive(&plan.recipe, &bb, &lock.kernel.version, epoch)?;
     let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join("rootfs.cpio");
-    cpio::write_file(&archive, epoch as u32, r.rootfs.gzip, &out)?;
+    crate::layout::write_atomic(&out, &bytes)?;
     println!("rootfs: {}", out.display());
     Ok(())
 }
