@@ -61,7 +61,7 @@ pub fn build(
     let cc = cc_wrapper.map(|w| format!("CC={w} gcc"));
     // Busybox's Makefile starts from CFLAGS in the environment and appends its own flags to it;
     // on the command line CFLAGS would replace them instead.
-    let make = reproducible(cmd!(sh, "make -C {src} {o} {j} {cc...} busybox"), release_epoch).env("CFLAGS", &maps);
+    let make = kbuild::reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} busybox"), release_epoch).env("CFLAGS", &maps);
     let objects_path = build.join(kbuild::OBJECTS_STAMP);
     let expected = std::fs::read_to_string(&objects_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(EXPECTED_STEPS);
     let steps = kbuild::run_streaming(make, &log_path, expected).context("build busybox")?;
@@ -81,14 +81,7 @@ fn check_preconditions(src: &Path, fragments: &[PathBuf], jobs: usize, cc_wrappe
     if src.join(".config").exists() {
         bail!("busybox source tree {} has a .config (it was built in place): extract it again, or run `make -C {} mrproper`", src.display(), src.display());
     }
-    if jobs == 0 {
-        bail!("jobs is 0: pass at least 1 (the number of CPUs is a good choice)");
-    }
-    if let Some(w) = cc_wrapper {
-        if !kbuild::CC_WRAPPERS.contains(&w) {
-            bail!("compiler wrapper {w:?} is not supported: use one of {}", kbuild::CC_WRAPPERS.join(", "));
-        }
-    }
+    kbuild::check_make_args(jobs, cc_wrapper)?;
     for f in fragments {
         if !f.is_file() {
             bail!("busybox config fragment {} does not exist: fix the name in the recipe or add the file", f.display());
@@ -97,15 +90,6 @@ fn check_preconditions(src: &Path, fragments: &[PathBuf], jobs: usize, cc_wrappe
     Ok(())
 }
 
-/// The kernel's reproducible-build environment. Busybox reads only SOURCE_DATE_EPOCH (kconfig
-/// writes it as AUTOCONF_TIMESTAMP, shown by `busybox --help`), in every step that writes
-/// .config; the KBUILD_BUILD_* variables are set so both builds run in the same environment.
-fn reproducible(cmd: xshell::Cmd<'_>, epoch: u64) -> xshell::Cmd<'_> {
-    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .env("KBUILD_BUILD_TIMESTAMP", kbuild::kbuild_timestamp(epoch))
-        .env("KBUILD_BUILD_USER", "kernel-lab")
-        .env("KBUILD_BUILD_HOST", "kernel-lab")
-}
 
 /// defconfig, then the fragments written into .config, then `make oldconfig` (busybox 1.35 has
 /// no olddefconfig) answering every question with its default, then a check that every
@@ -116,7 +100,7 @@ fn configure(sh: &Shell, src: &Path, build: &Path, fragments: &[PathBuf], epoch:
     let bar = progress::spinner("configure");
     bar.set_message("busybox");
     let o = kbuild::make_out_arg(build);
-    kbuild::run_logged(reproducible(cmd!(sh, "make -C {src} {o} defconfig"), epoch), &mut log, &log_path, "make defconfig")?;
+    kbuild::run_logged(kbuild::reproducible_env(cmd!(sh, "make -C {src} {o} defconfig"), epoch), &mut log, &log_path, "make defconfig")?;
 
     let config = build.join(".config");
     let mut requested = Vec::new();
@@ -128,7 +112,7 @@ fn configure(sh: &Shell, src: &Path, build: &Path, fragments: &[PathBuf], epoch:
     layout::write_atomic(&config, merged.as_bytes())?;
 
     let answers = "\n".repeat(OLDCONFIG_ANSWERS);
-    kbuild::run_logged(reproducible(cmd!(sh, "make -C {src} {o} oldconfig"), epoch).stdin(answers), &mut log, &log_path, "make oldconfig")?;
+    kbuild::run_logged(kbuild::reproducible_env(cmd!(sh, "make -C {src} {o} oldconfig"), epoch).stdin(answers), &mut log, &log_path, "make oldconfig")?;
     bar.finish_and_clear();
 
     let lost = lost_options(&requested, &kconfig::parse_file(&config)?);

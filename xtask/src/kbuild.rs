@@ -24,7 +24,7 @@ pub(crate) const INPUTS_STAMP: &str = ".kernel-lab-inputs";
 /// Written after a successful build: how many kbuild steps it printed, the next progress bar's length.
 pub(crate) const OBJECTS_STAMP: &str = ".kernel-lab-objects";
 /// The wrappers `CC="<wrapper> gcc"` is known to work with.
-pub(crate) const CC_WRAPPERS: &[&str] = &["ccache", "sccache", "distcc"];
+const CC_WRAPPERS: &[&str] = &["ccache", "sccache", "distcc"];
 
 /// Configures `build` out of tree from `src`: base config, our fragments and the generated one,
 /// olddefconfig, then a check that every requested option survived.
@@ -186,14 +186,7 @@ pub fn build(
 ) -> Result<BuildOutputs> {
     let start = Instant::now();
     check_kernel_tree(src)?;
-    if jobs == 0 {
-        bail!("jobs is 0: pass at least 1 (the number of CPUs is a good choice)");
-    }
-    if let Some(w) = cc_wrapper {
-        if !CC_WRAPPERS.contains(&w) {
-            bail!("compiler wrapper {w:?} is not supported: use one of {}", CC_WRAPPERS.join(", "));
-        }
-    }
+    check_make_args(jobs, cc_wrapper)?;
     let config = build.join(".config");
     if !config.is_file() {
         bail!("{} is missing: configure the build directory before building", config.display());
@@ -223,11 +216,7 @@ pub fn build(
     let o = make_out_arg(build);
     let j = format!("-j{jobs}");
     let cc = cc_wrapper.map(|w| format!("CC={w} gcc"));
-    let make = cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux scripts_gdb")
-        .env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(release_epoch))
-        .env("SOURCE_DATE_EPOCH", release_epoch.to_string())
-        .env("KBUILD_BUILD_USER", "kernel-lab")
-        .env("KBUILD_BUILD_HOST", "kernel-lab")
+    let make = reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux scripts_gdb"), release_epoch)
         .env("KBUILD_BUILD_VERSION", "1")
         .env("KCFLAGS", &maps)
         .env("KAFLAGS", &maps);
@@ -354,6 +343,30 @@ fn first_errors(log: &str) -> Vec<String> {
 
 /// `date -u -d @EPOCH` in the C locale, e.g. "Thu Oct 30 00:00:00 UTC 2025": the kernel prints it
 /// in `uname -v` and /proc/version.
+/// Refuses `--jobs 0` and compiler wrappers we do not know how to pass, before any make runs.
+pub(crate) fn check_make_args(jobs: usize, cc_wrapper: Option<&str>) -> Result<()> {
+    if jobs == 0 {
+        bail!("jobs is 0: pass at least 1 (the number of CPUs is a good choice)");
+    }
+    if let Some(w) = cc_wrapper {
+        if !CC_WRAPPERS.contains(&w) {
+            bail!("compiler wrapper {w:?} is not supported: use one of {}", CC_WRAPPERS.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// The reproducible-build environment shared by the kernel and busybox: the release date as
+/// timestamp and SOURCE_DATE_EPOCH, and a fixed user and host. Busybox reads only
+/// SOURCE_DATE_EPOCH (kconfig writes it as AUTOCONF_TIMESTAMP, shown by `busybox --help`), in
+/// every step that writes .config; it gets the rest so both builds run in the same environment.
+pub(crate) fn reproducible_env(cmd: xshell::Cmd<'_>, epoch: u64) -> xshell::Cmd<'_> {
+    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(epoch))
+        .env("KBUILD_BUILD_USER", "kernel-lab")
+        .env("KBUILD_BUILD_HOST", "kernel-lab")
+}
+
 pub fn kbuild_timestamp(epoch: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
