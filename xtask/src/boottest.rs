@@ -1,4 +1,8 @@
 //! Boot test: boots a lab through its own run.sh, checks the guest's markers, then attaches gdb.
+//!
+//! The guest/host contract lives here: `Check::MARKERS` is the list of checks, `guest_checks`
+//! renders the guest script's lines from it (rootfs puts them into boot-test.sh), and `Console`
+//! reads them back, each as a whole line `KLAB:<name>=<value>` after `KLAB:BEGIN`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -12,18 +16,22 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Serialize, Serializer};
 
+use crate::lab::{self, Lab};
+use crate::recipe::Nic;
+
 /// Kernel command-line words that put the guest's init into test mode and turn every oops or
 /// panic into an immediate QEMU exit (with run.sh's -no-reboot), so failures end the run fast.
 pub const TEST_APPEND: &str = "lab.test=1 panic=-1 oops=panic";
 
-/// Files the boot test writes into the lab directory.
-pub const REPORT: &str = "boot-report.json";
-pub const CONSOLE_LOG: &str = "boot-console.log";
-pub const GDB_TRANSCRIPT: &str = "boot-gdb.log";
-pub const GDB_CONSOLE_LOG: &str = "boot-gdb-console.log";
+/// Default timeout of each stage: generous, because TCG on a busy 2-core machine is slow.
+pub const DEFAULT_STAGE_TIMEOUT_SECS: u64 = 300;
 
 /// How many console lines a failure message shows.
 const TAIL_LINES: usize = 30;
+/// After a fatal message, how long to keep reading the register dump and call trace.
+const AFTER_FATAL: Duration = Duration::from_secs(2);
+/// How long QEMU may take to exit after its console closed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// What the booted lab must report about itself.
 #[derive(Debug, Clone)]
@@ -34,6 +42,8 @@ pub struct Expect {
     pub smp: u32,
     /// uid of the unprivileged user.
     pub uid: u32,
+    /// The NIC whose driver must have bound an interface.
+    pub nic: Nic,
 }
 
 /// The stages of a boot test, in order; each has its own timeout.
@@ -63,6 +73,109 @@ impl Stage {
     }
 }
 
+/// One check of a booted lab. The marker checks are printed by the guest, in `MARKERS` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The `Linux version` banner names the expected kernel.
+    Banner,
+    /// `KLAB:uname=<uname -r>`.
+    Uname,
+    /// `KLAB:nproc=<nproc>`: every CPU came up.
+    Nproc,
+    /// `KLAB:netns=ok:<names>`: interfaces in a new network namespace (`unshare -n`); only `lo`.
+    Netns,
+    /// `KLAB:uid=<id -u>` as the lab user, through `setuidgid`.
+    Uid,
+    /// `KLAB:kallsyms=<n>`: symbols with a non-zero address in the copy init made as root.
+    Kallsyms,
+    /// `KLAB:nic=<names>`: interfaces bound to the recipe NIC's driver, or `none`.
+    Nic,
+    /// `KLAB:END`: every check ran.
+    End,
+}
+
+impl Check {
+    /// The checks whose marker the guest prints, in order, between BEGIN and END.
+    pub const MARKERS: [Check; 6] = [Check::Uname, Check::Nproc, Check::Netns, Check::Uid, Check::Kallsyms, Check::Nic];
+
+    /// The marker name (`KLAB:<name>=`), the guest's shell function (`check_<name>`) and the
+    /// verdict suffix (`check-failed:<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Banner => "banner",
+            Check::Uname => "uname",
+            Check::Nproc => "nproc",
+            Check::Netns => "netns",
+            Check::Uid => "uid",
+            Check::Kallsyms => "kallsyms",
+            Check::Nic => "nic",
+            Check::End => "end",
+        }
+    }
+
+    fn of_marker(name: &str) -> Option<Check> {
+        Check::MARKERS.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether `value` passes, and what was expected.
+    fn judge(self, value: &str, expect: &Expect) -> (bool, String) {
+        match self {
+            Check::Uname => (value == expect.kernel_version, format!("expected {}", expect.kernel_version)),
+            Check::Nproc => (value == expect.smp.to_string(), format!("expected {}", expect.smp)),
+            Check::Netns => (
+                value.strip_prefix("ok:").is_some_and(|i| i.split_whitespace().eq(["lo"])),
+                "expected ok:lo (a fresh network namespace has only lo)".to_string(),
+            ),
+            Check::Uid => (value == expect.uid.to_string(), format!("expected {}", expect.uid)),
+            Check::Kallsyms => (value.parse::<u64>().is_ok_and(|n| n > 0), "expected a count > 0".to_string()),
+            Check::Nic => (
+                !value.is_empty() && value != "none",
+                format!("expected an interface bound to the {} driver ({} NIC)", expect.nic.driver(), expect.nic.qemu_model()),
+            ),
+            Check::Banner | Check::End => (false, format!("{} is not a marker", self.name())),
+        }
+    }
+}
+
+/// The guest side of the contract: one line per marker check, calling the `check_<name>` shell
+/// function that templates/boot-test.sh defines. A function's failure still prints its marker.
+pub fn guest_checks() -> String {
+    let mut out = String::from("echo \"KLAB:BEGIN\"\n");
+    for c in Check::MARKERS {
+        let n = c.name();
+        out.push_str(&format!("v=$(check_{n} 2>/dev/null) || v=fail\necho \"KLAB:{n}=$v\"\n"));
+    }
+    out.push_str("echo \"KLAB:END\"\n");
+    out
+}
+
+/// A step of the gdb stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GdbStep {
+    /// `break start_kernel` was hit.
+    Breakpoint,
+    /// `p linux_banner` printed the expected version.
+    Banner,
+    /// `lx-version` (the kernel's gdb scripts) printed it too.
+    LxVersion,
+    /// `p $lx_current().pid` printed a number.
+    LxCurrent,
+    /// gdb ran to the last step.
+    Done,
+}
+
+impl GdbStep {
+    pub fn name(self) -> &'static str {
+        match self {
+            GdbStep::Breakpoint => "breakpoint",
+            GdbStep::Banner => "banner",
+            GdbStep::LxVersion => "lx-version",
+            GdbStep::LxCurrent => "lx-current",
+            GdbStep::Done => "done",
+        }
+    }
+}
+
 /// The outcome of a boot test; `Display` gives the stable names used in reports and CI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -77,9 +190,9 @@ pub enum Verdict {
     /// QEMU exited before the stage completed, without a panic message.
     Exited(Stage),
     /// A marker (or the banner) is missing or has the wrong value.
-    CheckFailed(&'static str),
+    CheckFailed(Check),
     /// The gdb stage failed at the named step.
-    GdbFailed(&'static str),
+    GdbFailed(GdbStep),
     Interrupted,
 }
 
@@ -95,17 +208,10 @@ impl fmt::Display for Verdict {
             Verdict::RebootLoop => f.write_str("reboot-loop"),
             Verdict::Timeout(s) => write!(f, "timeout-{}", s.name()),
             Verdict::Exited(s) => write!(f, "exited-{}", s.name()),
-            Verdict::CheckFailed(c) => write!(f, "check-failed:{c}"),
-            Verdict::GdbFailed(c) => write!(f, "gdb-failed:{c}"),
+            Verdict::CheckFailed(c) => write!(f, "check-failed:{}", c.name()),
+            Verdict::GdbFailed(s) => write!(f, "gdb-failed:{}", s.name()),
             Verdict::Interrupted => f.write_str("interrupted"),
         }
-    }
-}
-
-impl Verdict {
-    /// The stable name, e.g. `check-failed:nproc` (the same as `to_string()`).
-    pub fn name(&self) -> String {
-        self.to_string()
     }
 }
 
@@ -135,7 +241,7 @@ pub struct StageTime {
     pub seconds: f64,
 }
 
-/// Written to `boot-report.json` in the lab.
+/// Written to `boot-report.json` in the lab, for every outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootReport {
     pub verdict: Verdict,
@@ -151,6 +257,31 @@ pub struct BootReport {
     pub console_log: PathBuf,
     /// gdb's output, when the gdb stage ran.
     pub gdb_transcript: Option<PathBuf>,
+    /// The last lines of the console (or of the gdb transcript when gdb failed).
+    pub last_lines: Vec<String>,
+    /// Where this report was written.
+    pub report: PathBuf,
+}
+
+impl BootReport {
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Pass
+    }
+
+    /// What a failing report means, for the command layer's error message.
+    pub fn failure_message(&self) -> String {
+        let tail: String = self.last_lines.iter().map(|l| format!("  | {l}\n")).collect();
+        format!(
+            "verdict {}: {}\nlast {} lines:\n{}full console: {}{}; report: {}",
+            self.verdict,
+            self.detail,
+            self.last_lines.len(),
+            tail,
+            self.console_log.display(),
+            self.gdb_transcript.as_ref().map(|t| format!(", gdb transcript: {}", t.display())).unwrap_or_default(),
+            self.report.display(),
+        )
+    }
 }
 
 /// Incremental, pure console parser: feed it lines, ask it what it saw.
@@ -161,7 +292,7 @@ pub struct Console {
     pub version: Option<String>,
     pub begin: bool,
     pub end: bool,
-    markers: Vec<(String, String)>,
+    markers: Vec<(Check, String)>,
     /// The first fatal message, with its line.
     pub fatal: Option<Finding>,
 }
@@ -183,23 +314,24 @@ impl Console {
                 self.fatal = Some(Finding::new(Verdict::RebootLoop, format!("second banner: {line}")));
             }
         }
-        // Markers may share a line with kernel messages printed at the same time.
-        if let Some(pos) = line.find("KLAB:") {
-            let rest = &line[pos + "KLAB:".len()..];
-            if rest.starts_with("BEGIN") {
-                self.begin = true;
-            } else if rest.starts_with("END") {
-                self.end = true;
-            } else if let Some((key, value)) = rest.split_once('=') {
-                if self.marker(key).is_none() {
-                    self.markers.push((key.to_string(), value.trim().to_string()));
+        // Markers are whole lines in the exact format, and count only between BEGIN and END: the
+        // kernel echoes its command line, so text from `--append` must not fake or end a check.
+        if line == "KLAB:BEGIN" {
+            self.begin = true;
+        } else if !self.begin || self.end {
+        } else if line == "KLAB:END" {
+            self.end = true;
+        } else if let Some((name, value)) = line.strip_prefix("KLAB:").and_then(|r| r.split_once('=')) {
+            if let Some(check) = Check::of_marker(name) {
+                if self.marker(check).is_none() {
+                    self.markers.push((check, value.to_string()));
                 }
             }
         }
     }
 
-    pub fn marker(&self, key: &str) -> Option<&str> {
-        self.markers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pub fn marker(&self, check: Check) -> Option<&str> {
+        self.markers.iter().find(|(c, _)| *c == check).map(|(_, v)| v.as_str())
     }
 
     /// The first stage not completed by the lines so far (Poweroff once END was seen).
@@ -217,30 +349,27 @@ impl Console {
 
     /// The banner names the expected kernel.
     pub fn check_banner(&self, expect: &Expect) -> Result<(), Finding> {
+        let failed = Verdict::CheckFailed(Check::Banner);
         match &self.version {
             Some(v) if *v == expect.kernel_version => Ok(()),
-            Some(v) => Err(Finding::new(
-                Verdict::CheckFailed("banner"),
-                format!("booted Linux {v}, expected {}", expect.kernel_version),
-            )),
-            None => Err(Finding::new(Verdict::CheckFailed("banner"), "no `Linux version` banner")),
+            Some(v) => Err(Finding::new(failed, format!("booted Linux {v}, expected {}", expect.kernel_version))),
+            None => Err(Finding::new(failed, "no `Linux version` banner")),
         }
     }
 
     /// Every marker check in contract order; the first failure wins.
     pub fn check_markers(&self, expect: &Expect) -> Result<(), Finding> {
-        for name in MARKER_CHECKS {
-            let (ok, want) = match self.marker(name) {
-                Some(v) => marker_ok(name, v, expect),
-                None => (false, marker_ok(name, "", expect).1),
-            };
-            if !ok {
-                let seen = self.marker(name).map_or(format!("no KLAB:{name}= line"), |v| format!("KLAB:{name}={v}"));
-                return Err(Finding::new(Verdict::CheckFailed(name), format!("{seen}, {want}")));
+        for check in Check::MARKERS {
+            let value = self.marker(check);
+            let (ok, want) = check.judge(value.unwrap_or(""), expect);
+            if !ok || value.is_none() {
+                let n = check.name();
+                let seen = value.map_or(format!("no KLAB:{n}= line"), |v| format!("KLAB:{n}={v}"));
+                return Err(Finding::new(Verdict::CheckFailed(check), format!("{seen}, {want}")));
             }
         }
         if !self.end {
-            return Err(Finding::new(Verdict::CheckFailed("end"), "no KLAB:END line"));
+            return Err(Finding::new(Verdict::CheckFailed(Check::End), "no KLAB:END line"));
         }
         Ok(())
     }
@@ -264,25 +393,6 @@ impl Console {
                 Err(f) => f,
             },
         }
-    }
-}
-
-/// The value markers of the contract, in the order the guest prints them.
-const MARKER_CHECKS: [&str; 6] = ["uname", "nproc", "netns", "uid", "kallsyms", "e1000"];
-
-/// Whether marker `name` has an acceptable `value`, and what was expected.
-fn marker_ok(name: &str, value: &str, expect: &Expect) -> (bool, String) {
-    match name {
-        "uname" => (value == expect.kernel_version, format!("expected {}", expect.kernel_version)),
-        "nproc" => (value == expect.smp.to_string(), format!("expected {}", expect.smp)),
-        "netns" => (
-            value.strip_prefix("ok:").is_some_and(|i| i.split_whitespace().eq(["lo"])),
-            "expected ok:lo (a fresh network namespace has only lo)".to_string(),
-        ),
-        "uid" => (value == expect.uid.to_string(), format!("expected {}", expect.uid)),
-        "kallsyms" => (value.parse::<u64>().is_ok_and(|n| n > 0), "expected a count > 0".to_string()),
-        "e1000" => (!value.is_empty() && value != "none", "expected an interface bound to e1000".to_string()),
-        _ => (false, format!("unknown marker {name}")),
     }
 }
 
@@ -333,55 +443,57 @@ const GDB_STEPS: [&str; 12] = [
 
 /// Checks a gdb transcript of GDB_STEPS against the expected kernel.
 pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
-    let section = |name: &str| -> Option<&str> {
-        let start = transcript.find(&format!("KLAB-GDB:{name}\n"))? + name.len() + 10;
+    let section = |step: GdbStep| -> Option<&str> {
+        let marker = format!("KLAB-GDB:{}\n", step.name());
+        let start = transcript.find(&marker)? + marker.len();
         let rest = &transcript[start..];
         Some(rest.find("KLAB-GDB:").map_or(rest, |end| &rest[..end]))
     };
-    let fail = |step: &'static str, why: String| Err(Finding::new(Verdict::GdbFailed(step), why));
-    match section("breakpoint") {
+    let fail = |step: GdbStep, why: String| Err(Finding::new(Verdict::GdbFailed(step), why));
+    match section(GdbStep::Breakpoint) {
         Some(s) if s.contains("Breakpoint 1, start_kernel") => {}
-        _ => return fail("breakpoint", "gdb did not print `Breakpoint 1, start_kernel`".into()),
+        _ => return fail(GdbStep::Breakpoint, "gdb did not print `Breakpoint 1, start_kernel`".into()),
     }
     let banner = format!("Linux version {version} ");
-    match section("banner") {
+    match section(GdbStep::Banner) {
         // gdb prints the array as `$1 = 0xffffffff81666fc0 <linux_banner> "Linux version ..."`.
         Some(s) if s.lines().any(|l| l.starts_with('$') && l.contains(&format!("\"{banner}"))) => {}
-        _ => return fail("banner", format!("`p linux_banner` did not print \"{banner}...\"")),
+        _ => return fail(GdbStep::Banner, format!("`p linux_banner` did not print \"{banner}...\"")),
     }
-    match section("lx-version") {
+    match section(GdbStep::LxVersion) {
         Some(s) if s.lines().any(|l| l.starts_with(&banner)) => {}
-        _ => return fail("lx-version", format!("`lx-version` did not print \"{banner}...\" (are vmlinux-gdb.py and scripts/gdb in the lab?)")),
+        _ => {
+            return fail(GdbStep::LxVersion, format!("`lx-version` did not print \"{banner}...\" (are vmlinux-gdb.py and scripts/gdb in the lab?)"))
+        }
     }
     let is_number = |l: &str| {
         l.strip_prefix('$')
             .and_then(|l| l.split_once(" = "))
             .is_some_and(|(n, v)| n.parse::<u32>().is_ok() && v.trim().parse::<i64>().is_ok())
     };
-    match section("lx-current") {
+    match section(GdbStep::LxCurrent) {
         Some(s) if s.lines().any(is_number) => {}
-        _ => return fail("lx-current", "`p $lx_current().pid` did not print a number".into()),
+        _ => return fail(GdbStep::LxCurrent, "`p $lx_current().pid` did not print a number".into()),
     }
-    if section("done").is_none() {
-        return fail("done", "gdb stopped before the last step".into());
+    if section(GdbStep::Done).is_none() {
+        return fail(GdbStep::Done, "gdb stopped before the last step".into());
     }
     Ok(())
 }
 
 /// Boots `lab` with its run.sh, checks the markers and poweroff, then attaches gdb to a second
 /// boot. `timeout` applies to each stage separately. Writes boot-report.json and the logs into
-/// the lab; any verdict but `pass` is an error naming the verdict. `extra` is added to the
-/// kernel command line of both boots, e.g. `maxcpus=1` to check that a broken boot gets the
-/// right verdict.
-pub fn run(lab: &Path, expect: &Expect, timeout: Duration, extra: &str) -> Result<BootReport> {
+/// the lab and returns the report for every verdict; an error means the test could not run at
+/// all (a missing file, a tool not installed). `extra` is added to the kernel command line of
+/// both boots, e.g. `maxcpus=1` to check that a broken boot gets the right verdict.
+pub fn run(lab: &Lab, timeout: Duration, extra: &str) -> Result<BootReport> {
     let append = if extra.trim().is_empty() { TEST_APPEND.to_string() } else { format!("{TEST_APPEND} {}", extra.trim()) };
-    let lab = std::fs::canonicalize(lab)
-        .with_context(|| format!("lab directory {}: build the lab first (cargo xtask)", lab.display()))?;
-    preflight(&lab)?;
+    let expect = lab.expect();
+    preflight(lab)?;
     let signals = interrupt::install();
     let start = Instant::now();
-    let qemu_command = dry_run(&lab, &append)?;
-    let console_log = lab.join(CONSOLE_LOG);
+    let qemu_command = dry_run(lab, &append)?;
+    let console_log = lab.file(lab::CONSOLE_LOG);
     let mut report = BootReport {
         verdict: Verdict::Pass,
         detail: String::new(),
@@ -390,14 +502,16 @@ pub fn run(lab: &Path, expect: &Expect, timeout: Duration, extra: &str) -> Resul
         qemu_command,
         console_log: console_log.clone(),
         gdb_transcript: None,
+        last_lines: Vec::new(),
+        report: lab.file(lab::REPORT),
     };
     let mut tail = Tail::default();
-    let mut outcome = boot(&lab, &append, expect, timeout, &console_log, &mut report, &mut tail);
+    let mut outcome = boot(lab, &append, &expect, timeout, &console_log, &mut report, &mut tail);
     if matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
-        let transcript = lab.join(GDB_TRANSCRIPT);
+        let transcript = lab.file(lab::GDB_TRANSCRIPT);
         report.gdb_transcript = Some(transcript.clone());
         let gdb_start = Instant::now();
-        outcome = gdb_stage(&lab, &append, expect, timeout, &transcript);
+        outcome = gdb_stage(lab, &append, &expect, timeout, &transcript);
         if let Ok(f) = &outcome {
             if f.verdict == Verdict::Pass {
                 report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
@@ -412,33 +526,20 @@ pub fn run(lab: &Path, expect: &Expect, timeout: Duration, extra: &str) -> Resul
     }
     drop(signals);
     let finding = outcome?;
-    report.verdict = finding.verdict.clone();
-    report.detail = finding.detail.clone();
+    report.verdict = finding.verdict;
+    report.detail = finding.detail;
     report.wall_seconds = start.elapsed().as_secs_f64();
-    write_report(&lab.join(REPORT), &report)?;
-    if finding.verdict != Verdict::Pass {
-        bail!(
-            "boot test of {}: verdict {}: {}\nlast {} lines:\n{}\nfull console: {}{}; report: {}",
-            lab.display(),
-            finding.verdict,
-            finding.detail,
-            TAIL_LINES,
-            tail.text(),
-            console_log.display(),
-            report.gdb_transcript.as_ref().map(|t| format!(", gdb transcript: {}", t.display())).unwrap_or_default(),
-            lab.join(REPORT).display(),
-        );
+    if report.verdict != Verdict::Pass {
+        report.last_lines = tail.0.into_iter().collect();
     }
+    let text = serde_json::to_string_pretty(&report).context("serialize the boot report")? + "\n";
+    crate::layout::write_atomic(&report.report, text.as_bytes())?;
     Ok(report)
 }
 
 /// Fails before booting anything when the lab or the host tools are incomplete.
-fn preflight(lab: &Path) -> Result<()> {
-    for name in ["run.sh", "gdb.sh", "debug.gdb", "bzImage", "vmlinux"] {
-        if !lab.join(name).exists() {
-            bail!("{} is missing: rebuild the lab with cargo xtask", lab.join(name).display());
-        }
-    }
+fn preflight(lab: &Lab) -> Result<()> {
+    lab.check_bootable()?;
     for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("gdb", "gdb"), ("kill", "procps")] {
         let found = std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
@@ -450,16 +551,17 @@ fn preflight(lab: &Path) -> Result<()> {
 }
 
 /// The QEMU command run.sh would run, for the report; also proves run.sh accepts the options.
-fn dry_run(lab: &Path, append: &str) -> Result<String> {
-    let out = Command::new(lab.join("run.sh"))
+fn dry_run(lab: &Lab, append: &str) -> Result<String> {
+    let run_sh = lab.file(lab::RUN_SH);
+    let out = Command::new(&run_sh)
         .args(["--dry-run", "--append", append])
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("run {}/run.sh --dry-run", lab.display()))?;
+        .with_context(|| format!("run {} --dry-run", run_sh.display()))?;
     if !out.status.success() {
         bail!(
-            "{}/run.sh --dry-run failed ({}): {}",
-            lab.display(),
+            "{} --dry-run failed ({}): {}",
+            run_sh.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -475,7 +577,7 @@ enum Msg {
 
 /// Stages 1-4: the first boot, up to QEMU's own exit.
 fn boot(
-    lab: &Path,
+    lab: &Lab,
     append: &str,
     expect: &Expect,
     timeout: Duration,
@@ -486,7 +588,7 @@ fn boot(
     let mut log = std::io::BufWriter::new(
         File::create(console_log).with_context(|| format!("create {}", console_log.display()))?,
     );
-    let mut cmd = Command::new(lab.join("run.sh"));
+    let mut cmd = Command::new(lab.file(lab::RUN_SH));
     cmd.args(["--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
     let (tx, rx) = mpsc::channel();
@@ -517,7 +619,7 @@ fn boot(
                 console.push(&line);
                 if let Some(f) = &console.fatal {
                     // The lines after an oops (registers, call trace) are what a reader needs.
-                    drain(&rx, &mut log, tail, Duration::from_secs(2));
+                    drain(&rx, &mut log, tail, AFTER_FATAL);
                     break f.clone();
                 }
                 while console.stage() != stage {
@@ -542,7 +644,7 @@ fn boot(
                 tail.push(&line);
             }
             Ok(Msg::OutClosed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = qemu.wait_for(Duration::from_secs(10));
+                let status = qemu.wait_for(EXIT_GRACE);
                 // stderr may still hold QEMU's last words (e.g. why it refused to start).
                 drain(&rx, &mut log, tail, Duration::from_millis(500));
                 let _ = writeln!(log, "[kernel-lab] run.sh exited: {}", status.map_or("still running".to_string(), |s| s.to_string()));
@@ -619,11 +721,11 @@ fn forward_lines(
 }
 
 /// Stage 5: `run.sh --debug` on a free port, then `gdb.sh -batch` through GDB_STEPS.
-fn gdb_stage(lab: &Path, append: &str, expect: &Expect, timeout: Duration, transcript: &Path) -> Result<Finding> {
+fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transcript: &Path) -> Result<Finding> {
     let port = free_port()?.to_string();
-    let console_path = lab.join(GDB_CONSOLE_LOG);
+    let console_path = lab.file(lab::GDB_CONSOLE_LOG);
     let console = File::create(&console_path).with_context(|| format!("create {}", console_path.display()))?;
-    let mut qemu_cmd = Command::new(lab.join("run.sh"));
+    let mut qemu_cmd = Command::new(lab.file(lab::RUN_SH));
     qemu_cmd
         .args(["--debug", "--gdb-port", &port, "--append", append])
         .stdin(Stdio::null())
@@ -632,7 +734,7 @@ fn gdb_stage(lab: &Path, append: &str, expect: &Expect, timeout: Duration, trans
     let mut qemu = Group::spawn(&mut qemu_cmd, "run.sh --debug")?;
 
     let out = File::create(transcript).with_context(|| format!("create {}", transcript.display()))?;
-    let mut gdb_cmd = Command::new(lab.join("gdb.sh"));
+    let mut gdb_cmd = Command::new(lab.file(lab::GDB_SH));
     gdb_cmd.args(["--port", &port, "-batch"]);
     for step in GDB_STEPS {
         gdb_cmd.args(["-ex", step]);
@@ -677,14 +779,6 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr().context("local address of the port probe")?.port())
 }
 
-fn write_report(path: &Path, report: &BootReport) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(report).context("serialize the boot report")?;
-    std::fs::write(&tmp, text + "\n").with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
-
 /// The last TAIL_LINES lines, for failure messages.
 #[derive(Default)]
 struct Tail(VecDeque<String>);
@@ -695,9 +789,6 @@ impl Tail {
             self.0.pop_front();
         }
         self.0.push_back(line.to_string());
-    }
-    fn text(&self) -> String {
-        self.0.iter().map(|l| format!("  | {l}\n")).collect::<String>().trim_end().to_string()
     }
 }
 
@@ -821,10 +912,10 @@ mod tests {
     use super::*;
 
     fn expect() -> Expect {
-        Expect { kernel_version: "6.12.117".to_string(), smp: 4, uid: 1000 }
+        Expect { kernel_version: "6.12.117".to_string(), smp: 4, uid: 1000, nic: Nic::E1000 }
     }
 
-    /// A passing console with the usual noise: timestamps, \r, a marker after a kernel message.
+    /// A passing console with the usual noise: timestamps, \r, kernel messages between markers.
     fn good_console() -> Vec<String> {
         [
             "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
@@ -833,11 +924,12 @@ mod tests {
             "[    0.812345] Run /init as init process",
             "KLAB:BEGIN",
             "KLAB:uname=6.12.117",
-            "[    1.201000] e1000 0000:00:03.0 eth0: (PCI:33MHz:32-bit) 52:54:00:12:34:56 KLAB:nproc=4",
+            "[    1.201000] e1000 0000:00:03.0 eth0: (PCI:33MHz:32-bit) 52:54:00:12:34:56",
+            "KLAB:nproc=4",
             "KLAB:netns=ok:lo",
             "KLAB:uid=1000",
             "KLAB:kallsyms=31337",
-            "KLAB:e1000=eth0",
+            "KLAB:nic=eth0",
             "KLAB:END\r",
             "[    1.650000] reboot: Power down",
         ]
@@ -853,7 +945,7 @@ mod tests {
     /// The good console with `marker`'s line replaced (or removed when `with` is None).
     fn with_marker(marker: &str, with: Option<&str>) -> Vec<String> {
         let mut lines = good_console();
-        let i = lines.iter().position(|l| l.contains(&format!("KLAB:{marker}"))).unwrap();
+        let i = lines.iter().position(|l| l.starts_with(&format!("KLAB:{marker}"))).unwrap();
         match with {
             Some(w) => lines[i] = w.to_string(),
             None => {
@@ -914,36 +1006,111 @@ mod tests {
     fn wrong_banner_version_fails_even_if_uname_matches() {
         let mut lines = good_console();
         lines[1] = "[    0.000000] Linux version 6.12.117-dirty (x@y) #1".into();
-        assert_eq!(verdict_of(&lines), Verdict::CheckFailed("banner"));
+        assert_eq!(verdict_of(&lines), Verdict::CheckFailed(Check::Banner));
     }
 
     #[test]
     fn each_wrong_marker_fails_its_check() {
         let cases = [
-            ("uname", "KLAB:uname=6.1.0"),
-            ("nproc", "KLAB:nproc=1"),
-            ("netns", "KLAB:netns=ok:lo eth0"),
-            ("netns", "KLAB:netns=fail:"),
-            ("netns", "KLAB:netns=ok:"),
-            ("uid", "KLAB:uid=0"),
-            ("kallsyms", "KLAB:kallsyms=0"),
-            ("kallsyms", "KLAB:kallsyms=lots"),
-            ("e1000", "KLAB:e1000=none"),
-            ("e1000", "KLAB:e1000="),
+            (Check::Uname, "KLAB:uname=6.1.0"),
+            (Check::Nproc, "KLAB:nproc=1"),
+            (Check::Netns, "KLAB:netns=ok:lo eth0"),
+            (Check::Netns, "KLAB:netns=fail:"),
+            (Check::Netns, "KLAB:netns=ok:"),
+            (Check::Uid, "KLAB:uid=0"),
+            (Check::Kallsyms, "KLAB:kallsyms=0"),
+            (Check::Kallsyms, "KLAB:kallsyms=lots"),
+            (Check::Nic, "KLAB:nic=none"),
+            (Check::Nic, "KLAB:nic="),
+            // A check whose command failed prints `fail` (guest_checks).
+            (Check::Uid, "KLAB:uid=fail"),
         ];
-        for (name, line) in cases {
-            assert_eq!(verdict_of(&with_marker(name, Some(line))), Verdict::CheckFailed(name), "{line}");
+        for (check, line) in cases {
+            assert_eq!(verdict_of(&with_marker(check.name(), Some(line))), Verdict::CheckFailed(check), "{line}");
         }
-        for name in ["uname", "nproc", "netns", "uid", "kallsyms", "e1000"] {
-            let f = judge(with_marker(name, None).iter().map(String::as_str), &expect());
-            assert_eq!(f.verdict, Verdict::CheckFailed(name), "missing {name}");
+        for check in Check::MARKERS {
+            let f = judge(with_marker(check.name(), None).iter().map(String::as_str), &expect());
+            assert_eq!(f.verdict, Verdict::CheckFailed(check), "missing {check:?}");
             assert!(f.detail.contains("no KLAB:"), "{}", f.detail);
         }
     }
 
     #[test]
     fn missing_end_fails() {
-        assert_eq!(verdict_of(&with_marker("END", None)), Verdict::CheckFailed("end"));
+        assert_eq!(verdict_of(&with_marker("END", None)), Verdict::CheckFailed(Check::End));
+    }
+
+    /// The kernel echoes its command line (and init prints it), so marker text given with
+    /// `--append` appears on the console before BEGIN and inside other lines.
+    #[test]
+    fn marker_text_on_the_command_line_neither_fakes_nor_breaks_a_check() {
+        let append = "maxcpus=1 KLAB:BEGIN KLAB:nproc=4 KLAB:END";
+        let mut lines = with_marker("nproc", Some("KLAB:nproc=1"));
+        lines.insert(2, format!("[    0.000000] Command line: console=ttyS0 lab.test=1 {append}"));
+        lines.insert(3, format!("[    0.000000] Unknown kernel command line parameters \"{append}\", will be passed to user space."));
+        lines.insert(5, format!("cmdline: console=ttyS0 lab.test=1 {append}"));
+        assert_eq!(verdict_of(&lines), Verdict::CheckFailed(Check::Nproc));
+        // The same text on a good boot does not end the checks early or hide a marker.
+        let mut good = good_console();
+        good.insert(2, format!("[    0.000000] Command line: {append} KLAB:nic=none KLAB:uid=0"));
+        assert_eq!(verdict_of(&good), Verdict::Pass);
+    }
+
+    #[test]
+    fn markers_count_only_as_whole_lines_between_begin_and_end() {
+        // Before BEGIN: ignored, so the real (later) line decides.
+        let mut lines = with_marker("uid", Some("KLAB:uid=0"));
+        lines.insert(3, "KLAB:uid=1000".to_string());
+        assert_eq!(verdict_of(&lines), Verdict::CheckFailed(Check::Uid));
+        // Inside another line, or with a prefix: not a marker.
+        let shared = with_marker("nproc", Some("[    1.2] e1000 eth0: link up KLAB:nproc=4"));
+        assert_eq!(verdict_of(&shared), Verdict::CheckFailed(Check::Nproc));
+        let spaced = with_marker("nproc", Some(" KLAB:nproc=4"));
+        assert_eq!(verdict_of(&spaced), Verdict::CheckFailed(Check::Nproc));
+        // After END: too late.
+        let mut late = with_marker("kallsyms", None);
+        late.push("KLAB:kallsyms=5".to_string());
+        assert_eq!(verdict_of(&late), Verdict::CheckFailed(Check::Kallsyms));
+        // A marker name outside the contract is ignored; the first of a repeated marker counts.
+        let mut extra = good_console();
+        extra.insert(6, "KLAB:bogus=1".to_string());
+        extra.insert(7, "KLAB:uname=6.12.117".to_string());
+        extra.insert(8, "KLAB:uname=other".to_string());
+        assert_eq!(verdict_of(&extra), Verdict::Pass);
+    }
+
+    /// The guest's checks are rendered from `Check::MARKERS`; the template must define exactly
+    /// one `check_<name>` shell function for each of them, and the host must parse what the
+    /// rendered lines print.
+    #[test]
+    fn guest_template_and_host_agree_on_every_marker() {
+        let template = include_str!("../templates/boot-test.sh");
+        let defined: Vec<&str> = template
+            .lines()
+            .filter_map(|l| l.strip_prefix("check_").and_then(|r| r.strip_suffix("() {")))
+            .collect();
+        let expected: Vec<&str> = Check::MARKERS.iter().map(|c| c.name()).collect();
+        assert_eq!(defined, expected, "check_* functions in templates/boot-test.sh vs Check::MARKERS");
+        assert!(template.contains("@CHECKS@"), "the template must include the rendered checks");
+        assert!(!template.contains("KLAB:"), "markers are printed only by the rendered lines (guest_checks)");
+        let rendered = guest_checks();
+        // Simulate the guest: every function prints a passing value.
+        let values = ["6.12.117", "4", "ok:lo", "1000", "42", "eth0"];
+        let mut console = vec!["[    0.0] Linux version 6.12.117 (x@y) #1".to_string()];
+        let mut value = None;
+        for line in rendered.lines() {
+            if let Some(call) = line.strip_prefix("v=$(check_") {
+                let name = call.split_once(' ').unwrap().0;
+                value = Some(values[Check::MARKERS.iter().position(|c| c.name() == name).unwrap()]);
+                continue;
+            }
+            let text = line.strip_prefix("echo \"").and_then(|l| l.strip_suffix('"')).unwrap();
+            console.push(match text.strip_suffix("=$v") {
+                Some(marker) => format!("{marker}={}", value.take().unwrap()),
+                None => text.to_string(),
+            });
+        }
+        assert_eq!(verdict_of(&console), Verdict::Pass, "{console:?}");
     }
 
     #[test]
@@ -952,7 +1119,7 @@ mod tests {
         assert_eq!(verdict_of(&lines[..1]), Verdict::Exited(Stage::Banner));
         assert_eq!(verdict_of(&lines[..4]), Verdict::Exited(Stage::Markers));
         // After BEGIN the checks say what is missing.
-        assert_eq!(verdict_of(&lines[..6]), Verdict::CheckFailed("nproc"));
+        assert_eq!(verdict_of(&lines[..6]), Verdict::CheckFailed(Check::Nproc));
     }
 
     #[test]
@@ -966,8 +1133,8 @@ mod tests {
         assert_eq!(stages[0], Stage::Banner);
         assert_eq!(stages[1], Stage::Markers);
         assert_eq!(stages[4], Stage::Checks);
-        assert_eq!(stages[11], Stage::Poweroff);
-        assert_eq!(c.marker("nproc"), Some("4"));
+        assert_eq!(stages[12], Stage::Poweroff);
+        assert_eq!(c.marker(Check::Nproc), Some("4"));
     }
 
     #[test]
@@ -978,8 +1145,8 @@ mod tests {
             Verdict::InitDied,
             Verdict::RebootLoop,
             Verdict::Timeout(Stage::Markers),
-            Verdict::CheckFailed("netns"),
-            Verdict::GdbFailed("breakpoint"),
+            Verdict::CheckFailed(Check::Netns),
+            Verdict::GdbFailed(GdbStep::Breakpoint),
         ]
         .iter()
         .map(Verdict::to_string)
@@ -1010,19 +1177,19 @@ mod tests {
     fn gdb_transcript_checks() {
         assert_eq!(judge_gdb(GOOD_GDB, "6.12.117"), Ok(()));
         let step = |text: &str, version: &str| judge_gdb(text, version).unwrap_err().verdict;
-        assert_eq!(step(GOOD_GDB, "6.1.0"), Verdict::GdbFailed("banner"));
+        assert_eq!(step(GOOD_GDB, "6.1.0"), Verdict::GdbFailed(GdbStep::Banner));
         let no_break = GOOD_GDB.replace("Breakpoint 1, start_kernel", "Program received signal SIGTRAP");
-        assert_eq!(step(&no_break, "6.12.117"), Verdict::GdbFailed("breakpoint"));
+        assert_eq!(step(&no_break, "6.12.117"), Verdict::GdbFailed(GdbStep::Breakpoint));
         let no_lx = GOOD_GDB.replace(
             "KLAB-GDB:lx-version\nLinux version",
             "KLAB-GDB:lx-version\nUndefined command: \"lx-version\".\nLinux versio",
         );
-        assert_eq!(step(&no_lx, "6.12.117"), Verdict::GdbFailed("lx-version"));
+        assert_eq!(step(&no_lx, "6.12.117"), Verdict::GdbFailed(GdbStep::LxVersion));
         let no_pid = GOOD_GDB.replace("$2 = 0", "No symbol \"lx_current\" in current context.");
-        assert_eq!(step(&no_pid, "6.12.117"), Verdict::GdbFailed("lx-current"));
+        assert_eq!(step(&no_pid, "6.12.117"), Verdict::GdbFailed(GdbStep::LxCurrent));
         let cut = &GOOD_GDB[..GOOD_GDB.find("KLAB-GDB:done").unwrap()];
-        assert_eq!(step(cut, "6.12.117"), Verdict::GdbFailed("done"));
-        assert_eq!(step("localhost:1234: Connection refused.\n", "6.12.117"), Verdict::GdbFailed("breakpoint"));
+        assert_eq!(step(cut, "6.12.117"), Verdict::GdbFailed(GdbStep::Done));
+        assert_eq!(step("localhost:1234: Connection refused.\n", "6.12.117"), Verdict::GdbFailed(GdbStep::Breakpoint));
     }
 
     // --- The runner, with shell scripts standing in for run.sh/gdb.sh (no QEMU, no kernel). ---
@@ -1041,16 +1208,26 @@ mod tests {
     }
 
     /// A lab whose run.sh replays `console` (then runs `after`), and whose gdb.sh prints GOOD_GDB.
-    fn fake_lab(name: &str, console: &[String], after: &str) -> PathBuf {
-        let lab = scratch(name);
-        for f in ["bzImage", "vmlinux", "debug.gdb"] {
-            std::fs::write(lab.join(f), b"").unwrap();
+    fn fake_lab(name: &str, console: &[String], after: &str) -> Lab {
+        let dir = scratch(name);
+        for f in [lab::BZIMAGE, lab::VMLINUX, lab::DEBUG_GDB] {
+            std::fs::write(dir.join(f), b"").unwrap();
         }
-        std::fs::write(lab.join("console.txt"), console.join("\n") + "\n").unwrap();
-        std::fs::write(lab.join("gdb.txt"), GOOD_GDB).unwrap();
-        let lab_s = lab.display();
+        let e = expect();
+        let desc = lab::Description {
+            recipe: "lts".into(),
+            kernel_version: e.kernel_version,
+            busybox_version: "1.35.0".into(),
+            smp: std::num::NonZeroU32::new(e.smp).unwrap(),
+            uid: e.uid,
+            nic: e.nic,
+        };
+        lab::write_description(&dir, &desc).unwrap();
+        std::fs::write(dir.join("console.txt"), console.join("\n") + "\n").unwrap();
+        std::fs::write(dir.join("gdb.txt"), GOOD_GDB).unwrap();
+        let lab_s = dir.display();
         script(
-            &lab.join("run.sh"),
+            &dir.join(lab::RUN_SH),
             &format!(
                 "echo \"$*\" >> {lab_s}/calls\n\
                  [ \"$1\" = --dry-run ] && {{ echo qemu-system-x86_64 -append \"$3\"; exit 0; }}\n\
@@ -1060,8 +1237,8 @@ mod tests {
                  cat {lab_s}/console.txt\n{after}\n"
             ),
         );
-        script(&lab.join("gdb.sh"), &format!("echo \"$*\" > {lab_s}/gdb-args\ncat {lab_s}/gdb.txt\n"));
-        lab
+        script(&dir.join(lab::GDB_SH), &format!("echo \"$*\" > {lab_s}/gdb-args\ncat {lab_s}/gdb.txt\n"));
+        Lab::open(&dir).unwrap()
     }
 
     fn alive(pid_file: &Path) -> bool {
@@ -1069,40 +1246,47 @@ mod tests {
         Command::new("kill").args(["-0", pid.trim()]).stderr(Stdio::null()).status().unwrap().success()
     }
 
+    fn report_json(lab: &Lab) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(lab.file(lab::REPORT)).unwrap()).unwrap()
+    }
+
     #[test]
     fn runner_passes_a_good_lab_and_writes_the_report() {
         let lab = fake_lab("pass", &good_console(), "exit 0");
-        let report = run(&lab, &expect(), Duration::from_secs(60), "").unwrap();
+        let report = run(&lab, Duration::from_secs(60), "").unwrap();
         assert_eq!(report.verdict, Verdict::Pass);
+        assert!(report.passed() && report.last_lines.is_empty());
         let stages: Vec<&str> = report.stages.iter().map(|s| s.stage).collect();
         assert_eq!(stages, ["banner", "markers", "checks", "poweroff", "gdb"]);
         assert!(report.qemu_command.contains(TEST_APPEND), "{}", report.qemu_command);
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(lab.join(REPORT)).unwrap()).unwrap();
+        let json = report_json(&lab);
         assert_eq!(json["verdict"], "pass");
         assert_eq!(json["stages"][4]["stage"], "gdb");
-        let console = std::fs::read_to_string(lab.join(CONSOLE_LOG)).unwrap();
+        let console = std::fs::read_to_string(lab.file(lab::CONSOLE_LOG)).unwrap();
         assert!(console.contains("KLAB:END\n") && console.contains("[run.sh stderr] run.sh: KVM"), "{console}");
-        let calls = std::fs::read_to_string(lab.join("calls")).unwrap();
+        let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
         assert!(calls.contains(&format!("--append {TEST_APPEND}")), "{calls}");
         assert!(calls.contains("--debug --gdb-port "), "{calls}");
-        let gdb_args = std::fs::read_to_string(lab.join("gdb-args")).unwrap();
+        let gdb_args = std::fs::read_to_string(lab.file("gdb-args")).unwrap();
         assert!(gdb_args.starts_with("--port ") && gdb_args.contains("-batch -ex echo KLAB-GDB:breakpoint"), "{gdb_args}");
-        let _ = std::fs::remove_dir_all(&lab);
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
     fn runner_reports_a_failed_check_with_the_console_tail() {
         let lab = fake_lab("nproc", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
-        assert!(err.contains("verdict check-failed:nproc"), "{err}");
-        assert!(err.contains("KLAB:nproc=1, expected 4"), "{err}");
-        assert!(err.contains("  | KLAB:netns=ok:lo"), "no console tail in: {err}");
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(lab.join(REPORT)).unwrap()).unwrap();
+        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc));
+        assert_eq!(report.detail, "KLAB:nproc=1, expected 4");
+        assert!(report.last_lines.iter().any(|l| l == "KLAB:netns=ok:lo"), "{:?}", report.last_lines);
+        let msg = report.failure_message();
+        assert!(msg.starts_with("verdict check-failed:nproc: KLAB:nproc=1, expected 4\n"), "{msg}");
+        assert!(msg.contains("  | KLAB:netns=ok:lo\n") && msg.contains(lab::CONSOLE_LOG), "{msg}");
+        let json = report_json(&lab);
         assert_eq!(json["verdict"], "check-failed:nproc");
         assert!(json["gdb_transcript"].is_null());
-        let _ = std::fs::remove_dir_all(&lab);
+        assert_eq!(json["last_lines"][0], "[run.sh stderr] run.sh: KVM not usable; emulating with TCG");
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
@@ -1111,19 +1295,19 @@ mod tests {
         console.truncate(3);
         // The guest hangs before init: no markers ever come.
         let lab = fake_lab("hang", &console, "exec sleep 600");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2), "").unwrap_err());
-        assert!(err.contains("verdict timeout-markers"), "{err}");
-        assert!(!alive(&lab.join("pid")), "run.sh's process survived the timeout");
-        let _ = std::fs::remove_dir_all(&lab);
+        let report = run(&lab, Duration::from_secs(2), "").unwrap();
+        assert_eq!(report.verdict, Verdict::Timeout(Stage::Markers));
+        assert!(!alive(&lab.file("pid")), "run.sh's process survived the timeout");
+        assert_eq!(report_json(&lab)["verdict"], "timeout-markers");
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
     fn runner_notices_a_guest_that_does_not_power_off() {
         let lab = fake_lab("nopoweroff", &good_console(), "exec sleep 600");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(2), "").unwrap_err());
-        assert!(err.contains("verdict timeout-poweroff"), "{err}");
-        assert!(!alive(&lab.join("pid")));
-        let _ = std::fs::remove_dir_all(&lab);
+        assert_eq!(run(&lab, Duration::from_secs(2), "").unwrap().verdict, Verdict::Timeout(Stage::Poweroff));
+        assert!(!alive(&lab.file("pid")));
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
@@ -1132,45 +1316,56 @@ mod tests {
         console.truncate(5);
         console.push("[    1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100".into());
         let lab = fake_lab("panic", &console, "exec sleep 600");
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
-        assert!(err.contains("verdict init-died"), "{err}");
-        assert!(!alive(&lab.join("pid")));
-        let _ = std::fs::remove_dir_all(&lab);
+        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        assert_eq!(report.verdict, Verdict::InitDied);
+        assert!(report.detail.contains("Attempted to kill init"), "{}", report.detail);
+        assert!(!alive(&lab.file("pid")));
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
     fn runner_fails_a_broken_gdb_stage() {
         let lab = fake_lab("gdbfail", &good_console(), "exit 0");
-        std::fs::write(lab.join("gdb.txt"), "localhost:1: Connection refused.\n").unwrap();
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
-        assert!(err.contains("verdict gdb-failed:breakpoint"), "{err}");
-        assert!(err.contains("Connection refused"), "transcript tail missing: {err}");
-        let _ = std::fs::remove_dir_all(&lab);
+        std::fs::write(lab.file("gdb.txt"), "localhost:1: Connection refused.\n").unwrap();
+        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        assert_eq!(report.verdict, Verdict::GdbFailed(GdbStep::Breakpoint));
+        assert_eq!(report.last_lines, ["localhost:1: Connection refused."], "the transcript, not the console");
+        assert!(report.failure_message().contains(lab::GDB_TRANSCRIPT));
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
+    /// Marker text in `--append` reaches the fake kernel's console echo and changes nothing.
     #[test]
-    fn extra_append_reaches_both_boots() {
-        let lab = fake_lab("append", &good_console(), "exit 0");
-        run(&lab, &expect(), Duration::from_secs(60), " maxcpus=1 ").unwrap();
-        let calls = std::fs::read_to_string(lab.join("calls")).unwrap();
-        let want = format!("--append {TEST_APPEND} maxcpus=1");
-        assert_eq!(calls.matches(&want).count(), 3, "dry run, boot and gdb boot: {calls}");
-        let _ = std::fs::remove_dir_all(&lab);
+    fn extra_append_reaches_both_boots_and_cannot_fake_a_marker() {
+        let mut console = with_marker("nproc", Some("KLAB:nproc=1"));
+        console[2] = format!("[    0.000000] Command line: console=ttyS0 {TEST_APPEND} maxcpus=1 KLAB:BEGIN KLAB:nproc=4");
+        let lab = fake_lab("append", &console, "exit 0");
+        let report = run(&lab, Duration::from_secs(60), " maxcpus=1 KLAB:BEGIN KLAB:nproc=4 ").unwrap();
+        assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc));
+        let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
+        let want = format!("--append {TEST_APPEND} maxcpus=1 KLAB:BEGIN KLAB:nproc=4");
+        assert_eq!(calls.matches(&want).count(), 2, "dry run and boot: {calls}");
+        std::fs::write(lab.file("console.txt"), good_console().join("\n") + "\n").unwrap();
+        assert_eq!(run(&lab, Duration::from_secs(60), "maxcpus=1").unwrap().verdict, Verdict::Pass);
+        let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
+        assert_eq!(calls.matches(&format!("--append {TEST_APPEND} maxcpus=1\n")).count(), 3, "dry run, boot and gdb boot: {calls}");
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
     fn preflight_names_the_missing_file() {
         let lab = fake_lab("preflight", &good_console(), "exit 0");
-        std::fs::remove_file(lab.join("vmlinux")).unwrap();
-        let err = format!("{:#}", run(&lab, &expect(), Duration::from_secs(60), "").unwrap_err());
+        std::fs::remove_file(lab.file(lab::VMLINUX)).unwrap();
+        let err = format!("{:#}", run(&lab, Duration::from_secs(60), "").unwrap_err());
         assert!(err.contains("vmlinux is missing"), "{err}");
-        let _ = std::fs::remove_dir_all(&lab);
+        assert!(!lab.file(lab::REPORT).exists(), "a test that could not run wrote a report");
+        let _ = std::fs::remove_dir_all(&lab.dir);
     }
 }
 
-/// The real thing on a built lab: `KLAB_BOOTTEST_LAB=<lab> KLAB_BOOTTEST_VERSION=<uname -r>
-/// cargo test -p xtask boottest::real -- --ignored --nocapture` (needs QEMU and gdb; slow).
-/// Optional: KLAB_BOOTTEST_SMP (default 4), KLAB_BOOTTEST_APPEND (extra kernel command line).
+/// The real thing on a built lab: `KLAB_BOOTTEST_LAB=<lab> cargo test -p xtask boottest::real --
+/// --ignored --nocapture` (needs QEMU and gdb; slow). Optional: KLAB_BOOTTEST_APPEND (extra
+/// kernel command line).
 #[cfg(test)]
 mod real {
     use super::*;
@@ -1178,17 +1373,11 @@ mod real {
     #[test]
     #[ignore]
     fn real_lab_boot_test() {
-        let lab = PathBuf::from(std::env::var("KLAB_BOOTTEST_LAB").expect("set KLAB_BOOTTEST_LAB to a lab directory"));
-        let version = std::env::var("KLAB_BOOTTEST_VERSION").expect("set KLAB_BOOTTEST_VERSION to the kernel release");
-        let smp = std::env::var("KLAB_BOOTTEST_SMP").map_or(4, |s| s.parse().expect("KLAB_BOOTTEST_SMP: a number"));
-        let expect = Expect { kernel_version: version, smp, uid: 1000 };
-        let start = Instant::now();
+        let dir = PathBuf::from(std::env::var("KLAB_BOOTTEST_LAB").expect("set KLAB_BOOTTEST_LAB to a lab directory"));
+        let lab = Lab::open(&dir).unwrap();
         let append = std::env::var("KLAB_BOOTTEST_APPEND").unwrap_or_default();
-        let result = run(&lab, &expect, Duration::from_secs(120), &append);
-        eprintln!("boot test wall time: {:.2} s", start.elapsed().as_secs_f64());
-        match result {
-            Ok(report) => eprintln!("{}", serde_json::to_string_pretty(&report).unwrap()),
-            Err(e) => panic!("{e:#}"),
-        }
+        let report = run(&lab, Duration::from_secs(120), &append).unwrap();
+        eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+        assert!(report.passed(), "{}", report.failure_message());
     }
 }

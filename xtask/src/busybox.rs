@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::kbuild::{self, BuildInputs};
+use crate::kbuild::{self, BuildInputs, MakePlan};
 use crate::kconfig::{self, Entry, Value};
 use crate::layout;
 use crate::progress;
@@ -26,18 +26,16 @@ const OLDCONFIG_ANSWERS: usize = 8192;
 /// Builds `build/busybox` from the source tree `src`, configured as defconfig plus `fragments`,
 /// and checks that it is statically linked. The same inputs give a byte-identical binary whatever
 /// the directories are called; unchanged inputs and an existing binary skip make entirely.
-#[allow(clippy::too_many_arguments)]
 pub fn build(
     sh: &Shell,
     src: &Path,
     build: &Path,
     fragments: &[PathBuf],
     tarball_sha256: &str,
-    jobs: usize,
-    cc_wrapper: Option<&str>,
+    make: &MakePlan,
     release_epoch: u64,
 ) -> Result<PathBuf> {
-    check_preconditions(src, fragments, jobs, cc_wrapper)?;
+    check_preconditions(src, fragments)?;
     std::fs::create_dir_all(build).with_context(|| format!("create busybox build directory {}", build.display()))?;
     let binary = build.join("busybox");
     let log_path = build.join("build.log");
@@ -46,7 +44,7 @@ pub fn build(
     let stamp_path = build.join(kbuild::INPUTS_STAMP);
     // The stamp covers the final .config too, so a hand-edited .config is configured again.
     if binary.is_file() && build.join(".config").is_file() {
-        let stamp = kbuild::inputs_stamp(sh, build, &inputs, cc_wrapper, release_epoch, &maps)?;
+        let stamp = kbuild::inputs_stamp(sh, build, &inputs, make.cc_wrapper, release_epoch, &maps)?;
         if std::fs::read(&stamp_path).ok().as_deref() == Some(stamp.as_bytes()) {
             return Ok(binary);
         }
@@ -57,23 +55,23 @@ pub fn build(
     configure(sh, src, build, fragments, release_epoch).with_context(|| format!("configure busybox in {}", build.display()))?;
 
     let o = kbuild::make_out_arg(build);
-    let j = format!("-j{jobs}");
-    let cc = cc_wrapper.map(|w| format!("CC={w} gcc"));
+    let j = make.jobs_arg();
+    let cc = make.cc_arg();
     // Busybox's Makefile starts from CFLAGS in the environment and appends its own flags to it;
     // on the command line CFLAGS would replace them instead.
-    let make = kbuild::reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} busybox"), release_epoch).env("CFLAGS", &maps);
+    let make_cmd = kbuild::reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} busybox"), release_epoch).env("CFLAGS", &maps);
     let objects_path = build.join(kbuild::OBJECTS_STAMP);
     let expected = std::fs::read_to_string(&objects_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(EXPECTED_STEPS);
-    let steps = kbuild::run_streaming(make, &log_path, expected).context("build busybox")?;
+    let steps = kbuild::run_streaming(make_cmd, &log_path, expected).context("build busybox")?;
     std::fs::write(&objects_path, format!("{steps}\n")).with_context(|| format!("write {}", objects_path.display()))?;
 
     check_static(&binary, &log_path)?;
-    let stamp = kbuild::inputs_stamp(sh, build, &inputs, cc_wrapper, release_epoch, &maps)?;
+    let stamp = kbuild::inputs_stamp(sh, build, &inputs, make.cc_wrapper, release_epoch, &maps)?;
     layout::write_atomic(&stamp_path, stamp.as_bytes())?;
     Ok(binary)
 }
 
-fn check_preconditions(src: &Path, fragments: &[PathBuf], jobs: usize, cc_wrapper: Option<&str>) -> Result<()> {
+fn check_preconditions(src: &Path, fragments: &[PathBuf]) -> Result<()> {
     if !src.join("Makefile").is_file() || !src.join("Config.in").is_file() || !src.join("applets").is_dir() {
         bail!("{} is not a busybox source tree (no Makefile, Config.in and applets/): extract the busybox tarball there first", src.display());
     }
@@ -81,7 +79,6 @@ fn check_preconditions(src: &Path, fragments: &[PathBuf], jobs: usize, cc_wrappe
     if src.join(".config").exists() {
         bail!("busybox source tree {} has a .config (it was built in place): extract it again, or run `make -C {} mrproper`", src.display(), src.display());
     }
-    kbuild::check_make_args(jobs, cc_wrapper)?;
     for f in fragments {
         if !f.is_file() {
             bail!("busybox config fragment {} does not exist: fix the name in the recipe or add the file", f.display());
@@ -236,6 +233,10 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    fn two_jobs() -> MakePlan {
+        MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None }
+    }
+
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("kernel-lab-busybox-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -350,11 +351,11 @@ mod tests {
         std::fs::write(build_dir.join(kbuild::INPUTS_STAMP), stamp).unwrap();
 
         let t = Instant::now();
-        assert_eq!(build(&sh, &src, &build_dir, &frags, "ab12", 2, None, 7).unwrap(), build_dir.join("busybox"));
+        assert_eq!(build(&sh, &src, &build_dir, &frags, "ab12", &two_jobs(), 7).unwrap(), build_dir.join("busybox"));
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 
         // A different tarball or epoch reaches make (defconfig), which fails here.
-        let e = format!("{:#}", build(&sh, &src, &build_dir, &frags, "cd34", 2, None, 7).unwrap_err());
+        let e = format!("{:#}", build(&sh, &src, &build_dir, &frags, "cd34", &two_jobs(), 7).unwrap_err());
         assert!(e.contains("make defconfig failed") && e.contains("configure.log"), "{e}");
         assert!(!build_dir.join(kbuild::INPUTS_STAMP).exists());
         std::fs::remove_dir_all(dir).unwrap();
@@ -368,7 +369,7 @@ mod tests {
             std::fs::write(dir.join(f), "").unwrap();
         }
         let sh = Shell::new().unwrap();
-        let e = format!("{:#}", build(&sh, &dir, &dir.join("out"), &[], "", 2, None, 0).unwrap_err());
+        let e = format!("{:#}", build(&sh, &dir, &dir.join("out"), &[], "", &two_jobs(), 0).unwrap_err());
         assert!(e.contains("has a .config") && e.contains("mrproper"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -383,7 +384,7 @@ mod tests {
         let frag = dir.join("bad.config");
         std::fs::write(&frag, "CONFIG_STATIC=y\nCONFIG_PIE=y\nCONFIG_NSLOOKUPP=y\n").unwrap();
         let sh = Shell::new().unwrap();
-        let e = format!("{:#}", build(&sh, &src, &dir.join("out"), &[frag], "test", 2, None, 1761782400).unwrap_err());
+        let e = format!("{:#}", build(&sh, &src, &dir.join("out"), &[frag], "test", &two_jobs(), 1761782400).unwrap_err());
         eprintln!("{e}");
         assert!(e.contains("CONFIG_PIE: asked y (") && e.contains("bad.config:2), final not set"), "{e}");
         assert!(e.contains("bad.config:3), final absent"), "{e}");
@@ -403,7 +404,7 @@ mod tests {
         let frags = [Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/busybox/static.config")];
         let sh = Shell::new().unwrap();
         let t = Instant::now();
-        let bin = build(&sh, &src, &build_dir, &frags, "test", 2, None, 1761782400).unwrap();
+        let bin = build(&sh, &src, &build_dir, &frags, "test", &two_jobs(), 1761782400).unwrap();
         let size = std::fs::metadata(&bin).unwrap().len();
         eprintln!("busybox build: {:?}, {} bytes at {}", t.elapsed(), size, bin.display());
         assert_eq!(elf_interpreter(&std::fs::read(&bin).unwrap()).unwrap(), None);
@@ -416,7 +417,7 @@ mod tests {
         }
         assert!(!applets.lines().any(|l| l == "tc"), "tc should be off");
         let t = Instant::now();
-        build(&sh, &src, &build_dir, &frags, "test", 2, None, 1761782400).unwrap();
+        build(&sh, &src, &build_dir, &frags, "test", &two_jobs(), 1761782400).unwrap();
         eprintln!("no-op rebuild: {:?}", t.elapsed());
         assert!(t.elapsed() < Duration::from_secs(1));
     }

@@ -1,9 +1,12 @@
 //! The command line: every subcommand and flag, whose doc comments are the help text.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::boottest::DEFAULT_STAGE_TIMEOUT_SECS;
+use crate::kbuild::{CcWrapper, MakePlan};
 use crate::releases::Request;
 
 /// kernel-lab: one command from a recipe to a ready, boot-tested Linux kernel lab
@@ -101,8 +104,8 @@ pub struct KernelArgs {
     /// Stop after building the lab; do not boot it
     #[arg(long)]
     pub no_boot_test: bool,
-    /// Boot-test timeout in seconds
-    #[arg(long, default_value_t = 300, value_name = "S")]
+    /// Boot-test timeout of each stage, in seconds
+    #[arg(long, default_value_t = DEFAULT_STAGE_TIMEOUT_SECS, value_name = "S")]
     pub boot_timeout: u64,
     /// Print the plan (versions, URLs, paths) and stop
     #[arg(long)]
@@ -178,16 +181,17 @@ pub struct RootfsBuildArgs {
 pub struct MakeArgs {
     /// Parallel make jobs (default: number of CPUs)
     #[arg(long, short = 'j', value_name = "N")]
-    pub jobs: Option<usize>,
-    /// Compiler wrapper passed through CC: ccache, sccache or distcc
+    pub jobs: Option<NonZeroUsize>,
+    /// Compiler wrapper passed through CC
     #[arg(long, value_name = "WRAPPER")]
-    pub cc_wrapper: Option<String>,
+    pub cc_wrapper: Option<CcWrapper>,
 }
 
 impl MakeArgs {
-    /// `--jobs`, or the number of CPUs.
-    pub fn jobs(&self) -> usize {
-        self.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    /// `--jobs` (or the number of CPUs) and the wrapper.
+    pub fn plan(&self) -> MakePlan {
+        let jobs = self.jobs.unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
+        MakePlan { jobs, cc_wrapper: self.cc_wrapper }
     }
 }
 
@@ -209,8 +213,8 @@ pub struct BootTestArgs {
     /// Lab directory to test
     #[arg(long, value_name = "DIR")]
     pub lab: Option<PathBuf>,
-    /// Overall timeout in seconds
-    #[arg(long, default_value_t = 300, value_name = "S")]
+    /// Timeout of each boot-test stage, in seconds
+    #[arg(long, default_value_t = DEFAULT_STAGE_TIMEOUT_SECS, value_name = "S")]
     pub timeout: u64,
     /// Extra kernel command line for this boot (e.g. to break it on purpose)
     #[arg(long, value_name = "TEXT", default_value = "")]
@@ -236,9 +240,8 @@ pub struct E2eArgs {
     /// Also boot broken variants and assert their verdicts
     #[arg(long)]
     pub negative: bool,
-    /// Parallel make jobs
-    #[arg(long, short = 'j')]
-    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub make: MakeArgs,
 }
 
 #[cfg(test)]
@@ -269,5 +272,24 @@ mod tests {
         assert_eq!(parse(&["--mainline"]).unwrap(), Some(Request::Mainline));
         assert_eq!(parse(&["--version", "6.12.117"]).unwrap(), Some(Request::Exact("6.12.117".into())));
         assert!(parse(&["--lts", "--stable"]).is_err());
+    }
+
+    #[test]
+    fn make_flags_are_checked_before_anything_runs() {
+        let parse = |args: &[&str]| {
+            let mut full = vec!["cargo xtask", "kernel"];
+            full.extend_from_slice(args);
+            match Cli::try_parse_from(full).map(|c| c.command) {
+                Ok(Command::Kernel(k)) => Ok(k.make.plan()),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let p = parse(&["-j", "3", "--cc-wrapper", "ccache"]).unwrap();
+        assert_eq!((p.jobs.get(), p.cc_wrapper), (3, Some(CcWrapper::Ccache)));
+        let err = parse(&["--cc-wrapper", "icecc"]).unwrap_err();
+        assert!(err.contains("icecc") && err.contains("ccache, sccache, distcc"), "{err}");
+        assert!(parse(&["-j", "0"]).is_err());
+        assert!(parse(&[]).unwrap().jobs.get() >= 1);
     }
 }

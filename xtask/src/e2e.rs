@@ -6,14 +6,24 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::{
-    cli::{ChannelArgs, E2eArgs, FetchArgs, KernelArgs, MakeArgs},
-    fetch,
+    boottest::{self, Check, Verdict},
+    cli::E2eArgs,
+    fetch::{self, FetchPlan},
+    kbuild::KernelBuild,
+    lab::{self, Lab},
     layout::Layout,
-    mirror, pipeline, serve, verify,
+    mirror,
+    pipeline::{self, BuildPlan, Built},
+    recipe::LoadedRecipe,
+    serve,
+    source::Mirror,
+    verify,
 };
 
 const SIGNER: &str = "kernel-lab e2e mirror <e2e@kernel-lab.invalid>";
 const SIGNER_EMAIL: &str = "e2e@kernel-lab.invalid";
+/// Per-stage boot-test timeout: generous, CI machines are slow and noisy.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(boottest::DEFAULT_STAGE_TIMEOUT_SECS);
 
 pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     if !args.kernel_tarball.is_file() {
@@ -57,114 +67,94 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     eprintln!("==> serving the mirror on {url}");
 
     // A copy of the lts recipe: its lock (which records Debian's tarball hash, not kernel.org's)
-    // stays out of the repository's recipes/.
+    // stays out of the repository's recipes/. The e2e builds the busybox Debian ships.
     let recipes = root.join("recipes");
-    std::fs::create_dir_all(&recipes)?;
-    let recipe = recipes.join("lts.yaml");
-    let lts = layout.recipes_dir().join("lts.yaml");
-    let text = std::fs::read_to_string(&lts).with_context(|| format!("read {}", lts.display()))?;
-    let pinned = crate::recipe::parse(&text).with_context(|| format!("recipe {}", lts.display()))?.busybox.version;
-    // The e2e builds the busybox Debian ships, whatever version the recipe pins.
-    let text = text.replace(&format!("\"{pinned}\""), &format!("\"{busybox_version}\""));
-    crate::layout::write_atomic(&recipe, text.as_bytes())?;
-    let kernel_args = KernelArgs {
-        fetch: FetchArgs {
-            channel: ChannelArgs { lts: Some(String::new()), ..Default::default() },
-            recipe: Some(recipe.to_string_lossy().into_owned()),
-            mirror: Some(url.clone()),
-            keyring: Some(mirror_dir.join("kernel-lab-mirror.gpg")),
-            locked: false,
-            insecure_skip_signature: false,
-            busybox_keyring: Some(mirror_dir.join("kernel-lab-mirror.gpg")),
-        },
-        make: MakeArgs { jobs: args.jobs, cc_wrapper: None },
-        no_boot_test: false,
-        boot_timeout: 600,
-        dry_run: false,
+    let lts = crate::recipe::load(&layout.recipes_dir().join("lts.yaml"))?;
+    let mut changed = lts.recipe.clone();
+    changed.busybox.version = busybox_version.clone();
+    let recipe = LoadedRecipe::write(&recipes.join("lts.yaml"), &changed, "e2e: recipes/lts.yaml with the busybox Debian ships")?;
+    let mirror_key = mirror_dir.join("kernel-lab-mirror.gpg");
+    let plan = FetchPlan {
+        keyring: Some(mirror_key.clone()),
+        busybox_keyring: Some(mirror_key),
+        ..FetchPlan::new(recipe, Mirror::new(&url)?)
     };
-    let lab = pipeline::kernel(sh, layout, &kernel_args)?.context("e2e never runs dry")?;
+    let build = BuildPlan { make: args.make.plan(), boot_timeout: Some(BOOT_TIMEOUT) };
+    let first = pipeline::kernel(sh, layout, &plan, &build)?;
+    match &first.report {
+        Some(r) if r.passed() => {}
+        Some(r) => bail!("boot test of {}: {}", first.lab.dir.display(), r.failure_message()),
+        None => bail!("the e2e's first build must boot-test its lab"),
+    }
 
     if args.negative {
-        negative(&lab)?;
-        without_net_ns(sh, layout, &kernel_args, &recipes)?;
+        negative(&first.lab)?;
+        without_net_ns(sh, layout, &plan, &build)?;
     }
     if args.repro {
-        repro(sh, layout, &kernel_args, &lab)?;
+        repro(sh, layout, &plan, &build, &first)?;
     }
     let _ = cmd!(sh, "gpgconf --kill gpg-agent").quiet().ignore_stderr().run();
-    println!("e2e: pass ({})", lab.dir.display());
+    println!("e2e: pass ({})", first.lab.dir.display());
     Ok(())
 }
 
 /// Breaks the lab on purpose and checks that each break gets its own named verdict.
-fn negative(lab: &pipeline::Lab) -> Result<()> {
+fn negative(lab: &Lab) -> Result<()> {
     let cases = [
-        ("rdinit=/nonexistent init=/nonexistent", None::<()>, "kernel-panic"),
-        ("rdinit=/bin/true", None, "init-died"),
-        ("maxcpus=1", None, "check-failed:nproc"),
+        ("rdinit=/nonexistent init=/nonexistent", Verdict::KernelPanic),
+        ("rdinit=/bin/true", Verdict::InitDied),
+        ("maxcpus=1", Verdict::CheckFailed(Check::Nproc)),
+        // The kernel echoes its command line: marker text in it must not fake the nproc check.
+        ("maxcpus=1 KLAB:BEGIN KLAB:nproc=4 KLAB:END", Verdict::CheckFailed(Check::Nproc)),
     ];
-    for (append, _, want) in cases {
+    for (append, want) in cases {
         eprintln!("==> negative boot: append {append:?}, expecting {want}");
-        let report = pipeline::boot_test(&lab.dir, &lab.recipe, &lab.lock, Duration::from_secs(300), append);
-        let got = match &report {
-            Ok(r) => r.verdict.name().to_string(),
-            Err(e) => pipeline::verdict_of_error(e).unwrap_or_else(|| format!("error: {e:#}")),
-        };
-        if got != want {
-            bail!("negative boot with {append:?}: expected verdict {want}, got {got}");
+        let report = boottest::run(lab, BOOT_TIMEOUT, append)?;
+        if report.verdict != want {
+            bail!("negative boot with {append:?}: expected verdict {want}, got {} ({})", report.verdict, report.detail);
         }
-        eprintln!("    verdict {got}: as expected");
+        eprintln!("    verdict {}: as expected", report.verdict);
     }
     Ok(())
 }
 
 /// A lab whose kernel lacks NET_NS (the lts recipe without netns.config) must fail the netns check.
-fn without_net_ns(sh: &Shell, layout: &Layout, args: &KernelArgs, recipes: &std::path::Path) -> Result<()> {
+fn without_net_ns(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -> Result<()> {
     eprintln!("==> negative lab: a kernel without NET_NS, expecting check-failed:netns");
-    let text = std::fs::read_to_string(recipes.join("lts.yaml"))?;
-    let without = text.replace("netns.config, ", "").replace(", netns.config", "");
-    if without == text {
+    let mut without = plan.recipe.recipe.clone();
+    let before = without.config.fragments.len();
+    without.config.fragments.retain(|f| f != "netns.config");
+    if without.config.fragments.len() == before {
         bail!("recipes/lts.yaml no longer lists netns.config: update the e2e's no-netns case");
     }
-    let recipe = recipes.join("nonetns.yaml");
-    std::fs::write(&recipe, format!("# e2e: the lts lab without network namespaces (must fail its boot test)\n{without}"))?;
-    let mut args = args.clone();
-    args.fetch.recipe = Some(recipe.to_string_lossy().into_owned());
-    args.no_boot_test = true;
-    let lab = pipeline::kernel(sh, layout, &args)?.context("e2e never runs dry")?;
-    let got = match pipeline::boot_test(&lab.dir, &lab.recipe, &lab.lock, Duration::from_secs(300), "") {
-        Ok(r) => r.verdict.name().to_string(),
-        Err(e) => pipeline::verdict_of_error(&e).unwrap_or_else(|| format!("error: {e:#}")),
-    };
-    if got != "check-failed:netns" {
-        bail!("a kernel without NET_NS: expected verdict check-failed:netns, got {got}");
+    let path = plan.recipe.dir().join("nonetns.yaml");
+    let recipe = LoadedRecipe::write(&path, &without, "e2e: the lts lab without network namespaces (must fail its boot test)")?;
+    let plan = FetchPlan { recipe, ..plan.clone() };
+    let built = pipeline::kernel(sh, layout, &plan, &BuildPlan { boot_timeout: None, ..*build })?;
+    let report = boottest::run(&built.lab, BOOT_TIMEOUT, "")?;
+    let want = Verdict::CheckFailed(Check::Netns);
+    if report.verdict != want {
+        bail!("a kernel without NET_NS: expected verdict {want}, got {} ({})", report.verdict, report.detail);
     }
-    eprintln!("    verdict {got}: as expected");
+    eprintln!("    verdict {}: as expected", report.verdict);
     Ok(())
 }
 
 /// Builds the same lock again with the sources and build tree in other, deeper directories and
-/// compares bzImage and vmlinux byte for byte.
-fn repro(sh: &Shell, layout: &Layout, args: &KernelArgs, first: &pipeline::Lab) -> Result<()> {
+/// compares bzImage, vmlinux and rootfs.cpio byte for byte.
+fn repro(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan, first: &Built) -> Result<()> {
     eprintln!("==> reproducibility: second build in another directory");
     let other = Layout { artifacts: layout.artifacts.join("e2e/repro/elsewhere/deeper"), ..layout.clone() };
-    let mut args = args.clone();
-    args.fetch.locked = true;
-    args.no_boot_test = true;
-    let plan = pipeline::fetch_plan(&other, &args.fetch)?;
+    let plan = FetchPlan { locked: true, ..plan.clone() };
     let sources = fetch::run(&other, &plan)?;
     let mut t = pipeline::Timings::default();
-    let second = pipeline::build_lab(sh, &other, &plan.recipe, &sources, &args, &mut t)?;
+    let (second_lab, second_kernel) = pipeline::build_lab(sh, &other, &plan.recipe, &sources, &build.make, &mut t)?;
     t.print();
+    // The build trees' images: the labs' vmlinux also carries gdb-add-index's output.
+    let images = |k: &KernelBuild, l: &Lab| [("bzImage", k.bzimage.clone()), ("vmlinux", k.vmlinux.clone()), (lab::ROOTFS, l.file(lab::ROOTFS))];
     let mut differ = Vec::new();
-    let version = &first.lock.kernel.version;
-    let name = &first.recipe.name;
-    let pairs = [
-        ("bzImage", layout.kernel_build(name, version).join("arch/x86/boot/bzImage"), other.kernel_build(name, version).join("arch/x86/boot/bzImage")),
-        ("vmlinux", layout.kernel_build(name, version).join("vmlinux"), other.kernel_build(name, version).join("vmlinux")),
-        ("rootfs.cpio", first.dir.join("rootfs.cpio"), second.dir.join("rootfs.cpio")),
-    ];
-    for (what, a, b) in pairs {
+    for ((what, a), (_, b)) in images(&first.kernel, &first.lab).into_iter().zip(images(&second_kernel, &second_lab)) {
         let (a, b) = (verify::sha256_file(&a)?, verify::sha256_file(&b)?);
         println!("repro {what}: {a} vs {b}: {}", if a == b { "identical" } else { "DIFFERENT" });
         if a != b {
@@ -176,7 +166,6 @@ fn repro(sh: &Shell, layout: &Layout, args: &KernelArgs, first: &pipeline::Lab) 
     }
     Ok(())
 }
-
 
 /// "6.12.117" from the Debian package owning `tarball` (version "6.12.117-1~deb12u1").
 fn debian_upstream_version(sh: &Shell, tarball: &std::path::Path) -> Result<String> {

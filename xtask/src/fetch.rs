@@ -29,6 +29,21 @@ pub struct FetchPlan {
     pub busybox_keyring: Option<PathBuf>,
 }
 
+impl FetchPlan {
+    /// The recipe's own channel from `mirror`, with kernel.org's pinned signer and no opt-outs.
+    pub fn new(recipe: LoadedRecipe, mirror: Mirror) -> FetchPlan {
+        FetchPlan {
+            request: recipe.request(),
+            recipe,
+            mirror,
+            keyring: None,
+            locked: false,
+            insecure_skip_signature: false,
+            busybox_keyring: None,
+        }
+    }
+}
+
 /// Verified, extracted sources.
 #[derive(Debug, Clone)]
 pub struct Sources {

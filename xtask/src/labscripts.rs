@@ -1,18 +1,16 @@
-//! Lab scripts: writes run.sh, gdb.sh, debug.gdb and README.md into a lab directory.
+//! Lab scripts: renders run.sh, gdb.sh, debug.gdb and README.md for a lab (`lab::assemble` writes them).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::recipe::QemuSpec;
+use crate::lab::{self, TextFile};
+use crate::recipe::{QemuSpec, UserName};
 
 const RUN_SH: &str = include_str!("../templates/lab/run.sh");
 const GDB_SH: &str = include_str!("../templates/lab/gdb.sh");
 const DEBUG_GDB: &str = include_str!("../templates/lab/debug.gdb");
 const README_MD: &str = include_str!("../templates/lab/README.md");
-
-/// Lists host directories that gdb.sh adds to gdb's source path when they still exist.
-pub const SOURCE_LIST: &str = ".kernel-lab-source";
 
 /// What the lab scripts and README need to know about a lab.
 #[derive(Debug, Clone)]
@@ -24,7 +22,7 @@ pub struct LabInfo {
     /// Busybox version, e.g. `1.35.0`.
     pub busybox_version: String,
     /// The unprivileged guest user.
-    pub user: String,
+    pub user: UserName,
     /// Its uid.
     pub uid: u32,
     /// Password of the user and of root.
@@ -37,34 +35,8 @@ pub struct LabInfo {
     pub build_dir: Option<PathBuf>,
 }
 
-/// One generated file: its name in the lab directory, mode and contents.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Generated {
-    pub name: &'static str,
-    pub mode: u32,
-    pub text: String,
-}
-
-/// Writes the lab scripts into `lab`, replacing earlier versions.
-pub fn write(lab: &Path, info: &LabInfo) -> Result<()> {
-    if !lab.is_dir() {
-        bail!("lab directory {} does not exist: build the lab before writing its scripts", lab.display());
-    }
-    for file in render(info)? {
-        write_file(&lab.join(file.name), &file.text, file.mode)?;
-    }
-    // Without source paths a stale list from an earlier build must not point gdb at a wrong tree.
-    if info.source_dir.is_none() && info.build_dir.is_none() {
-        let stale = lab.join(SOURCE_LIST);
-        if stale.exists() {
-            std::fs::remove_file(&stale).with_context(|| format!("remove stale {}", stale.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Renders every generated file; pure, so the golden tests see exactly what `write` writes.
-pub fn render(info: &LabInfo) -> Result<Vec<Generated>> {
+/// Renders every generated file; pure, so the golden tests see exactly what a lab gets.
+pub fn render(info: &LabInfo) -> Result<Vec<TextFile>> {
     check(info)?;
     let q = &info.qemu;
     let topology: String = [("cores", q.cores), ("threads", q.threads)]
@@ -72,7 +44,7 @@ pub fn render(info: &LabInfo) -> Result<Vec<Generated>> {
         .filter_map(|(k, v)| v.map(|v| format!(",{k}={v}")))
         .collect();
     let smp_desc = if topology.is_empty() {
-        q.smp.to_string()
+        q.smp.get().to_string()
     } else {
         format!("{} ({})", q.smp, topology.trim_start_matches(',').replace(',', ", "))
     };
@@ -81,30 +53,30 @@ pub fn render(info: &LabInfo) -> Result<Vec<Generated>> {
         ("RECIPE", info.recipe.clone()),
         ("KERNEL_VERSION", info.kernel_version.clone()),
         ("BUSYBOX_VERSION", info.busybox_version.clone()),
-        ("USER", info.user.clone()),
+        ("USER", info.user.to_string()),
         ("UID", info.uid.to_string()),
         ("PASSWORD", info.password.clone()),
         ("MEMORY", q.memory.clone()),
-        ("SMP", q.smp.to_string()),
+        ("SMP", q.smp.get().to_string()),
         ("SMP_DESC", smp_desc),
         ("SMP_TOPOLOGY", shell_quote(&topology)),
-        ("NIC", q.nic.clone()),
+        ("NIC", q.nic.qemu_model().to_string()),
         ("APPEND", shell_quote(&q.append)),
         ("EXTRA_ARGS", extra_args.join(" ")),
-        ("GDB_PORT", q.gdb_port.to_string()),
+        ("GDB_PORT", q.gdb_port.get().to_string()),
     ];
     // run.sh gets shell-quoted values for everything a recipe can set freely.
     let mut run_vars = vars.clone();
     for (key, value) in run_vars.iter_mut() {
-        if matches!(*key, "MEMORY" | "NIC") {
+        if *key == "MEMORY" {
             *value = shell_quote(value);
         }
     }
     let mut files = vec![
-        Generated { name: "run.sh", mode: 0o755, text: fill("templates/lab/run.sh", RUN_SH, &run_vars)? },
-        Generated { name: "gdb.sh", mode: 0o755, text: fill("templates/lab/gdb.sh", GDB_SH, &vars)? },
-        Generated { name: "debug.gdb", mode: 0o644, text: fill("templates/lab/debug.gdb", DEBUG_GDB, &vars)? },
-        Generated { name: "README.md", mode: 0o644, text: fill("templates/lab/README.md", README_MD, &vars)? },
+        TextFile { name: lab::RUN_SH, mode: 0o755, text: fill("templates/lab/run.sh", RUN_SH, &run_vars)? },
+        TextFile { name: lab::GDB_SH, mode: 0o755, text: fill("templates/lab/gdb.sh", GDB_SH, &vars)? },
+        TextFile { name: lab::DEBUG_GDB, mode: 0o644, text: fill("templates/lab/debug.gdb", DEBUG_GDB, &vars)? },
+        TextFile { name: lab::README, mode: 0o644, text: fill("templates/lab/README.md", README_MD, &vars)? },
     ];
     let dirs: Vec<&PathBuf> = info.source_dir.iter().chain(info.build_dir.iter()).collect();
     if !dirs.is_empty() {
@@ -114,43 +86,22 @@ pub fn render(info: &LabInfo) -> Result<Vec<Generated>> {
             text.push_str(dir);
             text.push('\n');
         }
-        files.push(Generated { name: SOURCE_LIST, mode: 0o644, text });
+        files.push(TextFile { name: lab::SOURCE_LIST, mode: 0o644, text });
     }
     Ok(files)
 }
 
-/// Values land in shell comments, gdb commands and file lines, where a newline would split them.
+/// Recipe values were checked when the recipe was loaded; the host paths were not, and they
+/// land in file lines, where a newline would split them.
 fn check(info: &LabInfo) -> Result<()> {
-    let q = &info.qemu;
-    let mut fields: Vec<(&str, &str)> = vec![
-        ("recipe name", &info.recipe),
-        ("kernel version", &info.kernel_version),
-        ("busybox version", &info.busybox_version),
-        ("rootfs.user", &info.user),
-        ("rootfs.password", &info.password),
-        ("qemu.memory", &q.memory),
-        ("qemu.nic", &q.nic),
-        ("qemu.append", &q.append),
-    ];
-    fields.extend(q.extra_args.iter().map(|a| ("qemu.extra_args", a.as_str())));
-    let dirs = info.source_dir.iter().chain(info.build_dir.iter());
-    let dir_strs: Vec<String> = dirs.map(|d| d.to_string_lossy().into_owned()).collect();
-    fields.extend(dir_strs.iter().map(|d| ("kernel tree path", d.as_str())));
-    for (what, value) in fields {
-        if value.chars().any(|c| c.is_control()) {
-            bail!("{what} {value:?} contains a control character (newline?): remove it");
+    for dir in info.source_dir.iter().chain(info.build_dir.iter()) {
+        let text = dir.to_string_lossy();
+        if text.chars().any(|c| c.is_control()) {
+            bail!("kernel tree path {text:?} contains a control character (newline?): move the artifacts directory");
         }
     }
-    for (what, value) in [("qemu.memory", &q.memory), ("qemu.nic", &q.nic), ("kernel version", &info.kernel_version)] {
-        if value.is_empty() || value.contains(char::is_whitespace) {
-            bail!("{what} {value:?} must be one non-empty word");
-        }
-    }
-    if q.smp == 0 {
-        bail!("qemu.smp is 0: a machine needs at least one CPU");
-    }
-    if q.gdb_port == 0 {
-        bail!("qemu.gdb_port is 0: pick a TCP port such as 1234");
+    if info.kernel_version.is_empty() || info.kernel_version.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        bail!("kernel version {:?} must be one non-empty word", info.kernel_version);
     }
     Ok(())
 }
@@ -180,39 +131,38 @@ fn shell_quote(value: &str) -> String {
     }
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a script.
-fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("tmp-kernel-lab");
-    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {mode:o} {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::{NonZeroU16, NonZeroU32};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
     use std::process::{Command, Output};
+
+    use crate::recipe::Nic;
+
+    fn write_file(path: &Path, text: &str, mode: u32) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
 
     fn fixed_info() -> LabInfo {
         LabInfo {
             recipe: "lts".to_string(),
             kernel_version: "6.12.117".to_string(),
             busybox_version: "1.35.0".to_string(),
-            user: "user".to_string(),
+            user: "user".to_string().try_into().unwrap(),
             uid: 1000,
             password: "kernel-lab".to_string(),
             qemu: QemuSpec {
                 memory: "4G".to_string(),
-                smp: 4,
+                smp: NonZeroU32::new(4).unwrap(),
                 cores: Some(2),
                 threads: None,
-                nic: "e1000".to_string(),
+                nic: Nic::E1000,
                 append: "loglevel=7 quiet's".to_string(),
                 extra_args: vec!["-rtc".to_string(), "base=utc".to_string()],
-                gdb_port: 1234,
+                gdb_port: NonZeroU16::new(1234).unwrap(),
             },
             source_dir: Some(PathBuf::from("/work/src/linux-6.12.117")),
             build_dir: Some(PathBuf::from("/work/build/lts")),
@@ -230,9 +180,11 @@ mod tests {
     /// A lab with placeholder kernel files, for tests that never start a real QEMU.
     fn fake_lab(dir: &Path, info: &LabInfo) {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("bzImage"), b"").unwrap();
-        std::fs::write(dir.join("rootfs.cpio"), b"").unwrap();
-        write(dir, info).unwrap();
+        std::fs::write(dir.join(lab::BZIMAGE), b"").unwrap();
+        std::fs::write(dir.join(lab::ROOTFS), b"").unwrap();
+        for f in render(info).unwrap() {
+            write_file(&dir.join(f.name), &f.text, f.mode);
+        }
     }
 
     /// Puts an executable `name` that prints its argv (one per line), cwd and port env first in PATH.
@@ -240,7 +192,7 @@ mod tests {
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         let script = "#!/bin/sh\necho \"cwd=$(pwd)\"\necho \"env KLAB_GDB_PORT=${KLAB_GDB_PORT:-}\"\nfor a in \"$0\" \"$@\"; do printf 'arg=%s\\n' \"$a\"; done\n";
-        write_file(&bin.join(name), script, 0o755).unwrap();
+        write_file(&bin.join(name), script, 0o755);
         format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
     }
 
@@ -265,28 +217,12 @@ mod tests {
 
     #[test]
     fn golden_files() {
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/lab");
-        let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
         let files = render(&fixed_info()).unwrap();
         let names: Vec<&str> = files.iter().map(|f| f.name).collect();
-        assert_eq!(names, ["run.sh", "gdb.sh", "debug.gdb", "README.md", SOURCE_LIST]);
+        assert_eq!(names, [lab::RUN_SH, lab::GDB_SH, lab::DEBUG_GDB, lab::README, lab::SOURCE_LIST]);
         for file in files {
             // Dot files are easy to miss in a review, so the golden copy drops the dot.
-            let path = golden.join(file.name.trim_start_matches('.'));
-            if update {
-                std::fs::create_dir_all(&golden).unwrap();
-                std::fs::write(&path, &file.text).unwrap();
-                continue;
-            }
-            let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                panic!("read {}: {e} (create it with UPDATE_GOLDEN=1 cargo test -p xtask labscripts::)", path.display())
-            });
-            assert!(
-                want == file.text,
-                "{} differs from {}; if the change is intended, run UPDATE_GOLDEN=1 cargo test -p xtask labscripts:: and review the diff",
-                file.name,
-                path.display()
-            );
+            crate::golden::check("lab", file.name.trim_start_matches('.'), &file.text);
         }
     }
 
@@ -306,11 +242,12 @@ mod tests {
     }
 
     #[test]
-    fn newline_in_a_value_is_rejected() {
+    fn newline_in_a_host_path_is_rejected() {
+        // Recipe values are checked at load (recipe.rs); host paths are checked here.
         let mut info = fixed_info();
-        info.qemu.append = "a\nb".to_string();
+        info.build_dir = Some(PathBuf::from("/work/a\nb"));
         let err = format!("{:#}", render(&info).unwrap_err());
-        assert!(err.contains("qemu.append"), "{err}");
+        assert!(err.contains("kernel tree path") && err.contains("a\\nb"), "{err}");
     }
 
     #[test]
@@ -458,19 +395,6 @@ mod tests {
         assert!(String::from_utf8_lossy(&help.stdout).contains("usage: ./gdb.sh"));
         let bad = run(&lab.join("gdb.sh"), &["--port", "nope"], Some(&path));
         assert_eq!(bad.status.code(), Some(2));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn write_removes_a_stale_source_list() {
-        let dir = scratch("stale");
-        fake_lab(&dir, &fixed_info());
-        assert!(dir.join(SOURCE_LIST).exists());
-        let mut info = fixed_info();
-        info.source_dir = None;
-        info.build_dir = None;
-        write(&dir, &info).unwrap();
-        assert!(!dir.join(SOURCE_LIST).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

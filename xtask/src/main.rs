@@ -9,8 +9,11 @@ mod download;
 mod e2e;
 mod extract;
 mod fetch;
+#[cfg(test)]
+mod golden;
 mod kbuild;
 mod kconfig;
+mod lab;
 mod labscripts;
 mod layout;
 mod lock;
@@ -45,7 +48,7 @@ fn run(cli: Cli) -> Result<()> {
     let sh = xshell::Shell::new()?;
     let layout = layout::Layout::from_env()?;
     match cli.command {
-        Command::Kernel(args) => pipeline::kernel(&sh, &layout, &args).map(drop),
+        Command::Kernel(args) => pipeline::kernel_command(&sh, &layout, &args),
         Command::Fetch(args) => {
             let plan = pipeline::fetch_plan(&layout, &args)?;
             let s = fetch::run(&layout, &plan)?;
@@ -69,7 +72,7 @@ fn run(cli: Cli) -> Result<()> {
                 let r = cpio::repack(&dir)?;
                 cpio::write_file(&r.archive, r.mtime, r.gzip, &file)
             }
-            None => pipeline::rootfs_only(&sh, &layout, &args.build),
+            None => pipeline::rootfs_command(&sh, &layout, &args.build),
         },
         Command::BootTest(args) => pipeline::boot_test_command(&layout, &args),
         Command::Doctor => doctor::run(),

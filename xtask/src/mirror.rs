@@ -191,13 +191,12 @@ fn write_releases_json(out: &Path, entries: &[(&LocalKernel, String, i64)]) -> R
 pub fn command(sh: &Shell, layout: &Layout, args: &crate::cli::MirrorArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| layout.default_mirror_dir());
     if args.from_upstream {
-        let fetch = crate::cli::FetchArgs {
-            recipe: args.recipe.clone(),
-            mirror: args.upstream.clone(),
-            keyring: args.keyring.clone(),
-            ..Default::default()
+        let recipe = crate::recipe::load(&crate::recipe::find(&layout.recipes_dir(), args.recipe.as_deref().unwrap_or("lts")))?;
+        let upstream = match &args.upstream {
+            Some(url) => crate::source::Mirror::new(url)?,
+            None => crate::source::Mirror::upstream(),
         };
-        let plan = crate::pipeline::fetch_plan(layout, &fetch)?;
+        let plan = FetchPlan { keyring: args.keyring.clone(), ..FetchPlan::new(recipe, upstream) };
         from_upstream(layout, &out, &plan)?;
     } else {
         if args.add_kernel.is_empty() && args.add_busybox.is_empty() {

@@ -7,13 +7,15 @@ use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
 use crate::{
-    boottest, busybox,
-    cli::{FetchArgs, KernelArgs, MakeArgs},
+    boottest::{self, BootReport},
+    busybox,
+    cli::{BootTestArgs, FetchArgs, KernelArgs, RootfsBuildArgs},
     cpio, doctor,
     fetch::{self, FetchPlan, Sources},
-    kbuild, labscripts,
+    kbuild::{self, KernelBuild, MakePlan},
+    lab::{self, Lab},
+    labscripts,
     layout::Layout,
-    lock::Lock,
     recipe::{self, LoadedRecipe},
     releases::Request,
     rootfs,
@@ -29,32 +31,32 @@ pub fn fetch_plan(layout: &Layout, args: &FetchArgs) -> Result<FetchPlan> {
         (None, _) => "lts".to_string(),
     };
     let recipe = recipe::load(&recipe::find(&layout.recipes_dir(), &name))?;
-    let request = match flag {
-        Some(r) => r,
-        None => request_of(&recipe),
-    };
     let mirror = match &args.mirror {
         Some(url) => Mirror::new(url)?,
         None => Mirror::upstream(),
     };
-    Ok(FetchPlan {
-        recipe,
-        request,
-        mirror,
-        keyring: args.keyring.clone(),
-        locked: args.locked,
-        insecure_skip_signature: args.insecure_skip_signature,
-        busybox_keyring: args.busybox_keyring.clone(),
-    })
+    let mut plan = FetchPlan::new(recipe, mirror);
+    if let Some(request) = flag {
+        plan.request = request;
+    }
+    plan.keyring = args.keyring.clone();
+    plan.locked = args.locked;
+    plan.insecure_skip_signature = args.insecure_skip_signature;
+    plan.busybox_keyring = args.busybox_keyring.clone();
+    Ok(plan)
 }
 
-fn request_of(r: &LoadedRecipe) -> Request {
-    let k = &r.recipe.kernel;
-    match k.channel {
-        recipe::Channel::Longterm => Request::Longterm(k.series.clone()),
-        recipe::Channel::Stable => Request::Stable,
-        recipe::Channel::Mainline => Request::Mainline,
-        recipe::Channel::Exact => Request::Exact(k.version.clone().unwrap_or_default()),
+/// Everything the `kernel` job does after fetching, decided before anything runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildPlan {
+    pub make: MakePlan,
+    /// `None`: stop after building the lab.
+    pub boot_timeout: Option<Duration>,
+}
+
+impl BuildPlan {
+    pub fn of(args: &KernelArgs) -> BuildPlan {
+        BuildPlan { make: args.make.plan(), boot_timeout: (!args.no_boot_test).then(|| Duration::from_secs(args.boot_timeout)) }
     }
 }
 
@@ -80,34 +82,49 @@ impl Timings {
     }
 }
 
-/// Everything `cargo xtask kernel` produced.
-pub struct Lab {
-    pub dir: PathBuf,
-    pub lock: Lock,
-    pub recipe: LoadedRecipe,
+/// What `kernel` made: the lab, the kernel build behind it, and the boot report if it ran.
+pub struct Built {
+    pub lab: Lab,
+    pub kernel: KernelBuild,
+    pub report: Option<BootReport>,
 }
 
-/// The main job; `None` for a dry run, which only prints the plan.
-pub fn kernel(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<Option<Lab>> {
+/// `cargo xtask kernel`: the command layer turns a failing boot report into an error.
+pub fn kernel_command(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<()> {
     let plan = fetch_plan(layout, &args.fetch)?;
     if args.dry_run {
-        print_plan(layout, &plan)?;
-        return Ok(None);
+        return print_plan(layout, &plan);
     }
+    let built = kernel(sh, layout, &plan, &BuildPlan::of(args))?;
+    if let Some(report) = &built.report {
+        if !report.passed() {
+            bail!("boot test of {}: {}", built.lab.dir.display(), report.failure_message());
+        }
+    }
+    Ok(())
+}
+
+/// The main job from a plan: fetch, build the lab and (unless told not to) boot-test it.
+pub fn kernel(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -> Result<Built> {
     doctor::require()?;
     let mut t = Timings::default();
-    let sources = t.time("fetch", || fetch::run(layout, &plan))?;
-    let lab = build_lab(sh, layout, &plan.recipe, &sources, args, &mut t)?;
-    if !args.no_boot_test {
-        let report = t.time("boot-test", || boot_test(&lab.dir, &plan.recipe, &sources.lock, Duration::from_secs(args.boot_timeout), ""));
-        t.print();
-        let report = report?;
-        println!("boot test: {} ({:.1} s), report {}", report.verdict.name(), report.wall_seconds, lab.dir.join(boottest::REPORT).display());
-    } else {
-        t.print();
-    }
+    let sources = t.time("fetch", || fetch::run(layout, plan))?;
+    let (lab, kernel) = build_lab(sh, layout, &plan.recipe, &sources, &build.make, &mut t)?;
+    let report = match build.boot_timeout {
+        Some(timeout) => {
+            let report = t.time("boot-test", || boottest::run(&lab, timeout, ""));
+            t.print();
+            let report = report?;
+            println!("boot test: {} ({:.1} s), report {}", report.verdict, report.wall_seconds, report.report.display());
+            Some(report)
+        }
+        None => {
+            t.print();
+            None
+        }
+    };
     println!("lab: {}", lab.dir.display());
-    Ok(Some(lab))
+    Ok(Built { lab, kernel, report })
 }
 
 fn print_plan(layout: &Layout, plan: &FetchPlan) -> Result<()> {
@@ -127,23 +144,22 @@ fn print_plan(layout: &Layout, plan: &FetchPlan) -> Result<()> {
     Ok(())
 }
 
-/// Configure, build, busybox, rootfs, install, scripts.
+/// Configure, build, busybox, rootfs, scripts, and the lab assembled from them.
 pub fn build_lab(
     sh: &Shell,
     layout: &Layout,
     recipe: &LoadedRecipe,
     sources: &Sources,
-    args: &KernelArgs,
+    make: &MakePlan,
     t: &mut Timings,
-) -> Result<Lab> {
+) -> Result<(Lab, KernelBuild)> {
     let lock = &sources.lock;
     let version = &lock.kernel.version;
     let r = &recipe.recipe;
-    let jobs = args.make.jobs();
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
     let kbuild_dir = layout.kernel_build(&recipe.name, version);
     let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
-    t.time("configure", || kbuild::configure(sh, &sources.kernel_src, &kbuild_dir, r.config.base, &fragments, version))
+    t.time("configure", || kbuild::configure(sh, &sources.kernel_src, &kbuild_dir, r.config.base, &fragments, version, r.qemu.nic))
         .with_context(|| format!("configure linux-{version}"))?;
     let recipe_bytes = std::fs::read(&recipe.path).with_context(|| format!("read recipe {}", recipe.path.display()))?;
     let inputs = kbuild::BuildInputs {
@@ -153,67 +169,54 @@ pub fn build_lab(
         patches: &[],
         base: r.config.base,
     };
-    let out = t
-        .time("kernel", || kbuild::build(sh, &sources.kernel_src, &kbuild_dir, &inputs, jobs, args.make.cc_wrapper.as_deref(), epoch))
+    let kernel = t
+        .time("kernel", || kbuild::build(sh, &sources.kernel_src, &kbuild_dir, &inputs, make, epoch))
         .with_context(|| format!("build linux-{version}"))?;
-    if out.up_to_date {
+    if kernel.up_to_date {
         eprintln!("kernel up to date ({})", kbuild_dir.display());
     }
 
     let bb = t
-        .time("busybox", || build_busybox(sh, layout, recipe, sources, &args.make, epoch))
+        .time("busybox", || build_busybox(sh, layout, recipe, sources, make, epoch))
         .with_context(|| format!("build busybox-{}", lock.busybox.version))?;
 
-    let lab = layout.lab(&recipe.name, version);
-    t.time("lab", || {
-        // The rootfs and scripts are cheap to make; they and the kernel's inputs stamp decide
-        // whether the expensive part (copying and indexing a 100 MB vmlinux) can be skipped.
-        let rootfs_bytes = rootfs_archive(recipe, &bb, version, epoch)?;
-        let info = labscripts::LabInfo {
-            recipe: recipe.name.clone(),
-            kernel_version: version.clone(),
-            busybox_version: lock.busybox.version.clone(),
-            user: r.rootfs.user.clone(),
-            uid: r.rootfs.uid,
-            password: r.rootfs.password.clone(),
-            qemu: r.qemu.clone(),
-            source_dir: Some(sources.kernel_src.clone()),
-            build_dir: Some(kbuild_dir.clone()),
-        };
-        let lab_json = serde_json::to_string_pretty(&LabJson {
-            recipe: recipe.name.clone(),
-            kernel_version: version.clone(),
-            busybox_version: lock.busybox.version.clone(),
-            smp: r.qemu.smp,
-            uid: r.rootfs.uid,
-        })?;
-        let mut stamp_input = std::fs::read(kbuild_dir.join(kbuild::INPUTS_STAMP)).unwrap_or_default();
-        stamp_input.extend_from_slice(&rootfs_bytes);
-        for g in labscripts::render(&info)? {
-            stamp_input.extend_from_slice(g.text.as_bytes());
-        }
-        stamp_input.extend_from_slice(lab_json.as_bytes());
-        let stamp = crate::verify::sha256_bytes(&stamp_input);
-        let stamp_path = lab.join(LAB_STAMP);
-        if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == stamp) {
-            eprintln!("lab up to date ({})", lab.display());
-            return link_latest(&layout.lab_link(&recipe.name), &lab);
-        }
-        let _ = std::fs::remove_file(&stamp_path);
-        kbuild::install(&kbuild_dir, &sources.kernel_src, &lab)?;
-        add_gdb_index(sh, &lab.join("vmlinux"));
-        crate::layout::write_atomic(&lab.join("rootfs.cpio"), &rootfs_bytes)?;
-        labscripts::write(&lab, &info)?;
-        crate::layout::write_atomic(&lab.join(LAB_JSON), lab_json.as_bytes())?;
-        crate::layout::write_atomic(&stamp_path, format!("{stamp}\n").as_bytes())?;
-        link_latest(&layout.lab_link(&recipe.name), &lab)
-    })
-    .context("assemble the lab")?;
-    Ok(Lab { dir: lab, lock: lock.clone(), recipe: recipe.clone() })
+    let dest = layout.lab(&recipe.name, version);
+    let lab = t
+        .time("lab", || {
+            let rootfs = rootfs_archive(recipe, &bb, version, epoch)?;
+            let scripts = labscripts::render(&labscripts::LabInfo {
+                recipe: recipe.name.clone(),
+                kernel_version: version.clone(),
+                busybox_version: lock.busybox.version.clone(),
+                user: r.rootfs.user.clone(),
+                uid: r.rootfs.uid,
+                password: r.rootfs.password.clone(),
+                qemu: r.qemu.clone(),
+                source_dir: Some(sources.kernel_src.clone()),
+                build_dir: Some(kbuild_dir.clone()),
+            })?;
+            let desc = lab::Description {
+                recipe: recipe.name.clone(),
+                kernel_version: version.clone(),
+                busybox_version: lock.busybox.version.clone(),
+                smp: r.qemu.smp,
+                uid: r.rootfs.uid,
+                nic: r.qemu.nic,
+            };
+            let parts = lab::Parts { kernel: &kernel, kernel_src: &sources.kernel_src, rootfs: &rootfs, scripts: &scripts, desc: &desc };
+            let (lab, wrote) = lab::assemble(sh, &dest, &parts)?;
+            if !wrote {
+                eprintln!("lab up to date ({})", lab.dir.display());
+            }
+            lab::link_latest(&layout.lab_link(&recipe.name), &lab.dir)?;
+            Ok(lab)
+        })
+        .context("assemble the lab")?;
+    Ok((lab, kernel))
 }
 
 /// The recipe's static busybox, built from its fragments in `configs/busybox/`.
-fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &Sources, make: &MakeArgs, epoch: u64) -> Result<PathBuf> {
+fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &Sources, make: &MakePlan, epoch: u64) -> Result<PathBuf> {
     let fragments: Vec<PathBuf> = recipe
         .recipe
         .busybox
@@ -222,7 +225,7 @@ fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &S
         .map(|f| fragment_path(layout, &recipe.path, &format!("busybox/{f}")))
         .collect::<Result<_>>()?;
     let b = &sources.lock.busybox;
-    busybox::build(sh, &sources.busybox_src, &layout.busybox_build(&b.version), &fragments, &b.sha256, make.jobs(), make.cc_wrapper.as_deref(), epoch)
+    busybox::build(sh, &sources.busybox_src, &layout.busybox_build(&b.version), &fragments, &b.sha256, make, epoch)
 }
 
 /// The recipe's rootfs.cpio bytes, every entry dated `epoch`.
@@ -234,18 +237,10 @@ fn rootfs_archive(recipe: &LoadedRecipe, busybox: &Path, kernel_version: &str, e
         busybox,
         applets: rootfs::applets(busybox)?,
         kernel_version,
+        nic: r.qemu.nic,
     })?;
     let mtime = u32::try_from(epoch).context("release date after 2106: cpio mtimes are 32-bit")?;
     cpio::to_bytes(&archive, mtime, r.rootfs.gzip)
-}
-
-/// gdb's symbol index makes type lookups (`p $lx_current()`) about 13x faster; without
-/// gdb-add-index (older gdb packages) the lab still works, only slower.
-fn add_gdb_index(sh: &Shell, vmlinux: &Path) {
-    let res = xshell::cmd!(sh, "gdb-add-index {vmlinux}").quiet().ignore_stdout().ignore_stderr().run();
-    if let Err(e) = res {
-        eprintln!("note: gdb-add-index failed ({e}); gdb will be slower to look up types");
-    }
 }
 
 /// A fragment named in a recipe: `configs/<name>`, or a path relative to the recipe.
@@ -266,91 +261,31 @@ fn fragment_path(layout: &Layout, recipe_path: &Path, name: &str) -> Result<Path
     )
 }
 
-/// Points `artifacts/labs/<recipe>` at the newest lab, atomically (relative link: movable tree).
-fn link_latest(link: &Path, target: &Path) -> Result<()> {
-    let name = target.file_name().context("lab has no name")?;
-    let tmp = crate::layout::tmp_sibling(link);
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(name, &tmp)?;
-    std::fs::rename(&tmp, link).with_context(|| format!("update {}", link.display()))?;
-    Ok(())
-}
-
-/// `lab.json`: what a lab is, so `boot-test --lab DIR` knows what to expect.
-pub const LAB_JSON: &str = "lab.json";
-/// Hash of everything the lab was assembled from; equal means nothing to do.
-const LAB_STAMP: &str = ".kernel-lab-lab";
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct LabJson {
-    pub recipe: String,
-    pub kernel_version: String,
-    pub busybox_version: String,
-    pub smp: u32,
-    pub uid: u32,
-}
-
-pub fn read_lab_json(lab: &Path) -> Result<LabJson> {
-    let path = lab.join(LAB_JSON);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("read {}: is {} a lab built by `cargo xtask kernel`?", path.display(), lab.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
-}
-
-/// Boot test with `append` added to the kernel command line (e.g. to break a lab on purpose).
-pub fn boot_test(lab: &Path, recipe: &LoadedRecipe, lock: &Lock, timeout: Duration, append: &str) -> Result<boottest::BootReport> {
-    let expect = boottest::Expect {
-        kernel_version: lock.kernel.version.clone(),
-        smp: recipe.recipe.qemu.smp,
-        uid: recipe.recipe.rootfs.uid,
-    };
-    boottest::run(lab, &expect, timeout, append)
-}
-
-/// The verdict named in a boot-test error ("... verdict NAME: ..."), if any.
-pub fn verdict_of_error(e: &anyhow::Error) -> Option<String> {
-    let text = format!("{e:#}");
-    let rest = &text[text.find("verdict ")? + "verdict ".len()..];
-    // "verdict check-failed:nproc: detail": the name runs to the first whitespace, minus the ':'.
-    let word = rest.split_whitespace().next()?;
-    Some(word.strip_suffix(':').unwrap_or(word).to_string())
-}
-
-/// `cargo xtask boot-test`.
-pub fn boot_test_command(layout: &Layout, args: &crate::cli::BootTestArgs) -> Result<()> {
-    let lab = match (&args.lab, &args.recipe) {
+/// `cargo xtask boot-test`: a failing verdict is an error here, and only here.
+pub fn boot_test_command(layout: &Layout, args: &BootTestArgs) -> Result<()> {
+    let dir = match (&args.lab, &args.recipe) {
         (Some(dir), _) => dir.clone(),
         (None, r) => layout.lab_link(r.as_deref().unwrap_or("lts")),
     };
-    let info = read_lab_json(&lab)?;
-    let expect = boottest::Expect { kernel_version: info.kernel_version, smp: info.smp, uid: info.uid };
-    let report = boottest::run(&lab, &expect, Duration::from_secs(args.timeout), &args.append)?;
-    println!("boot test: {} in {:.1} s; report {}", report.verdict.name(), report.wall_seconds, lab.join(boottest::REPORT).display());
+    let lab = Lab::open(&dir)?;
+    let report = boottest::run(&lab, Duration::from_secs(args.timeout), &args.append)?;
+    if !report.passed() {
+        bail!("boot test of {}: {}", lab.dir.display(), report.failure_message());
+    }
+    println!("boot test: {} in {:.1} s; report {}", report.verdict, report.wall_seconds, report.report.display());
     Ok(())
 }
 
 /// `cargo xtask rootfs`: fetch, build busybox and write the recipe's rootfs.cpio.
-pub fn rootfs_only(sh: &Shell, layout: &Layout, args: &crate::cli::RootfsBuildArgs) -> Result<()> {
+pub fn rootfs_command(sh: &Shell, layout: &Layout, args: &RootfsBuildArgs) -> Result<()> {
     let plan = fetch_plan(layout, &args.fetch)?;
     let sources = fetch::run(layout, &plan)?;
     let lock = &sources.lock;
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
-    let bb = build_busybox(sh, layout, &plan.recipe, &sources, &args.make, epoch)?;
+    let bb = build_busybox(sh, layout, &plan.recipe, &sources, &args.make.plan(), epoch)?;
     let bytes = rootfs_archive(&plan.recipe, &bb, &lock.kernel.version, epoch)?;
-    let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join("rootfs.cpio");
+    let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join(lab::ROOTFS);
     crate::layout::write_atomic(&out, &bytes)?;
     println!("rootfs: {}", out.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn verdict_names_are_read_back_from_errors() {
-        let e = anyhow::anyhow!("boot test of /lab: verdict check-failed:nproc: expected 4, got 1\nlast lines");
-        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("check-failed:nproc"));
-        let e = anyhow::anyhow!("boot test of /lab: verdict kernel-panic: Kernel panic - not syncing");
-        assert_eq!(super::verdict_of_error(&e).as_deref(), Some("kernel-panic"));
-        assert_eq!(super::verdict_of_error(&anyhow::anyhow!("no such thing")), None);
-    }
 }

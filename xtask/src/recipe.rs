@@ -1,5 +1,7 @@
 //! Recipe files (`recipes/*.yaml`): shape only; `plan` resolves them.
 
+use std::fmt;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -86,7 +88,7 @@ pub struct ConfigSpec {
 pub struct RootfsSpec {
     /// Name of the unprivileged user.
     #[serde(default = "default_user")]
-    pub user: String,
+    pub user: UserName,
     /// Its uid (and gid).
     #[serde(default = "default_uid")]
     pub uid: u32,
@@ -95,7 +97,7 @@ pub struct RootfsSpec {
     pub password: String,
     /// Guest hostname.
     #[serde(default = "default_hostname")]
-    pub hostname: String,
+    pub hostname: Hostname,
     /// gzip the archive (rootfs.cpio.gz instead of rootfs.cpio).
     #[serde(default)]
     pub gzip: bool,
@@ -117,8 +119,8 @@ impl Default for RootfsSpec {
     }
 }
 
-fn default_user() -> String {
-    "user".to_string()
+fn default_user() -> UserName {
+    UserName("user".to_string())
 }
 fn default_uid() -> u32 {
     1000
@@ -126,8 +128,8 @@ fn default_uid() -> u32 {
 fn default_password() -> String {
     "kernel-lab".to_string()
 }
-fn default_hostname() -> String {
-    "kernel-lab".to_string()
+fn default_hostname() -> Hostname {
+    Hostname("kernel-lab".to_string())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -139,7 +141,7 @@ pub struct ExtraFile {
     pub guest: String,
     /// Octal mode string such as "0755"; default: the host file's mode.
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// Owner uid; default 0.
     #[serde(default)]
     pub uid: u32,
@@ -156,16 +158,16 @@ pub struct QemuSpec {
     pub memory: String,
     /// Number of CPUs (`-smp N`).
     #[serde(default = "default_smp")]
-    pub smp: u32,
+    pub smp: NonZeroU32,
     /// Cores per socket (`-smp N,cores=C`), optional.
     #[serde(default)]
     pub cores: Option<u32>,
     /// Threads per core (`-smp N,threads=T`), optional.
     #[serde(default)]
     pub threads: Option<u32>,
-    /// NIC model on user networking.
-    #[serde(default = "default_nic")]
-    pub nic: String,
+    /// NIC model on user networking; the boot test checks that its driver bound.
+    #[serde(default)]
+    pub nic: Nic,
     /// Text appended to the kernel command line.
     #[serde(default)]
     pub append: String,
@@ -174,7 +176,7 @@ pub struct QemuSpec {
     pub extra_args: Vec<String>,
     /// TCP port of QEMU's gdb stub.
     #[serde(default = "default_gdb_port")]
-    pub gdb_port: u16,
+    pub gdb_port: NonZeroU16,
 }
 
 impl Default for QemuSpec {
@@ -184,7 +186,7 @@ impl Default for QemuSpec {
             smp: default_smp(),
             cores: None,
             threads: None,
-            nic: default_nic(),
+            nic: Nic::default(),
             append: String::new(),
             extra_args: Vec::new(),
             gdb_port: default_gdb_port(),
@@ -195,14 +197,118 @@ impl Default for QemuSpec {
 fn default_memory() -> String {
     "4G".to_string()
 }
-fn default_smp() -> u32 {
-    4
+fn default_smp() -> NonZeroU32 {
+    NonZeroU32::new(4).expect("4 is not zero")
 }
-fn default_nic() -> String {
-    "e1000".to_string()
+fn default_gdb_port() -> NonZeroU16 {
+    NonZeroU16::new(1234).expect("1234 is not zero")
 }
-fn default_gdb_port() -> u16 {
-    1234
+
+/// The NICs a lab supports: each names its QEMU device, its guest driver and the Kconfig options
+/// it needs, so the recipe, the configuration, run.sh and the boot check cannot disagree.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Nic {
+    /// Intel 82540EM, QEMU's classic default.
+    #[default]
+    #[serde(rename = "e1000")]
+    E1000,
+}
+
+impl Nic {
+    /// `-device` model on QEMU's command line.
+    pub fn qemu_model(self) -> &'static str {
+        match self {
+            Nic::E1000 => "e1000",
+        }
+    }
+    /// Driver name in the guest (`/sys/class/net/*/device/driver`).
+    pub fn driver(self) -> &'static str {
+        match self {
+            Nic::E1000 => "e1000",
+        }
+    }
+    /// Kconfig symbols (without `CONFIG_`) the driver needs; every build requests them as `y`.
+    pub fn kconfig(self) -> &'static [&'static str] {
+        match self {
+            Nic::E1000 => &["NET_VENDOR_INTEL", "E1000"],
+        }
+    }
+}
+
+/// An unprivileged account name, safe inside /etc/passwd and shell scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserName(String);
+
+impl TryFrom<String> for UserName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 32 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || s.starts_with('-') {
+            return Err(format!("user name {s:?} is not valid: use up to 32 letters, digits, '_' or '-'"));
+        }
+        if s == "root" {
+            return Err("user name \"root\": the lab user must be unprivileged; pick another name".to_string());
+        }
+        Ok(UserName(s))
+    }
+}
+
+/// A guest hostname: letters, digits, '-' and '.'.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Hostname(String);
+
+impl TryFrom<String> for Hostname {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+            return Err(format!("hostname {s:?} is not valid: use up to 64 letters, digits, '-' or '.'"));
+        }
+        Ok(Hostname(s))
+    }
+}
+
+macro_rules! string_newtype {
+    ($t:ty) => {
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+string_newtype!(UserName);
+string_newtype!(Hostname);
+
+/// A file mode written in octal in YAML (`"0755"`), at most 0o7777.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mode(pub u32);
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match u32::from_str_radix(&s, 8) {
+            Ok(m) if m <= 0o7777 && !s.is_empty() => Ok(Mode(m)),
+            _ => Err(format!("mode {s:?} is not an octal mode like \"0755\"")),
+        }
+    }
+}
+
+impl From<Mode> for String {
+    fn from(m: Mode) -> String {
+        format!("{:04o}", m.0)
+    }
 }
 
 /// A recipe together with where it came from.
@@ -221,6 +327,23 @@ impl LoadedRecipe {
     }
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+    /// The kernel the recipe asks for when no flag overrides it.
+    pub fn request(&self) -> crate::releases::Request {
+        use crate::releases::Request;
+        let k = &self.recipe.kernel;
+        match k.channel {
+            Channel::Longterm => Request::Longterm(k.series.clone()),
+            Channel::Stable => Request::Stable,
+            Channel::Mainline => Request::Mainline,
+            Channel::Exact => Request::Exact(k.version.clone().unwrap_or_default()),
+        }
+    }
+    /// Writes `recipe` as YAML to `path` (e.g. a changed copy for a test) and loads it back.
+    pub fn write(path: &Path, recipe: &Recipe, comment: &str) -> Result<LoadedRecipe> {
+        let yaml = serde_saphyr::to_string(recipe).map_err(|e| anyhow::anyhow!("serialize recipe: {e}"))?;
+        crate::layout::write_atomic(path, format!("# {comment}\n{yaml}").as_bytes())?;
+        load(path)
     }
 }
 
@@ -264,23 +387,25 @@ fn check(r: &Recipe) -> Result<()> {
         }
         _ => {}
     }
-    if r.qemu.smp == 0 {
-        bail!("qemu.smp is 0: a machine needs at least one CPU");
-    }
     if !(1..=65535).contains(&r.rootfs.uid) {
         bail!("rootfs.uid {} is not an unprivileged uid: use 1..65535 (default 1000)", r.rootfs.uid);
     }
-    if r.rootfs.user.is_empty() || !r.rootfs.user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        bail!("rootfs.user {:?} is not a valid user name: use letters, digits, '_' or '-'", r.rootfs.user);
+    if r.rootfs.password.contains([':', '\n']) || r.rootfs.password.chars().any(char::is_control) {
+        bail!("rootfs.password must not contain ':' or control characters (they would break /etc/shadow)");
     }
     for f in &r.rootfs.files {
-        if !f.guest.starts_with('/') {
-            bail!("rootfs.files: guest path {:?} must be absolute (start with '/')", f.guest);
+        if !f.guest.starts_with('/') || f.guest.trim_start_matches('/').is_empty() {
+            bail!("rootfs.files: guest path {:?} must be absolute and below / (e.g. \"/home/user/notes\")", f.guest);
         }
-        if let Some(m) = &f.mode {
-            if u32::from_str_radix(m, 8).map_or(true, |m| m > 0o7777) {
-                bail!("rootfs.files: mode {m:?} for {:?} is not an octal mode like \"0755\"", f.guest);
-            }
+    }
+    // These reach run.sh, gdb commands and lab.json, where a newline would split a line.
+    let q = &r.qemu;
+    if q.memory.is_empty() || q.memory.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("qemu.memory {:?} must be one word in QEMU syntax, e.g. \"4G\"", q.memory);
+    }
+    for (what, value) in std::iter::once(("qemu.append", &q.append)).chain(q.extra_args.iter().map(|a| ("qemu.extra_args", a))) {
+        if value.chars().any(char::is_control) {
+            bail!("{what} {value:?} contains a control character (newline?): remove it");
         }
     }
     Ok(())
@@ -304,7 +429,8 @@ mod tests {
         assert!(n >= 2, "expected lts.yaml and stable.yaml, found {n} recipes");
         let lts = load(&dir.join("lts.yaml")).unwrap();
         assert_eq!(lts.recipe.kernel.channel, Channel::Longterm);
-        assert_eq!(lts.recipe.qemu.smp, 4);
+        assert_eq!(lts.recipe.qemu.smp.get(), 4);
+        assert_eq!(lts.recipe.qemu.nic, Nic::E1000);
         assert_eq!(lts.recipe.qemu.memory, "4G");
         let stable = load(&dir.join("stable.yaml")).unwrap();
         assert_eq!(stable.recipe.kernel.channel, Channel::Stable);
@@ -316,8 +442,8 @@ mod tests {
     fn minimal_recipe_gets_defaults() {
         let r = parse(MINIMAL).unwrap();
         assert_eq!(r.rootfs.uid, 1000);
-        assert_eq!(r.rootfs.user, "user");
-        assert_eq!(r.qemu.gdb_port, 1234);
+        assert_eq!(r.rootfs.user.as_str(), "user");
+        assert_eq!(r.qemu.gdb_port.get(), 1234);
         assert_eq!(r.busybox.fragments, vec!["static.config"]);
     }
 
@@ -348,5 +474,37 @@ mod tests {
         let text = format!("{MINIMAL}rootfs:\n  uid: 0\n");
         let err = format!("{:#}", parse(&text).unwrap_err());
         assert!(err.contains("rootfs.uid 0"), "{err}");
+    }
+
+    #[test]
+    fn values_are_checked_once_at_load() {
+        let cases = [
+            ("qemu:\n  smp: 0\n", "nonzero"),
+            ("qemu:\n  nic: virtio\n", "e1000"),
+            ("qemu:\n  gdb_port: 0\n", "nonzero"),
+            ("rootfs:\n  user: root\n", "unprivileged"),
+            ("rootfs:\n  user: \"a b\"\n", "\"a b\" is not valid"),
+            ("rootfs:\n  hostname: \"x;reboot\"\n", "hostname \"x;reboot\""),
+            ("rootfs:\n  password: \"a:b\"\n", "rootfs.password"),
+            ("rootfs:\n  files:\n    - {host: a, guest: /a, mode: \"0999\"}\n", "mode \"0999\""),
+            ("rootfs:\n  files:\n    - {host: a, guest: a}\n", "must be absolute"),
+            ("qemu:\n  memory: \"4G -hda x\"\n", "qemu.memory"),
+            ("qemu:\n  append: \"a\\nb\"\n", "control character"),
+        ];
+        for (extra, want) in cases {
+            let err = format!("{:#}", parse(&format!("{MINIMAL}{extra}")).unwrap_err());
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let r = parse(&format!("{MINIMAL}rootfs:\n  files:\n    - {{host: a, guest: /a, mode: \"4755\"}}\n")).unwrap();
+        assert_eq!(r.rootfs.files[0].mode, Some(Mode(0o4755)));
+    }
+
+    #[test]
+    fn a_recipe_survives_a_round_trip_through_yaml() {
+        let mut r = parse(MINIMAL).unwrap();
+        r.busybox.version = "1.36.1".to_string();
+        r.config.fragments.retain(|f| f != "netns.config");
+        let text = serde_saphyr::to_string(&r).unwrap();
+        assert_eq!(parse(&text).unwrap(), r, "{text}");
     }
 }

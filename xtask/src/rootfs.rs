@@ -1,22 +1,8 @@
 //! The lab's initramfs: busybox, device nodes, users, `/init` and the boot self-test, as a `cpio::Archive`.
 //!
-//! # Boot self-test markers (contract with the host side)
-//!
 //! With `lab.test=1` on the kernel command line, `/init` runs `/etc/kernel-lab/boot-test.sh`
-//! instead of the user shell. It prints these lines on the console, each on its own line and in
-//! this order, then runs `poweroff -f`. Kernel messages may be interleaved between them (printk is
-//! set to "7 4 1 7"), so the host should look for `KLAB:` anywhere in a line and ignore the rest.
-//!
-//! - `KLAB:BEGIN`
-//! - `KLAB:uname=<uname -r>` or `KLAB:uname=fail`
-//! - `KLAB:nproc=<nproc>` or `KLAB:nproc=fail`
-//! - `KLAB:netns=ok:<names>`: interface names seen in a new network namespace
-//!   (`unshare -n ip -o link`), space-separated (normally just `lo`); `KLAB:netns=fail:` if that failed
-//! - `KLAB:uid=<setuidgid <uid> id -u>`: the user's uid (e.g. `1000`), or `fail`
-//! - `KLAB:kallsyms=<n>`: lines of `/tmp/kallsyms` (copied as root by `/init`) whose address is not
-//!   all zeros; `0` means the copy saw restricted pointers, `fail` that the copy is missing
-//! - `KLAB:e1000=<names>`: space-separated interfaces whose driver is e1000, or `none`
-//! - `KLAB:END`: all checks ran; a missing END means the script died or the machine hung
+//! instead of the user shell: the guest half of the boot test, whose marker lines are rendered
+//! from `boottest::Check::MARKERS` (the contract lives there), then `poweroff -f`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -26,7 +12,8 @@ use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::cpio::{Archive, Entry, Kind};
-use crate::recipe::{ExtraFile, RootfsSpec};
+use crate::boottest;
+use crate::recipe::{ExtraFile, Nic, RootfsSpec};
 
 const INIT_TEMPLATE: &str = include_str!("../templates/init.sh");
 const BOOT_TEST_TEMPLATE: &str = include_str!("../templates/boot-test.sh");
@@ -50,6 +37,8 @@ pub struct RootfsInput<'a> {
     pub applets: Vec<String>,
     /// Kernel version the archive is built for (shown in the generated scripts).
     pub kernel_version: &'a str,
+    /// The NIC whose driver the self-test looks for.
+    pub nic: Nic,
 }
 
 /// Lists busybox's applets with their install paths by running `busybox --list-full`.
@@ -67,7 +56,11 @@ pub fn applets(busybox: &Path) -> Result<Vec<String>> {
 /// Builds the whole initramfs tree.
 pub fn build(input: &RootfsInput) -> Result<Archive> {
     let spec = input.spec;
-    check_spec(spec, input.kernel_version)?;
+    let v = input.kernel_version;
+    ensure!(
+        !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)),
+        "kernel version {v:?} has characters that do not belong in a version string"
+    );
     let (user, uid) = (spec.user.as_str(), spec.uid);
     let mut a = Archive::new();
 
@@ -108,7 +101,7 @@ pub fn build(input: &RootfsInput) -> Result<Archive> {
     a.add_file("etc/hosts", 0o644, 0, 0, hosts(spec).into_bytes())?;
     a.add_file("etc/profile", 0o644, 0, 0, PROFILE.as_bytes().to_vec())?;
     a.add_file("init", 0o755, 0, 0, init_script(spec, input.kernel_version)?.into_bytes())?;
-    a.add_file(BOOT_TEST_PATH, 0o755, 0, 0, boot_test_script(spec, input.kernel_version)?.into_bytes())?;
+    a.add_file(BOOT_TEST_PATH, 0o755, 0, 0, boot_test_script(spec, input.kernel_version, input.nic)?.into_bytes())?;
 
     // Last, so a recipe can replace any generated file (its own /etc/profile, say).
     for file in &spec.files {
@@ -116,31 +109,6 @@ pub fn build(input: &RootfsInput) -> Result<Archive> {
             .with_context(|| format!("rootfs.files: {} -> {}", file.host.display(), file.guest))?;
     }
     Ok(a)
-}
-
-/// The recipe only checks shapes; these values end up inside shell scripts, so be strict here.
-fn check_spec(spec: &RootfsSpec, kernel_version: &str) -> Result<()> {
-    let h = &spec.hostname;
-    ensure!(
-        !h.is_empty() && h.len() <= 64 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'),
-        "rootfs.hostname {h:?} is not a valid hostname: use up to 64 letters, digits, '-' or '.'"
-    );
-    ensure!(
-        !spec.user.is_empty() && spec.user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
-        "rootfs.user {:?} is not a valid user name: use letters, digits, '_' or '-'",
-        spec.user
-    );
-    ensure!(spec.user != "root" && spec.uid != 0, "rootfs.user must be an unprivileged user, not root/uid 0: pick another name");
-    ensure!(
-        !spec.password.contains(['\n', ':']),
-        "rootfs.password must not contain ':' or a newline (they would break /etc/shadow)"
-    );
-    ensure!(
-        !kernel_version.is_empty()
-            && kernel_version.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c)),
-        "kernel version {kernel_version:?} has characters that do not belong in a version string"
-    );
-    Ok(())
 }
 
 const PROFILE: &str = r#"# /etc/profile of the kernel-lab initramfs (generated by `cargo xtask`).
@@ -165,7 +133,7 @@ pub fn shadow(spec: &RootfsSpec) -> String {
         // Empty "last change" field: 0 would mean "password expired, change at next login".
         format!("{name}:{hash}::0:99999:7:::\n")
     };
-    format!("{}{}", line("root"), line(&spec.user))
+    format!("{}{}", line("root"), line(spec.user.as_str()))
 }
 
 fn hosts(spec: &RootfsSpec) -> String {
@@ -174,23 +142,25 @@ fn hosts(spec: &RootfsSpec) -> String {
 
 fn placeholders(spec: &RootfsSpec, kernel_version: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("@USER@", spec.user.clone()),
+        ("@USER@", spec.user.to_string()),
         ("@UID@", spec.uid.to_string()),
-        ("@HOSTNAME@", spec.hostname.clone()),
+        ("@HOSTNAME@", spec.hostname.to_string()),
         ("@VERSION@", kernel_version.to_string()),
     ]
 }
 
 /// `/init`, from xtask/templates/init.sh.
 pub fn init_script(spec: &RootfsSpec, kernel_version: &str) -> Result<String> {
-    check_spec(spec, kernel_version)?;
     substitute("templates/init.sh", INIT_TEMPLATE, &placeholders(spec, kernel_version))
 }
 
-/// `/etc/kernel-lab/boot-test.sh`, from xtask/templates/boot-test.sh.
-pub fn boot_test_script(spec: &RootfsSpec, kernel_version: &str) -> Result<String> {
-    check_spec(spec, kernel_version)?;
-    substitute("templates/boot-test.sh", BOOT_TEST_TEMPLATE, &placeholders(spec, kernel_version))
+/// `/etc/kernel-lab/boot-test.sh`, from xtask/templates/boot-test.sh plus the marker lines the
+/// host side renders.
+pub fn boot_test_script(spec: &RootfsSpec, kernel_version: &str, nic: Nic) -> Result<String> {
+    let mut values = placeholders(spec, kernel_version);
+    values.push(("@NIC_DRIVER@", nic.driver().to_string()));
+    values.push(("@CHECKS@", boottest::guest_checks().trim_end().to_string()));
+    substitute("templates/boot-test.sh", BOOT_TEST_TEMPLATE, &values)
 }
 
 /// Replaces `@NAME@` placeholders and fails on any left over, so a typo in a template is caught
@@ -222,15 +192,7 @@ fn add_extra_file(a: &mut Archive, recipe_dir: &Path, file: &ExtraFile) -> Resul
             recipe_dir.display()
         )
     })?;
-    let mode = match &file.mode {
-        Some(m) => Some(
-            u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .with_context(|| format!("rootfs.files[].mode {m:?} is not an octal mode like \"0755\""))?,
-        ),
-        None => None,
-    };
+    let mode = file.mode.map(|m| m.0);
     let guest = file.guest.trim_start_matches('/');
     ensure!(!guest.is_empty(), "rootfs.files[].guest {:?} names the root directory: give a path below it", file.guest);
     copy_host(a, &host, &meta, guest, mode, file.uid, file.gid)
@@ -380,34 +342,21 @@ mod tests {
     use super::*;
     use crate::cpio;
     use crate::cpio::tests::TempDir;
+    use crate::recipe::Mode;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     const VERSION: &str = "6.12.117";
 
     fn check_golden(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/rootfs").join(name);
-        if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, actual).unwrap();
-            return;
-        }
-        let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("read golden file {}: {e}; create it with UPDATE_GOLDEN=1 cargo test -p xtask rootfs::", path.display())
-        });
-        assert!(
-            expected == actual,
-            "{} differs from the generated text; if the change is intended, run \
-             UPDATE_GOLDEN=1 cargo test -p xtask rootfs:: and review the diff\n--- generated ---\n{actual}",
-            path.display()
-        );
+        crate::golden::check("rootfs", name, actual);
     }
 
     #[test]
     fn generated_files_match_golden() {
         let spec = RootfsSpec::default();
         check_golden("init", &init_script(&spec, VERSION).unwrap());
-        check_golden("boot-test.sh", &boot_test_script(&spec, VERSION).unwrap());
+        check_golden("boot-test.sh", &boot_test_script(&spec, VERSION, Nic::E1000).unwrap());
         check_golden("passwd", &passwd(&spec));
         check_golden("group", &group(&spec));
         check_golden("shadow", &shadow(&spec));
@@ -464,17 +413,22 @@ mod tests {
 
     #[test]
     fn scripts_use_the_recipe_values() {
-        let spec = RootfsSpec { user: "alice".into(), uid: 1234, hostname: "box".into(), ..RootfsSpec::default() };
+        let spec = RootfsSpec {
+            user: "alice".to_string().try_into().unwrap(),
+            uid: 1234,
+            hostname: "box".to_string().try_into().unwrap(),
+            ..RootfsSpec::default()
+        };
         let init = init_script(&spec, "6.1.2").unwrap();
         assert!(init.starts_with("#!/bin/sh\n"));
         assert!(init.contains("setsid cttyhack setuidgid 1234 sh -l"));
         assert!(init.contains("cd /home/alice\n"));
         assert!(init.contains("hostname box\n"));
         assert!(init.contains("exec /etc/kernel-lab/boot-test.sh"), "init must run the path we install");
-        let test = boot_test_script(&spec, "6.1.2").unwrap();
+        let test = boot_test_script(&spec, "6.1.2", Nic::E1000).unwrap();
         assert!(test.contains("setuidgid 1234 id -u"));
-        let bad = RootfsSpec { hostname: "a b; reboot".into(), ..RootfsSpec::default() };
-        assert!(format!("{:#}", init_script(&bad, VERSION).unwrap_err()).contains("rootfs.hostname"));
+        assert!(test.contains("[ \"${driver##*/}\" = e1000 ]"), "{test}");
+        assert!(test.contains(&boottest::guest_checks()), "the host's marker lines are in the script");
     }
 
     struct Fixture {
@@ -496,7 +450,7 @@ mod tests {
         std::os::unix::fs::symlink("sub/run.sh", tmp.0.join("tree/link")).unwrap();
         let spec = RootfsSpec {
             files: vec![
-                ExtraFile { host: "hello.txt".into(), guest: "/opt/lab/hello.txt".into(), mode: Some("0700".into()), uid: 1000, gid: 1000 },
+                ExtraFile { host: "hello.txt".into(), guest: "/opt/lab/hello.txt".into(), mode: Some(Mode(0o700)), uid: 1000, gid: 1000 },
                 ExtraFile { host: "tree".into(), guest: "/srv/tree".into(), mode: None, uid: 0, gid: 0 },
             ],
             ..RootfsSpec::default()
@@ -512,6 +466,7 @@ mod tests {
             busybox: &f.busybox,
             applets: applets.iter().map(|s| s.to_string()).collect(),
             kernel_version: VERSION,
+            nic: Nic::E1000,
         };
         cpio::to_bytes(&build(&input)?, 1_761_782_400, f.spec.gzip)
     }
@@ -575,7 +530,7 @@ mod tests {
         }
         let spec = RootfsSpec::default();
         let dir = busybox.parent().unwrap();
-        let input = RootfsInput { spec: &spec, recipe_dir: dir, busybox: &busybox, applets: list, kernel_version: VERSION };
+        let input = RootfsInput { spec: &spec, recipe_dir: dir, busybox: &busybox, applets: list, kernel_version: VERSION, nic: Nic::E1000 };
         let archive = build(&input).unwrap();
         cpio::write_file(&archive, 0, false, &dir.join("kernel-lab-rootfs.cpio")).unwrap();
     }
@@ -592,7 +547,7 @@ mod tests {
     fn recipe_files_override_generated_ones() {
         let mut f = fixture();
         fs::write(f.tmp.0.join("profile"), "export PS1='# '\n").unwrap();
-        f.spec.files.push(ExtraFile { host: "profile".into(), guest: "/etc/profile".into(), mode: Some("0644".into()), uid: 0, gid: 0 });
+        f.spec.files.push(ExtraFile { host: "profile".into(), guest: "/etc/profile".into(), mode: Some(Mode(0o644)), uid: 0, gid: 0 });
         let entries = cpio::read(&build_bytes(&f).unwrap()).unwrap();
         let profile = entries.iter().find(|r| r.entry.path == "etc/profile").unwrap();
         assert_eq!(profile.entry.kind, Kind::File(b"export PS1='# '\n".to_vec()));

@@ -1,0 +1,429 @@
+//! A lab directory: the one place that names its files, its description (lab.json), and its atomic assembly.
+//!
+//! A lab is assembled complete in a temporary sibling (`.NAME.tmp-PID`) and renamed into place
+//! once, so a crash leaves either the old lab or the new one, never a mixture.
+
+use std::fs;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use xshell::Shell;
+
+use crate::boottest::Expect;
+use crate::kbuild::KernelBuild;
+use crate::layout::tmp_sibling;
+use crate::recipe::Nic;
+
+pub const BZIMAGE: &str = "bzImage";
+pub const VMLINUX: &str = "vmlinux";
+pub const SYSTEM_MAP: &str = "System.map";
+/// The kernel's final `.config`.
+pub const CONFIG: &str = "config";
+/// gdb auto-loads it next to vmlinux; it finds its package at `dirname(__file__)/scripts/gdb`.
+pub const VMLINUX_GDB_PY: &str = "vmlinux-gdb.py";
+pub const GDB_PACKAGE: &str = "scripts/gdb/linux";
+pub const ROOTFS: &str = "rootfs.cpio";
+pub const RUN_SH: &str = "run.sh";
+pub const GDB_SH: &str = "gdb.sh";
+pub const DEBUG_GDB: &str = "debug.gdb";
+pub const README: &str = "README.md";
+/// Host directories that gdb.sh adds to gdb's source path when they still exist.
+pub const SOURCE_LIST: &str = ".kernel-lab-source";
+/// What the lab is (`Description`), so `boot-test --lab DIR` knows what to expect.
+pub const LAB_JSON: &str = "lab.json";
+/// Hash of everything the lab was assembled from; equal means nothing to do. Written last.
+const STAMP: &str = ".kernel-lab-lab";
+/// Written by the boot test.
+pub const REPORT: &str = "boot-report.json";
+pub const CONSOLE_LOG: &str = "boot-console.log";
+pub const GDB_TRANSCRIPT: &str = "boot-gdb.log";
+pub const GDB_CONSOLE_LOG: &str = "boot-gdb-console.log";
+
+/// Files the boot test needs before it starts anything.
+pub const BOOTABLE: [&str; 5] = [RUN_SH, GDB_SH, DEBUG_GDB, BZIMAGE, VMLINUX];
+
+/// `lab.json`: what a lab is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Description {
+    pub recipe: String,
+    /// `uname -r` of the lab kernel.
+    pub kernel_version: String,
+    pub busybox_version: String,
+    /// CPUs run.sh gives the guest by default.
+    pub smp: NonZeroU32,
+    /// uid of the unprivileged user.
+    pub uid: u32,
+    /// NIC model run.sh gives the guest.
+    pub nic: Nic,
+}
+
+/// A built lab directory and its description.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    /// Absolute path of the directory.
+    pub dir: PathBuf,
+    pub desc: Description,
+}
+
+impl Lab {
+    /// Opens a lab built by `cargo xtask kernel` (through its `artifacts/labs/<recipe>` link too).
+    pub fn open(dir: &Path) -> Result<Lab> {
+        let dir = fs::canonicalize(dir)
+            .with_context(|| format!("lab directory {}: build it first with `cargo xtask kernel`", dir.display()))?;
+        let path = dir.join(LAB_JSON);
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("read {}: is {} a lab built by `cargo xtask kernel`?", path.display(), dir.display()))?;
+        let desc = serde_json::from_str(&text).with_context(|| format!("parse {}: rebuild the lab with `cargo xtask kernel`", path.display()))?;
+        Ok(Lab { dir, desc })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// What the booted lab must report about itself.
+    pub fn expect(&self) -> Expect {
+        let d = &self.desc;
+        Expect { kernel_version: d.kernel_version.clone(), smp: d.smp.get(), uid: d.uid, nic: d.nic }
+    }
+
+    /// Fails naming the first missing file the boot test needs.
+    pub fn check_bootable(&self) -> Result<()> {
+        for name in BOOTABLE {
+            if !self.file(name).exists() {
+                bail!("{} is missing: rebuild the lab with `cargo xtask kernel`", self.file(name).display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One generated text file of a lab: its name, mode and contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextFile {
+    pub name: &'static str,
+    pub mode: u32,
+    pub text: String,
+}
+
+/// Everything a lab is made from.
+pub struct Parts<'a> {
+    pub kernel: &'a KernelBuild,
+    /// The kernel source tree (for `vmlinux-gdb.py`).
+    pub kernel_src: &'a Path,
+    pub rootfs: &'a [u8],
+    /// run.sh, gdb.sh, debug.gdb, README.md and friends (labscripts::render).
+    pub scripts: &'a [TextFile],
+    pub desc: &'a Description,
+}
+
+/// Assembles the lab at `dest` from `parts`, unless the lab there was made from the same parts.
+/// Returns the lab and whether anything was written.
+pub fn assemble(sh: &Shell, dest: &Path, parts: &Parts<'_>) -> Result<(Lab, bool)> {
+    let lab_json = serde_json::to_string_pretty(parts.desc).context("serialize lab.json")? + "\n";
+    let stamp = stamp(parts, &lab_json)?;
+    if fs::read_to_string(dest.join(STAMP)).is_ok_and(|s| s.trim() == stamp) {
+        return Ok((Lab::open(dest)?, false));
+    }
+    let parent = dest.parent().context("lab path has no parent directory")?;
+    fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    remove_abandoned(dest);
+    let tmp = tmp_sibling(dest);
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    let filled = (|| {
+        copy_kernel(parts.kernel, parts.kernel_src, &tmp)?;
+        add_gdb_index(sh, &tmp.join(VMLINUX));
+        write_file(&tmp.join(ROOTFS), parts.rootfs, 0o644)?;
+        for f in parts.scripts {
+            write_file(&tmp.join(f.name), f.text.as_bytes(), f.mode)?;
+        }
+        write_file(&tmp.join(LAB_JSON), lab_json.as_bytes(), 0o644)?;
+        write_file(&tmp.join(STAMP), format!("{stamp}\n").as_bytes(), 0o644)
+    })();
+    if let Err(e) = filled {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    replace_dir(&tmp, dest)?;
+    Ok((Lab::open(dest)?, true))
+}
+
+/// The kernel's inputs stamp plus every other byte the lab is made of.
+fn stamp(parts: &Parts<'_>, lab_json: &str) -> Result<String> {
+    let kernel_stamp = fs::read(&parts.kernel.inputs_stamp)
+        .with_context(|| format!("read {} (did the kernel build finish?)", parts.kernel.inputs_stamp.display()))?;
+    let mut input = kernel_stamp;
+    input.extend_from_slice(parts.rootfs);
+    for f in parts.scripts {
+        input.extend_from_slice(format!("\0{}\0{:o}\0", f.name, f.mode).as_bytes());
+        input.extend_from_slice(f.text.as_bytes());
+    }
+    input.extend_from_slice(lab_json.as_bytes());
+    Ok(crate::verify::sha256_bytes(&input))
+}
+
+/// Copies the kernel and the gdb helpers, so `gdb lab/vmlinux` gets the lx- commands even after
+/// the source and build trees are deleted. The build tree's scripts/gdb/linux holds symlinks into
+/// the source tree plus generated modules (constants.py); copying contents gives real files.
+fn copy_kernel(kernel: &KernelBuild, src: &Path, to: &Path) -> Result<()> {
+    let build = &kernel.dir;
+    let constants = build.join(GDB_PACKAGE).join("constants.py");
+    if !constants.is_file() {
+        bail!("{} is missing: enable CONFIG_GDB_SCRIPTS (debug.config) and build the scripts_gdb target", constants.display());
+    }
+    let gdb_pkg = to.join(GDB_PACKAGE);
+    fs::create_dir_all(&gdb_pkg).with_context(|| format!("create {}", gdb_pkg.display()))?;
+    let mut copies = vec![
+        (kernel.bzimage.clone(), to.join(BZIMAGE)),
+        (kernel.vmlinux.clone(), to.join(VMLINUX)),
+        (kernel.system_map.clone(), to.join(SYSTEM_MAP)),
+        (build.join(".config"), to.join(CONFIG)),
+        (src.join("scripts/gdb/vmlinux-gdb.py"), to.join(VMLINUX_GDB_PY)),
+    ];
+    let pkg_dir = build.join(GDB_PACKAGE);
+    let mut names: Vec<_> = fs::read_dir(&pkg_dir)
+        .with_context(|| format!("list {}", pkg_dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("list {}", pkg_dir.display()))?;
+    names.sort();
+    for name in names {
+        if Path::new(&name).extension().is_some_and(|e| e == "py") {
+            copies.push((pkg_dir.join(&name), gdb_pkg.join(&name)));
+        }
+    }
+    for (from, to) in &copies {
+        fs::copy(from, to).with_context(|| format!("copy {} to {} (did the build finish?)", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+/// gdb's symbol index makes type lookups (`p $lx_current()`) about 13x faster; without
+/// gdb-add-index (older gdb packages) the lab still works, only slower.
+fn add_gdb_index(sh: &Shell, vmlinux: &Path) {
+    let res = xshell::cmd!(sh, "gdb-add-index {vmlinux}").quiet().ignore_stdout().ignore_stderr().run();
+    if let Err(e) = res {
+        eprintln!("note: gdb-add-index failed ({e}); gdb will be slower to look up types");
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, bytes).with_context(|| format!("write {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// Puts the complete directory `tmp` at `dest`, moving an older `dest` aside first and deleting it
+/// after. Between the two renames `dest` is briefly absent, never partial.
+fn replace_dir(tmp: &Path, dest: &Path) -> Result<()> {
+    if fs::symlink_metadata(dest).is_ok() {
+        let old = sibling(dest, "old");
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(dest, &old).with_context(|| format!("move the old lab {} aside to {}", dest.display(), old.display()))?;
+        fs::rename(tmp, dest).with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
+        fs::remove_dir_all(&old).with_context(|| format!("remove the old lab {}", old.display()))?;
+    } else {
+        fs::rename(tmp, dest).with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
+    }
+    Ok(())
+}
+
+/// `.NAME.KIND-PID` next to `path`.
+fn sibling(path: &Path, kind: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
+}
+
+/// Deletes temporary siblings of `dest` left by runs that were killed (their process is gone).
+fn remove_abandoned(dest: &Path) {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else { return };
+    let name = name.to_string_lossy();
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = [".tmp-", ".old-"].iter().find_map(|k| file.strip_prefix(&format!(".{name}{k}")));
+        if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Points `link` (`artifacts/labs/<recipe>`) at `lab`, atomically, with a relative target so the
+/// artifacts tree can move.
+pub fn link_latest(link: &Path, lab: &Path) -> Result<()> {
+    let name = lab.file_name().context("lab has no name")?;
+    let tmp = tmp_sibling(link);
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(name, &tmp).with_context(|| format!("create {}", tmp.display()))?;
+    fs::rename(&tmp, link).with_context(|| format!("update {}", link.display()))
+}
+
+/// Writes `lab.json` into an existing directory (tests and hand-made labs).
+#[cfg(test)]
+pub fn write_description(dir: &Path, desc: &Description) -> Result<()> {
+    crate::layout::write_atomic(&dir.join(LAB_JSON), serde_json::to_string_pretty(desc)?.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    pub fn description() -> Description {
+        Description {
+            recipe: "lts".into(),
+            kernel_version: "6.12.117".into(),
+            busybox_version: "1.35.0".into(),
+            smp: NonZeroU32::new(4).unwrap(),
+            uid: 1000,
+            nic: Nic::E1000,
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kernel-lab-lab-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A source and build tree with symlinks like kbuild makes, and what `kbuild::build` returns.
+    fn fake_kernel(dir: &Path) -> (PathBuf, KernelBuild) {
+        let (src, build) = (dir.join("src"), dir.join("build"));
+        fs::create_dir_all(src.join("scripts/gdb/linux")).unwrap();
+        fs::create_dir_all(build.join("scripts/gdb/linux")).unwrap();
+        fs::create_dir_all(build.join("arch/x86/boot")).unwrap();
+        fs::write(src.join("scripts/gdb/vmlinux-gdb.py"), "import linux.utils\n").unwrap();
+        fs::write(src.join("scripts/gdb/linux/utils.py"), "# utils\n").unwrap();
+        std::os::unix::fs::symlink(src.join("scripts/gdb/linux/utils.py"), build.join("scripts/gdb/linux/utils.py")).unwrap();
+        fs::write(build.join("scripts/gdb/linux/constants.py"), "LX_CONFIG = 1\n").unwrap();
+        fs::write(build.join("scripts/gdb/linux/.constants.py.cmd"), "x").unwrap();
+        for (p, c) in [("arch/x86/boot/bzImage", "bz"), ("vmlinux", "elf"), ("System.map", "map"), (".config", "CONFIG_A=y\n"), (".stamp", "inputs v1\n")] {
+            fs::write(build.join(p), c).unwrap();
+        }
+        let kernel = KernelBuild {
+            bzimage: build.join("arch/x86/boot/bzImage"),
+            vmlinux: build.join("vmlinux"),
+            system_map: build.join("System.map"),
+            inputs_stamp: build.join(".stamp"),
+            dir: build,
+            up_to_date: false,
+            objects: 0,
+            elapsed: std::time::Duration::ZERO,
+        };
+        (src, kernel)
+    }
+
+    fn scripts(run_sh: &str) -> Vec<TextFile> {
+        vec![
+            TextFile { name: RUN_SH, mode: 0o755, text: run_sh.into() },
+            TextFile { name: README, mode: 0o644, text: "# lab\n".into() },
+        ]
+    }
+
+    #[test]
+    fn assemble_copies_real_files_and_replaces_the_whole_lab() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("assemble");
+        let (src, kernel) = fake_kernel(&dir);
+        let dest = dir.join("labs/lts-6.12.117");
+        // A lab from an earlier build with a boot report and a file no longer made.
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join(VMLINUX), "stale").unwrap();
+        fs::write(dest.join(REPORT), "{}").unwrap();
+        let desc = description();
+        let sh = Shell::new().unwrap();
+        let s = scripts("#!/bin/sh\n");
+        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let (lab, wrote) = assemble(&sh, &dest, &parts).unwrap();
+        assert!(wrote);
+        assert_eq!(lab.desc, desc);
+        assert_eq!(lab.dir, fs::canonicalize(&dest).unwrap());
+        let read = |p: &str| fs::read_to_string(dest.join(p)).unwrap();
+        assert_eq!(read(VMLINUX), "elf");
+        assert_eq!(read(BZIMAGE), "bz");
+        assert_eq!(read(CONFIG), "CONFIG_A=y\n");
+        assert_eq!(read(SYSTEM_MAP), "map");
+        assert_eq!(read(VMLINUX_GDB_PY), "import linux.utils\n");
+        assert_eq!(read(ROOTFS), "cpio");
+        assert_eq!(read("scripts/gdb/linux/utils.py"), "# utils\n");
+        assert_eq!(read("scripts/gdb/linux/constants.py"), "LX_CONFIG = 1\n");
+        assert!(!dest.join("scripts/gdb/linux/.constants.py.cmd").exists());
+        assert!(!fs::symlink_metadata(dest.join("scripts/gdb/linux/utils.py")).unwrap().file_type().is_symlink());
+        assert_eq!(fs::metadata(dest.join(RUN_SH)).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert!(!dest.join(REPORT).exists(), "a report of the old lab survived into the new one");
+        let leftovers: Vec<_> = fs::read_dir(dir.join("labs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, [OsString::from("lts-6.12.117")]);
+
+        // Same parts: nothing written (the report a boot test wrote stays).
+        fs::write(dest.join(REPORT), "{}").unwrap();
+        assert!(!assemble(&sh, &dest, &parts).unwrap().1);
+        assert!(dest.join(REPORT).exists());
+        // Any changed part rebuilds: a script, the rootfs, the description, the kernel's stamp.
+        let s2 = scripts("#!/bin/sh\n# changed\n");
+        assert!(assemble(&sh, &dest, &Parts { scripts: &s2, ..parts }).unwrap().1);
+        assert!(assemble(&sh, &dest, &Parts { rootfs: b"cpio2", ..parts }).unwrap().1);
+        let d2 = Description { uid: 1001, ..description() };
+        assert!(assemble(&sh, &dest, &Parts { desc: &d2, ..parts }).unwrap().1);
+        fs::write(&kernel.inputs_stamp, "inputs v2\n").unwrap();
+        assert!(assemble(&sh, &dest, &parts).unwrap().1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_assembly_leaves_the_old_lab_untouched() {
+        let dir = scratch("failed");
+        let (src, kernel) = fake_kernel(&dir);
+        let dest = dir.join("labs/lts-6.12.117");
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join(VMLINUX), "old").unwrap();
+        fs::remove_file(&kernel.bzimage).unwrap();
+        let desc = description();
+        let s = scripts("#!/bin/sh\n");
+        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let err = format!("{:#}", assemble(&Shell::new().unwrap(), &dest, &parts).unwrap_err());
+        assert!(err.contains("bzImage"), "{err}");
+        assert_eq!(fs::read_to_string(dest.join(VMLINUX)).unwrap(), "old");
+        let leftovers: Vec<_> = fs::read_dir(dir.join("labs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, [OsString::from("lts-6.12.117")], "temporary directory left behind");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn abandoned_temporaries_of_dead_runs_are_removed() {
+        let dir = scratch("abandoned");
+        let dest = dir.join("lts-6.12.117");
+        // pid 0 never names a live user process; our own pid is alive.
+        let dead = dir.join(".lts-6.12.117.tmp-0");
+        let ours = sibling(&dest, "tmp");
+        let other = dir.join(".lts-6.12.1.tmp-0");
+        for d in [&dead, &ours, &other] {
+            fs::create_dir_all(d).unwrap();
+        }
+        remove_abandoned(&dest);
+        assert!(!dead.exists() && ours.exists() && other.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn open_names_a_missing_or_bad_description() {
+        let dir = scratch("open");
+        let err = format!("{:#}", Lab::open(&dir).unwrap_err());
+        assert!(err.contains("lab.json") && err.contains("cargo xtask kernel"), "{err}");
+        fs::write(dir.join(LAB_JSON), r#"{"recipe":"lts","kernel_version":"6.12.117","busybox_version":"1.35.0","smp":4,"uid":1000,"nic":"rtl8139"}"#).unwrap();
+        let err = format!("{:#}", Lab::open(&dir).unwrap_err());
+        assert!(err.contains("rtl8139"), "{err}");
+        write_description(&dir, &description()).unwrap();
+        let lab = Lab::open(&dir).unwrap();
+        assert_eq!(lab.expect().smp, 4);
+        let err = format!("{:#}", lab.check_bootable().unwrap_err());
+        assert!(err.contains("run.sh is missing"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
