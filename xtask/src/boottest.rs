@@ -588,8 +588,11 @@ fn boot(
     let mut log = std::io::BufWriter::new(
         File::create(console_log).with_context(|| format!("create {}", console_log.display()))?,
     );
+    // Its own free loopback port: a running lab or another boot test on the recipe's port must
+    // not collide with this boot (QEMU would refuse to start and the verdict would mislead).
+    let port = free_port()?.to_string();
     let mut cmd = Command::new(lab.file(lab::RUN_SH));
-    cmd.args(["--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["--gdb-port", &port, "--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
     let (tx, rx) = mpsc::channel();
     let stdout = qemu.child.stdout.take().context("run.sh stdout")?;
@@ -1264,9 +1267,14 @@ mod tests {
         assert_eq!(json["stages"][4]["stage"], "gdb");
         let console = std::fs::read_to_string(lab.file(lab::CONSOLE_LOG)).unwrap();
         assert!(console.contains("KLAB:END\n") && console.contains("[run.sh stderr] run.sh: KVM"), "{console}");
-        let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
-        assert!(calls.contains(&format!("--append {TEST_APPEND}")), "{calls}");
-        assert!(calls.contains("--debug --gdb-port "), "{calls}");
+        let calls: Vec<String> = std::fs::read_to_string(lab.file("calls")).unwrap().lines().map(str::to_string).collect();
+        assert_eq!(calls.len(), 3, "dry run, boot, gdb boot: {calls:?}");
+        assert_eq!(calls[0], format!("--dry-run --append {TEST_APPEND}"));
+        // Both boots get their own free port, never the recipe's fixed one.
+        let port_of = |call: &str, prefix: &str| call.strip_prefix(prefix).unwrap().split(' ').next().unwrap().parse::<u16>().unwrap();
+        let (boot_port, gdb_port) = (port_of(&calls[1], "--gdb-port "), port_of(&calls[2], "--debug --gdb-port "));
+        assert!(boot_port != 1234 && gdb_port != 1234, "{calls:?}");
+        assert!(calls[1].ends_with(&format!("--append {TEST_APPEND}")), "{calls:?}");
         let gdb_args = std::fs::read_to_string(lab.file("gdb-args")).unwrap();
         assert!(gdb_args.starts_with("--port ") && gdb_args.contains("-batch -ex echo KLAB-GDB:breakpoint"), "{gdb_args}");
         let _ = std::fs::remove_dir_all(&lab.dir);

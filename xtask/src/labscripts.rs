@@ -310,7 +310,7 @@ mod tests {
         assert!(has_pair(&args, "-smp", "4"), "{args:?}");
         assert!(has_pair(&args, "-m", "4G"), "{args:?}");
         assert!(args.contains(&"-S".to_string()), "{args:?}");
-        assert!(has_pair(&args, "-gdb", "tcp::4321"), "{args:?}");
+        assert!(has_pair(&args, "-gdb", "tcp:127.0.0.1:4321"), "{args:?}");
         assert!(has_pair(&args, "-device", "e1000,netdev=net0,romfile="), "{args:?}");
         assert!(has_pair(&args, "-netdev", "user,id=net0"), "{args:?}");
         assert!(has_pair(&args, "-accel", "tcg"), "{args:?}");
@@ -331,8 +331,18 @@ mod tests {
         let out = run(&lab.join("run.sh"), &["--no-kvm"], Some(&path));
         let args = args_of(&out);
         assert!(has_pair(&args, "-smp", "4,cores=2"), "{args:?}");
-        assert!(has_pair(&args, "-gdb", "tcp::1234"), "{args:?}");
+        // `tcp::PORT` (and -s) would listen on every interface, IPv4 and IPv6.
+        assert!(has_pair(&args, "-gdb", "tcp:127.0.0.1:1234"), "{args:?}");
+        assert!(!args.iter().any(|a| a.starts_with("tcp::") || a == "-s"), "{args:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"));
         assert!(!args.contains(&"-S".to_string()), "{args:?}");
+
+        // A remote stub only when asked, with a warning; a bad address is a usage error.
+        let out = run(&lab.join("run.sh"), &["--no-kvm", "--gdb-listen", "0.0.0.0"], Some(&path));
+        assert!(has_pair(&args_of(&out), "-gdb", "tcp:0.0.0.0:1234"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: the gdb stub listens on 0.0.0.0:1234"));
+        let out = run(&lab.join("run.sh"), &["--no-kvm", "--gdb-listen", "1.2.3.4,server=on"], Some(&path));
+        assert_eq!(out.status.code(), Some(2));
         assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr loglevel=7 quiet's"), "{args:?}");
 
         // --dry-run prints instead of running.
