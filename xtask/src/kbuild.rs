@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
+use crate::hash::{self, sha256_file};
 use crate::kconfig;
 use crate::layout;
 use crate::progress;
@@ -121,15 +121,6 @@ fn configure_stamp(src: &Path, base: ConfigBase, fragments: &[PathBuf], version:
 /// The stamp also records the resulting `.config`, so a hand-edited `.config` is configured again.
 fn with_config_hash(stamp: &str, config: &Path) -> Result<String> {
     Ok(format!("{stamp}config-sha256 {}\n", sha256_file(config)?))
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("read {} to hash it", path.display()))?;
-    Ok(hex(&Sha256::digest(&bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs a short command, appending its output to `log`; on failure the error quotes the log's tail.
@@ -256,7 +247,7 @@ pub(crate) fn inputs_stamp(sh: &Shell, build: &Path, inputs: &BuildInputs<'_>, c
     let ld = first_line(cmd!(sh, "ld --version").quiet().read().context("run `ld --version` (install binutils)")?);
     let mut s = String::from("kernel-lab build inputs v1\n");
     s.push_str(&format!("tarball-sha256 {}\n", inputs.tarball_sha256));
-    s.push_str(&format!("recipe-sha256 {}\n", hex(&Sha256::digest(inputs.recipe))));
+    s.push_str(&format!("recipe-sha256 {}\n", hash::sha256_bytes(inputs.recipe)));
     s.push_str(&format!("config-sha256 {}\n", sha256_file(&build.join(".config"))?));
     for f in inputs.fragments {
         s.push_str(&format!("fragment {} {}\n", f.display(), sha256_file(f)?));

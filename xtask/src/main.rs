@@ -9,6 +9,7 @@ mod download;
 mod e2e;
 mod extract;
 mod fetch;
+mod hash;
 mod kbuild;
 mod kconfig;
 mod labscripts;
@@ -22,6 +23,8 @@ mod releases;
 mod rootfs;
 mod serve;
 mod source;
+#[cfg(test)]
+mod testutil;
 mod verify;
 
 use anyhow::Result;
