@@ -9,7 +9,7 @@ use crate::{
     cli::{ChannelArgs, E2eArgs, FetchArgs, KernelArgs, MakeArgs},
     fetch,
     layout::Layout,
-    mirror, pipeline, serve, verify,
+    mirror, pipeline, serve,
 };
 
 const SIGNER: &str = "kernel-lab e2e mirror <e2e@kernel-lab.invalid>";
@@ -165,7 +165,7 @@ fn repro(sh: &Shell, layout: &Layout, args: &KernelArgs, first: &pipeline::Lab) 
         ("rootfs.cpio", first.dir.join("rootfs.cpio"), second.dir.join("rootfs.cpio")),
     ];
     for (what, a, b) in pairs {
-        let (a, b) = (verify::sha256_file(&a)?, verify::sha256_file(&b)?);
+        let (a, b) = (crate::hash::sha256_file(&a)?, crate::hash::sha256_file(&b)?);
         println!("repro {what}: {a} vs {b}: {}", if a == b { "identical" } else { "DIFFERENT" });
         if a != b {
             differ.push(what);

@@ -193,7 +193,7 @@ pub fn build_lab(
             stamp_input.extend_from_slice(g.text.as_bytes());
         }
         stamp_input.extend_from_slice(lab_json.as_bytes());
-        let stamp = crate::verify::sha256_bytes(&stamp_input);
+        let stamp = crate::hash::sha256_bytes(&stamp_input);
         let stamp_path = lab.join(LAB_STAMP);
         if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == stamp) {
             eprintln!("lab up to date ({})", lab.display());
