@@ -447,13 +447,7 @@ pub fn install(build: &Path, src: &Path, lab: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kernel-lab-kbuild-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::testutil::scratch;
 
     #[test]
     fn timestamp_matches_date() {
@@ -497,7 +491,7 @@ mod tests {
     /// source tree has no kernel Makefile targets, so make would fail), and it is fast.
     #[test]
     fn unchanged_inputs_skip_make() {
-        let dir = temp("noop");
+        let dir = scratch("kbuild-noop");
         let (src, build) = (dir.join("src"), dir.join("build"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::create_dir_all(build.join("arch/x86/boot")).unwrap();
@@ -534,7 +528,7 @@ mod tests {
 
     #[test]
     fn different_epoch_or_recipe_changes_the_stamp() {
-        let dir = temp("stamp");
+        let dir = scratch("kbuild-stamp");
         std::fs::write(dir.join(".config"), "CONFIG_A=y\n").unwrap();
         let sh = Shell::new().unwrap();
         let inputs = BuildInputs { tarball_sha256: "ab12", recipe: b"r1", fragments: &[], patches: &[], base: ConfigBase::Tinyconfig };
@@ -549,7 +543,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_cc_wrapper() {
-        let dir = temp("wrapper");
+        let dir = scratch("kbuild-wrapper");
         std::fs::write(dir.join("Makefile"), "").unwrap();
         std::fs::write(dir.join("Kconfig"), "").unwrap();
         let sh = Shell::new().unwrap();
@@ -564,7 +558,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn install_dereferences_symlinks_and_keeps_other_files() {
-        let dir = temp("install");
+        let dir = scratch("kbuild-install");
         let (src, build, lab) = (dir.join("src"), dir.join("build"), dir.join("labs/lts-6.12"));
         std::fs::create_dir_all(src.join("scripts/gdb/linux")).unwrap();
         std::fs::create_dir_all(build.join("scripts/gdb/linux")).unwrap();
