@@ -233,15 +233,10 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    use crate::testutil::scratch;
+
     fn two_jobs() -> MakePlan {
         MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None }
-    }
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kernel-lab-busybox-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     /// A minimal ELF64 executable: the header, then the given program headers (type, and for
@@ -286,7 +281,7 @@ mod tests {
 
     #[test]
     fn dynamic_busybox_error_names_the_binary_and_the_log() {
-        let dir = temp("static");
+        let dir = scratch("busybox-static");
         let (bin, log) = (dir.join("busybox"), dir.join("build.log"));
         std::fs::write(&bin, fixture_elf(&[1, 3], "/lib64/ld-linux-x86-64.so.2")).unwrap();
         let e = format!("{:#}", check_static(&bin, &log).unwrap_err());
@@ -334,7 +329,7 @@ mod tests {
     /// Makefile fails on every target, so reaching make is an error.
     #[test]
     fn unchanged_inputs_skip_make() {
-        let dir = temp("noop");
+        let dir = scratch("busybox-noop");
         let (src, build_dir) = (dir.join("src"), dir.join("build"));
         std::fs::create_dir_all(src.join("applets")).unwrap();
         std::fs::create_dir_all(&build_dir).unwrap();
@@ -363,7 +358,7 @@ mod tests {
 
     #[test]
     fn configured_source_tree_is_refused_before_make() {
-        let dir = temp("configured");
+        let dir = scratch("busybox-configured");
         std::fs::create_dir_all(dir.join("applets")).unwrap();
         for f in ["Makefile", "Config.in", ".config"] {
             std::fs::write(dir.join(f), "").unwrap();
@@ -380,7 +375,7 @@ mod tests {
     #[ignore]
     fn real_busybox_lost_options_fail_configure() {
         let src = PathBuf::from(std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"));
-        let dir = temp("lost");
+        let dir = scratch("busybox-lost");
         let frag = dir.join("bad.config");
         std::fs::write(&frag, "CONFIG_STATIC=y\nCONFIG_PIE=y\nCONFIG_NSLOOKUPP=y\n").unwrap();
         let sh = Shell::new().unwrap();
@@ -400,7 +395,7 @@ mod tests {
     #[ignore]
     fn real_busybox_build() {
         let src = PathBuf::from(std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"));
-        let build_dir = std::env::var("KERNEL_LAB_TEST_BUSYBOX_BUILD").map(PathBuf::from).unwrap_or_else(|_| temp("real"));
+        let build_dir = std::env::var("KERNEL_LAB_TEST_BUSYBOX_BUILD").map(PathBuf::from).unwrap_or_else(|_| scratch("busybox-real"));
         let frags = [Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/busybox/static.config")];
         let sh = Shell::new().unwrap();
         let t = Instant::now();

@@ -814,19 +814,13 @@ pub fn repack(dir: &Path) -> Result<Repacked> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh path under the system temp dir, removed (with its contents) when dropped.
+    /// A fresh scratch directory, removed (with its contents) when dropped.
     pub(crate) struct TempDir(pub PathBuf);
 
     impl TempDir {
         pub(crate) fn new(tag: &str) -> TempDir {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let path = std::env::temp_dir().join(format!("kernel-lab-test-{tag}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            TempDir(path)
+            TempDir(crate::testutil::scratch(tag))
         }
     }
 

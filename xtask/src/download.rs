@@ -1,4 +1,4 @@
-//! Fetching over http(s) and file:// URLs: small files into memory, tarballs into a resumable, content-addressed cache.
+//! Fetching over http(s) and file:// URLs: small files and WKD keys into memory, tarballs into a resumable, content-addressed cache.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -12,9 +12,9 @@ use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use sha2::Digest as _;
 
+use crate::hash;
 use crate::layout::Layout;
 use crate::progress;
-use crate::verify;
 
 /// Tries per request; the waits between them double from `FIRST_BACKOFF` (0.5 s, 1 s, 2 s).
 const TRIES: u32 = 4;
@@ -119,6 +119,55 @@ pub fn get_small(url: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// z-base-32 (RFC 6189 alphabet), as WKD uses for the hashed local part.
+fn zbase32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
+    let mut out = String::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        acc = (acc << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+        acc &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// The WKD URL of `email`'s key under `base`: the domain or a mirror root (direct method), or a
+/// base already ending in `.well-known/openpgpkey/<domain>` (advanced method, as kernel.org uses).
+pub fn wkd_url(base: &str, email: &str) -> String {
+    let local = email.rsplit_once('@').map_or(email, |(l, _)| l);
+    let hash = zbase32(&<sha1::Sha1 as sha1::Digest>::digest(local.to_lowercase().as_bytes()));
+    let escaped: String = local
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let base = base.trim_end_matches('/');
+    if base.contains("/.well-known/openpgpkey") {
+        format!("{base}/hu/{hash}?l={escaped}")
+    } else {
+        format!("{base}/.well-known/openpgpkey/hu/{hash}?l={escaped}")
+    }
+}
+
+/// The key block `email` publishes over WKD under `base`, as served (binary or armored) and not
+/// yet trusted: the caller pins it by fingerprint (`verify::key_with_fingerprint`).
+pub fn wkd_key(base: &str, email: &str) -> Result<Vec<u8>> {
+    get_small(&wkd_url(base, email)).with_context(|| format!("fetch the key of {email} over WKD"))
+}
+
 /// `<cache>/partial/<sha256>.part`: a download in progress, kept across runs so it can resume.
 fn partial_path(layout: &Layout, sha256: &str) -> PathBuf {
     layout.cache.join("partial").join(format!("{sha256}.part"))
@@ -164,7 +213,7 @@ fn download_to(url: &str, partial: &Path, label: &str) -> Result<String> {
     } else if url.starts_with("http://") || url.starts_with("https://") {
         let client = client()?;
         with_retries(url, || download_attempt(client, url, partial, &bar))?;
-        verify::sha256_file(partial)?
+        hash::sha256_file(partial)?
     } else {
         bail!("unsupported URL {url}: use http://, https:// or file://");
     };
@@ -175,7 +224,7 @@ fn download_to(url: &str, partial: &Path, label: &str) -> Result<String> {
 /// Downloads a file whose hash nobody published (unsigned -rc snapshots, with the user's
 /// explicit opt-out) into the cache under the sha256 it turned out to have.
 pub fn fetch_unverified(layout: &Layout, url: &str, label: &str) -> Result<PathBuf> {
-    let partial = partial_path(layout, &verify::sha256_bytes(url.as_bytes()));
+    let partial = partial_path(layout, &hash::sha256_bytes(url.as_bytes()));
     let dir = partial.parent().expect("partial path has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let got = download_to(url, &partial, label)?;
@@ -207,7 +256,7 @@ fn copy_hashing(src: &Path, dst: &Path, bar: &ProgressBar) -> Result<String> {
             .with_context(|| format!("write {}", dst.display()))?;
         bar.inc(n as u64);
     }
-    Ok(verify::hex(&hasher.finalize()))
+    Ok(hash::hex(&hasher.finalize()))
 }
 
 /// `bytes N-M/T` -> (N, T); `bytes */T` -> (None, T).
@@ -334,9 +383,7 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Fixture {
-        let dir =
-            std::env::temp_dir().join(format!("kernel-lab-download-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::testutil::scratch(&format!("download-{name}"));
         let mirror = dir.join("mirror");
         std::fs::create_dir_all(mirror.join("pub")).unwrap();
         // Big enough to need many reads, with no repeating pattern a bug could hide behind.
@@ -351,7 +398,7 @@ mod tests {
             artifacts: dir.join("artifacts"),
             cache: dir.join("cache"),
         };
-        let sha = verify::sha256_bytes(&data);
+        let sha = hash::sha256_bytes(&data);
         Fixture {
             dir,
             layout,
@@ -431,7 +478,7 @@ mod tests {
     #[test]
     fn tampered_content_is_refused_and_removed() {
         let f = fixture("tampered");
-        let wrong = verify::sha256_bytes(b"something else");
+        let wrong = hash::sha256_bytes(b"something else");
         let url = f.server.url("/pub/linux-1.0.tar.xz");
         let err = format!(
             "{:#}",
@@ -489,10 +536,33 @@ mod tests {
         let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), f.data);
         assert!(src.exists(), "the source stays where it was");
-        let wrong = verify::sha256_bytes(b"x");
+        let wrong = hash::sha256_bytes(b"x");
         assert!(fetch_verified(&f.layout, &url, &wrong, "linux-1.0").is_err());
         assert!(!f.layout.cache_blob(&wrong).exists());
         assert!(f.server.requests().is_empty());
+    }
+
+    #[test]
+    fn zbase32_and_wkd_url_match_the_draft() {
+        // draft-koch-openpgp-webkey-service: "Joe.Doe@Example.ORG".
+        let url = wkd_url("https://example.org/", "Joe.Doe@Example.ORG");
+        assert_eq!(url, "https://example.org/.well-known/openpgpkey/hu/iy9q119eutrkn8s1mk4r39qejnbu3n5q?l=Joe.Doe");
+        assert_eq!(zbase32(&[0xff]), "9h");
+        // kernel.org's advanced method: the base already names the domain's directory.
+        let url = wkd_url("https://www.kernel.org/.well-known/openpgpkey/kernel.org/", "autosigner@kernel.org");
+        assert_eq!(url, "https://www.kernel.org/.well-known/openpgpkey/kernel.org/hu/ew8uiogxwri7d3fuioqgt7u1d5sngorx?l=autosigner");
+    }
+
+    #[test]
+    fn wkd_key_is_fetched_from_the_hashed_path() {
+        let f = fixture("wkd");
+        let hu = f.dir.join("mirror/.well-known/openpgpkey/hu");
+        std::fs::create_dir_all(&hu).unwrap();
+        std::fs::write(hu.join("ew8uiogxwri7d3fuioqgt7u1d5sngorx"), b"key bytes").unwrap();
+        assert_eq!(wkd_key(&f.server.url(""), "autosigner@kernel.org").unwrap(), b"key bytes");
+        assert_eq!(f.server.requests(), vec!["GET /.well-known/openpgpkey/hu/ew8uiogxwri7d3fuioqgt7u1d5sngorx".to_string()]);
+        let err = format!("{:#}", wkd_key(&f.server.url(""), "nobody@kernel.org").unwrap_err());
+        assert!(err.starts_with("fetch the key of nobody@kernel.org over WKD: GET ") && err.ends_with("404 Not Found"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,6 @@ use crate::{
     recipe::LoadedRecipe,
     serve,
     source::Mirror,
-    verify,
 };
 
 const SIGNER: &str = "kernel-lab e2e mirror <e2e@kernel-lab.invalid>";
@@ -155,7 +154,7 @@ fn repro(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan, first
     let images = |k: &KernelBuild, l: &Lab| [("bzImage", k.bzimage.clone()), ("vmlinux", k.vmlinux.clone()), (lab::ROOTFS, l.file(lab::ROOTFS))];
     let mut differ = Vec::new();
     for ((what, a), (_, b)) in images(&first.kernel, &first.lab).into_iter().zip(images(&second_kernel, &second_lab)) {
-        let (a, b) = (verify::sha256_file(&a)?, verify::sha256_file(&b)?);
+        let (a, b) = (crate::hash::sha256_file(&a)?, crate::hash::sha256_file(&b)?);
         println!("repro {what}: {a} vs {b}: {}", if a == b { "identical" } else { "DIFFERENT" });
         if a != b {
             differ.push(what);

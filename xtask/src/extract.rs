@@ -514,13 +514,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("kernel-lab-extract-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::testutil::scratch;
 
     /// A raw header, so the test can write paths the Builder would refuse.
     fn header(kind: EntryType, path: &str, link: &str, size: u64, mode: u32) -> tar::Header {
@@ -730,10 +724,13 @@ mod tests {
 
     #[test]
     fn refuses_absolute_entries() {
-        let path = format!("/tmp/kernel-lab-evil-{}", std::process::id());
+        // An absolute path in a directory of its own, so a broken check would write where the test looks.
+        let outside = scratch("extract-abs-target");
+        let path = outside.join("evil").to_str().unwrap().to_string();
         let err = refused("abs", &[E::File(&path, b"x", 0o644)], &path);
         assert!(err.contains("absolute path"));
         assert!(!Path::new(&path).exists());
+        fs::remove_dir_all(outside).unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    download, extract,
+    download, extract, hash,
     layout::{self, Layout},
     lock::{self, Lock, LockedBusybox, LockedKernel},
     recipe::LoadedRecipe,
@@ -170,7 +170,7 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         verified = false;
         let url = mirror.kernel_org(&tar_path);
         let blob = download::fetch_unverified(layout, &url, &file)?;
-        (None, verify::sha256_file(&blob)?)
+        (None, hash::sha256_file(&blob)?)
     };
 
     let bb = &plan.recipe.recipe.busybox.version;
@@ -222,9 +222,24 @@ fn keyring(layout: &Layout, plan: &FetchPlan) -> Result<(PathBuf, Vec<String>)> 
     // The pin can be moved for a mirror that publishes its own key over WKD.
     let fpr = std::env::var("KERNEL_LAB_SIGNER_FPR").unwrap_or_else(|_| verify::KERNEL_ORG_AUTOSIGNER.to_string());
     let email = verify::KERNEL_ORG_AUTOSIGNER_EMAIL;
-    let path = verify::wkd_keyring(layout, &plan.mirror.wkd_base(), email, &fpr)
+    let path = wkd_keyring(layout, &plan.mirror.wkd_base(), email, &fpr)
         .with_context(|| format!("get the signing key {fpr} ({email}); or pass --keyring FILE"))?;
     Ok((path, vec![fpr]))
+}
+
+/// A binary keyring holding `email`'s key, fetched once over WKD and cached by fingerprint.
+/// The key is refused unless one of its primary keys has `expected_fpr`.
+fn wkd_keyring(layout: &Layout, base: &str, email: &str, expected_fpr: &str) -> Result<PathBuf> {
+    let expected = expected_fpr.to_ascii_uppercase();
+    let path = layout.cache_key(&expected);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let bytes = download::wkd_key(base, email)?;
+    let url = download::wkd_url(base, email);
+    let key = verify::key_with_fingerprint(&bytes, &expected).with_context(|| format!("read the key from {url}"))?;
+    layout::write_atomic(&path, &key).with_context(|| format!("cache the key of {email}"))?;
+    Ok(path)
 }
 
 /// A user's key file (binary or armored) as a binary keyring gpgv can read, with its fingerprints.
@@ -232,7 +247,7 @@ fn user_keyring(layout: &Layout, file: &Path) -> Result<(PathBuf, Vec<String>)> 
     let bytes = std::fs::read(file).with_context(|| format!("read keyring {}", file.display()))?;
     let key = verify::dearmor_if_needed(&bytes).with_context(|| format!("keyring {}", file.display()))?;
     let fprs = verify::key_fingerprints(&key).with_context(|| format!("keyring {}", file.display()))?;
-    let path = layout.cache.join("keys").join(format!("user-{}.gpg", verify::sha256_bytes(&key)));
+    let path = layout.cache.join("keys").join(format!("user-{}.gpg", hash::sha256_bytes(&key)));
     if !path.is_file() {
         layout::write_atomic(&path, &key)?;
     }
@@ -275,4 +290,43 @@ pub fn release_epoch(lock: &Lock, kernel_src: &Path) -> Result<u64> {
         .with_context(|| format!("read {}/Makefile", kernel_src.display()))?;
     let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH)?;
     Ok(mtime.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::tests::TestKey;
+
+    #[test]
+    fn wkd_keyring_fetches_once_and_checks_the_fingerprint() {
+        let key = TestKey::new("Wkd Signer");
+        let dir = crate::testutil::scratch("fetch-wkd");
+        let mirror = dir.join("mirror");
+        let email = "Auto.Signer@example.org";
+        let url_path = download::wkd_url("", email);
+        let rel = url_path.split('?').next().unwrap().trim_start_matches('/');
+        std::fs::create_dir_all(mirror.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(mirror.join(rel), &key.armored).unwrap();
+        let server = crate::serve::spawn(mirror, "127.0.0.1:0").unwrap();
+        let layout = Layout { root: dir.clone(), artifacts: dir.join("artifacts"), cache: dir.join("cache") };
+        let base = server.url("");
+
+        let err = format!("{:#}", wkd_keyring(&layout, &base, email, verify::KERNEL_ORG_AUTOSIGNER).unwrap_err());
+        let refused = format!("has fingerprint {}, expected {}: refusing it", key.fpr, verify::KERNEL_ORG_AUTOSIGNER);
+        assert!(err.contains(&format!("read the key from {base}/.well-known/openpgpkey/hu/")) && err.contains(&refused), "{err}");
+        assert!(!layout.cache_key(verify::KERNEL_ORG_AUTOSIGNER).exists());
+
+        let path = wkd_keyring(&layout, &base, email, &key.fpr.to_lowercase()).unwrap();
+        assert_eq!(path, layout.cache_key(&key.fpr));
+        assert_eq!(std::fs::read(&path).unwrap(), key.public, "cached key is stored binary");
+        let requests = server.requests().len();
+        assert_eq!(wkd_keyring(&layout, &base, email, &key.fpr).unwrap(), path);
+        assert_eq!(server.requests().len(), requests, "a cached key needs no request");
+        assert!(server.requests()[0].starts_with("GET /.well-known/openpgpkey/hu/"));
+
+        let sums = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  linux-6.12.117.tar.xz\n";
+        assert_eq!(verify::verify_clearsigned(&path, &key.clearsign(sums), &key.fpr).unwrap(), sums);
+        drop(server);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
+use crate::hash::{self, sha256_file};
 use crate::kconfig;
 use crate::layout;
 use crate::progress;
@@ -165,15 +165,6 @@ fn with_config_hash(stamp: &str, config: &Path) -> Result<String> {
     Ok(format!("{stamp}config-sha256 {}\n", sha256_file(config)?))
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("read {} to hash it", path.display()))?;
-    Ok(hex(&Sha256::digest(&bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Runs a short command, appending its output to `log`; on failure the error quotes the log's tail.
 pub(crate) fn run_logged(cmd: xshell::Cmd<'_>, log: &mut File, log_path: &Path, what: &str) -> Result<()> {
     writeln!(log, "$ {cmd}").with_context(|| format!("write {}", log_path.display()))?;
@@ -302,7 +293,7 @@ pub(crate) fn inputs_stamp(sh: &Shell, build: &Path, inputs: &BuildInputs<'_>, c
     let ld = first_line(cmd!(sh, "ld --version").quiet().read().context("run `ld --version` (install binutils)")?);
     let mut s = String::from("kernel-lab build inputs v1\n");
     s.push_str(&format!("tarball-sha256 {}\n", inputs.tarball_sha256));
-    s.push_str(&format!("recipe-sha256 {}\n", hex(&Sha256::digest(inputs.recipe))));
+    s.push_str(&format!("recipe-sha256 {}\n", hash::sha256_bytes(inputs.recipe)));
     s.push_str(&format!("config-sha256 {}\n", sha256_file(&build.join(".config"))?));
     for f in inputs.fragments {
         s.push_str(&format!("fragment {} {}\n", f.display(), sha256_file(f)?));
@@ -429,13 +420,7 @@ pub fn kbuild_timestamp(epoch: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kernel-lab-kbuild-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::testutil::scratch;
 
     #[test]
     fn timestamp_matches_date() {
@@ -479,7 +464,7 @@ mod tests {
     /// source tree has no kernel Makefile targets, so make would fail), and it is fast.
     #[test]
     fn unchanged_inputs_skip_make() {
-        let dir = temp("noop");
+        let dir = scratch("kbuild-noop");
         let (src, build) = (dir.join("src"), dir.join("build"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::create_dir_all(build.join("arch/x86/boot")).unwrap();
@@ -520,7 +505,7 @@ mod tests {
 
     #[test]
     fn different_epoch_or_recipe_changes_the_stamp() {
-        let dir = temp("stamp");
+        let dir = scratch("kbuild-stamp");
         std::fs::write(dir.join(".config"), "CONFIG_A=y\n").unwrap();
         let sh = Shell::new().unwrap();
         let inputs = BuildInputs { tarball_sha256: "ab12", recipe: b"r1", fragments: &[], patches: &[], base: ConfigBase::Tinyconfig };
@@ -537,7 +522,7 @@ mod tests {
     fn cc_wrapper_reaches_make_and_the_stamp() {
         let plan = MakePlan { jobs: std::num::NonZeroUsize::new(3).unwrap(), cc_wrapper: Some(CcWrapper::Sccache) };
         assert_eq!((plan.jobs_arg(), plan.cc_arg()), ("-j3".to_string(), Some("CC=sccache gcc".to_string())));
-        let dir = temp("wrapper");
+        let dir = scratch("kbuild-wrapper");
         std::fs::write(dir.join(".config"), "CONFIG_A=y\n").unwrap();
         let sh = Shell::new().unwrap();
         let inputs = BuildInputs { tarball_sha256: "", recipe: b"", fragments: &[], patches: &[], base: ConfigBase::Tinyconfig };

@@ -526,8 +526,7 @@ mod tests {
     /// A miniature kernel tree: nested Kconfig files, help text with keyword-looking prose,
     /// `if` and `menu` blocks, and a build directory that must not be indexed.
     fn fixture() -> (PathBuf, SymbolIndex) {
-        let dir = std::env::temp_dir().join(format!("kernel-lab-kconfig-{}-{:?}", std::process::id(), std::thread::current().id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::testutil::scratch("kconfig");
         std::fs::create_dir_all(dir.join("net")).unwrap();
         std::fs::create_dir_all(dir.join("build")).unwrap();
         std::fs::create_dir_all(dir.join(".git")).unwrap();
@@ -621,8 +620,7 @@ mod tests {
 
     #[test]
     fn other_architectures_definitions_are_hidden() {
-        let dir = std::env::temp_dir().join(format!("kernel-lab-kconfig-arch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::testutil::scratch("kconfig-arch");
         for a in ["x86", "powerpc"] {
             std::fs::create_dir_all(dir.join("arch").join(a)).unwrap();
         }

@@ -163,7 +163,7 @@ fn stamp(parts: &Parts<'_>, lab_json: &str) -> Result<String> {
         input.extend_from_slice(f.text.as_bytes());
     }
     input.extend_from_slice(lab_json.as_bytes());
-    Ok(crate::verify::sha256_bytes(&input))
+    Ok(crate::hash::sha256_bytes(&input))
 }
 
 /// Copies the kernel and the gdb helpers, so `gdb lab/vmlinux` gets the lx- commands even after
@@ -286,12 +286,7 @@ mod tests {
         }
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kernel-lab-lab-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::testutil::scratch;
 
     /// A source and build tree with symlinks like kbuild makes, and what `kbuild::build` returns.
     fn fake_kernel(dir: &Path) -> (PathBuf, KernelBuild) {

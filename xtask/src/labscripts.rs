@@ -171,10 +171,7 @@ mod tests {
 
     /// A fresh directory under the system temp dir, unique per test.
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("klab-labscripts-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::testutil::scratch(&format!("labscripts-{name}"))
     }
 
     /// A lab with placeholder kernel files, for tests that never start a real QEMU.

@@ -11,6 +11,7 @@ mod extract;
 mod fetch;
 #[cfg(test)]
 mod golden;
+mod hash;
 mod kbuild;
 mod kconfig;
 mod lab;
@@ -25,6 +26,8 @@ mod releases;
 mod rootfs;
 mod serve;
 mod source;
+#[cfg(test)]
+mod testutil;
 mod verify;
 
 use anyhow::Result;

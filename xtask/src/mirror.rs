@@ -7,8 +7,9 @@ use xshell::{cmd, Shell};
 
 use crate::{
     fetch::{self, FetchPlan},
+    hash,
     layout::{self, Layout},
-    releases, verify,
+    releases,
 };
 
 /// A kernel tarball to publish.
@@ -62,7 +63,7 @@ pub fn from_local(
         }
         let dest = out.join("busybox").join(&name);
         publish(&b.file, &dest)?;
-        let sha = verify::sha256_file(&dest)?;
+        let sha = hash::sha256_file(&dest)?;
         layout::write_atomic(&out.join("busybox").join(format!("{name}.sha256")), format!("{sha}  {name}\n").as_bytes())?;
         if let Some(key) = sign_key {
             // busybox.net publishes a detached signature next to each tarball; so does the mirror.
@@ -148,7 +149,7 @@ fn write_sums(sh: &Shell, dir: &Path, sign_key: Option<&str>) -> Result<()> {
     names.sort();
     let mut text = String::new();
     for n in &names {
-        text.push_str(&format!("{}  {n}\n", verify::sha256_file(&dir.join(n))?));
+        text.push_str(&format!("{}  {n}\n", hash::sha256_file(&dir.join(n))?));
     }
     let path = dir.join("sha256sums.asc");
     let body = match sign_key {

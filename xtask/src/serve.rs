@@ -284,12 +284,7 @@ mod tests {
     }
 
     fn fixture() -> (PathBuf, Server) {
-        let root = std::env::temp_dir().join(format!(
-            "kernel-lab-serve-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = crate::testutil::scratch("serve");
         std::fs::create_dir_all(root.join("pub")).unwrap();
         std::fs::write(root.join("pub/hello.txt"), b"hello world").unwrap();
         std::fs::write(root.join("secret"), b"outside pub").unwrap();

@@ -1,15 +1,9 @@
-//! Trust checks: sha256 of files, sha256sum lists, OpenPGP signatures through gpgv, WKD keys.
+//! Trust checks: sha256sum lists, OpenPGP signatures through gpgv, keys pinned by fingerprint.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha1::Digest as _;
 use xshell::{cmd, Shell};
-
-use crate::download;
-use crate::layout::{self, Layout};
 
 /// "Kernel.org checksum autosigner": signs `sha256sums.asc` on kernel.org.
 pub const KERNEL_ORG_AUTOSIGNER: &str = "B8868C80BA62A1FFFAF5FDA9632D3A06589DA6B1";
@@ -17,33 +11,6 @@ pub const KERNEL_ORG_AUTOSIGNER: &str = "B8868C80BA62A1FFFAF5FDA9632D3A06589DA6B
 pub const KERNEL_ORG_AUTOSIGNER_EMAIL: &str = "autosigner@kernel.org";
 
 const SIGNED_MESSAGE_HEADER: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
-
-/// Lowercase hex sha256 of a file, read in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
-        File::open(path).with_context(|| format!("open {} to hash it", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("read {} to hash it", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-/// Lowercase hex sha256 of bytes.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    hex(&sha2::Sha256::digest(bytes))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Finds `file_name` in `sha256sum` output (`<hex>  <name>` or `<hex> *<name>`, as in kernel.org's
 /// sha256sums.asc and busybox's `.sha256`) and returns its lowercase hash.
@@ -318,80 +285,21 @@ impl Drop for TempHome {
     }
 }
 
-/// z-base-32 (RFC 6189 alphabet), as WKD uses for the hashed local part.
-fn zbase32(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
-    let mut out = String::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &b in bytes {
-        acc = (acc << 8) | b as u32;
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
-        }
-        acc &= (1 << bits) - 1;
+/// The binary form of `key_bytes` (binary or armored), refused unless one of its primary keys has
+/// `expected_fpr`: a key fetched from anywhere is trusted only through its pinned fingerprint.
+pub fn key_with_fingerprint(key_bytes: &[u8], expected_fpr: &str) -> Result<Vec<u8>> {
+    let key = dearmor_if_needed(key_bytes)?;
+    let fprs = key_fingerprints(&key)?;
+    if !fprs.iter().any(|f| f.eq_ignore_ascii_case(expected_fpr)) {
+        bail!("key has fingerprint {}, expected {}: refusing it", fprs.join(", "), expected_fpr.to_ascii_uppercase());
     }
-    if bits > 0 {
-        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-/// The WKD URL of `email`'s key under `base`: the domain or a mirror root (direct method), or a
-/// base already ending in `.well-known/openpgpkey/<domain>` (advanced method, as kernel.org uses).
-pub fn wkd_url(base: &str, email: &str) -> String {
-    let local = email.rsplit_once('@').map_or(email, |(l, _)| l);
-    let hash = zbase32(&sha1::Sha1::digest(local.to_lowercase().as_bytes()));
-    let escaped: String = local
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let base = base.trim_end_matches('/');
-    if base.contains("/.well-known/openpgpkey") {
-        format!("{base}/hu/{hash}?l={escaped}")
-    } else {
-        format!("{base}/.well-known/openpgpkey/hu/{hash}?l={escaped}")
-    }
-}
-
-/// A binary keyring holding `email`'s key, fetched once over WKD and cached by fingerprint.
-/// The key is refused unless one of its primary keys has `expected_fpr`.
-pub fn wkd_keyring(
-    layout: &Layout,
-    base: &str,
-    email: &str,
-    expected_fpr: &str,
-) -> Result<PathBuf> {
-    let expected = expected_fpr.to_ascii_uppercase();
-    let path = layout.cache_key(&expected);
-    if path.is_file() {
-        return Ok(path);
-    }
-    let url = wkd_url(base, email);
-    let bytes =
-        download::get_small(&url).with_context(|| format!("fetch the key of {email} over WKD"))?;
-    let key = dearmor_if_needed(&bytes).with_context(|| format!("read the key from {url}"))?;
-    let fprs = key_fingerprints(&key).with_context(|| format!("read the key from {url}"))?;
-    if !fprs.iter().any(|f| f.eq_ignore_ascii_case(&expected)) {
-        bail!(
-            "key from {url} has fingerprint {}, expected {expected}: refusing it",
-            fprs.join(", ")
-        );
-    }
-    layout::write_atomic(&path, &key).with_context(|| format!("cache the key of {email}"))?;
-    Ok(path)
+    Ok(key)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::testutil::scratch;
 
     /// A throwaway signing key in its own GNUPGHOME, removed on drop.
     pub(crate) struct TestKey {
@@ -404,17 +312,8 @@ pub(crate) mod tests {
 
     impl TestKey {
         pub(crate) fn new(name: &str) -> TestKey {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let home = std::env::temp_dir().join(format!(
-                "kernel-lab-testkey-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = std::fs::remove_dir_all(&home);
-            std::fs::create_dir_all(&home).unwrap();
-            std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .unwrap();
+            let home = scratch("testkey");
+            std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
             let sh = Shell::new().unwrap();
             let uid = format!(
                 "{name} <{}@example.org>",
@@ -487,30 +386,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("kernel-lab-verify-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     const SUMS: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  linux-6.12.117.tar.xz\n\
                         FEDCBA9876543210FEDCBA9876543210FEDCBA9876543210FEDCBA9876543210 *busybox-1.35.0.tar.bz2\n";
-
-    #[test]
-    fn hashes_match_known_values() {
-        assert_eq!(
-            sha256_bytes(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        let dir = scratch("hash");
-        let file = dir.join("f");
-        let big = vec![7u8; 3 * 1024 * 1024 + 5];
-        std::fs::write(&file, &big).unwrap();
-        assert_eq!(sha256_file(&file).unwrap(), sha256_bytes(&big));
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 
     #[test]
     fn sums_lookup_reads_both_modes() {
@@ -527,18 +404,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn zbase32_and_wkd_url_match_the_draft() {
-        // draft-koch-openpgp-webkey-service: "Joe.Doe@Example.ORG".
-        let url = wkd_url("https://example.org/", "Joe.Doe@Example.ORG");
-        assert_eq!(url, "https://example.org/.well-known/openpgpkey/hu/iy9q119eutrkn8s1mk4r39qejnbu3n5q?l=Joe.Doe");
-        assert_eq!(zbase32(&[0xff]), "9h");
-    }
-
-    #[test]
     fn clearsigned_sums_are_checked() {
         let key = TestKey::new("Test Signer");
         let other = TestKey::new("Other Signer");
-        let dir = scratch("clearsign");
+        let dir = scratch("verify-clearsign");
         let binary = dir.join("binary.gpg");
         std::fs::write(&binary, dearmor_if_needed(&key.public).unwrap()).unwrap();
         let from_armor = dir.join("armored.gpg");
@@ -609,7 +478,7 @@ pub(crate) mod tests {
     #[test]
     fn detached_signatures_are_checked() {
         let key = TestKey::new("Busybox Signer");
-        let dir = scratch("detached");
+        let dir = scratch("verify-detached");
         let keyring = dir.join("k.gpg");
         std::fs::write(&keyring, &key.public).unwrap();
         let data = dir.join("busybox.tar.bz2");
@@ -632,52 +501,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn wkd_keyring_fetches_once_and_checks_the_fingerprint() {
-        let key = TestKey::new("Wkd Signer");
-        let dir = scratch("wkd");
-        let mirror = dir.join("mirror");
-        let email = "Auto.Signer@example.org";
-        let url_path = wkd_url("", email);
-        let rel = url_path.split('?').next().unwrap().trim_start_matches('/');
-        std::fs::create_dir_all(mirror.join(rel).parent().unwrap()).unwrap();
-        std::fs::write(mirror.join(rel), &key.armored).unwrap();
-        let server = crate::serve::spawn(mirror, "127.0.0.1:0").unwrap();
-        let layout = Layout {
-            root: dir.clone(),
-            artifacts: dir.join("artifacts"),
-            cache: dir.join("cache"),
-        };
-        let base = server.url("");
-
-        let err = wkd_keyring(&layout, &base, email, KERNEL_ORG_AUTOSIGNER).unwrap_err();
-        let msg = format!("{err:#}");
-        assert!(
-            msg.contains(&format!(
-                "has fingerprint {}, expected {KERNEL_ORG_AUTOSIGNER}: refusing it",
-                key.fpr
-            )),
-            "{msg}"
-        );
-        assert!(!layout.cache_key(KERNEL_ORG_AUTOSIGNER).exists());
-
-        let path = wkd_keyring(&layout, &base, email, &key.fpr.to_lowercase()).unwrap();
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            key.public,
-            "cached key is stored binary"
-        );
-        let requests = server.requests().len();
-        assert_eq!(wkd_keyring(&layout, &base, email, &key.fpr).unwrap(), path);
-        assert_eq!(
-            server.requests().len(),
-            requests,
-            "a cached key needs no request"
-        );
-        assert!(server.requests()[0].starts_with("GET /.well-known/openpgpkey/hu/"));
-
-        let signed = key.clearsign(SUMS);
-        assert_eq!(verify_clearsigned(&path, &signed, &key.fpr).unwrap(), SUMS);
-        drop(server);
-        std::fs::remove_dir_all(dir).unwrap();
+    fn key_is_pinned_by_fingerprint() {
+        let key = TestKey::new("Pinned Signer");
+        assert_eq!(key_with_fingerprint(&key.armored, &key.fpr.to_lowercase()).unwrap(), key.public);
+        assert_eq!(key_with_fingerprint(&key.public, &key.fpr).unwrap(), key.public);
+        let err = format!("{:#}", key_with_fingerprint(&key.armored, KERNEL_ORG_AUTOSIGNER).unwrap_err());
+        assert_eq!(err, format!("key has fingerprint {}, expected {KERNEL_ORG_AUTOSIGNER}: refusing it", key.fpr));
+        assert!(key_with_fingerprint(b"hello", &key.fpr).is_err());
     }
 }

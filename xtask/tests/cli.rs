@@ -1,5 +1,7 @@
 //! The command line as a user meets it: help listing, rootfs editing commands, bad input.
 
+mod common;
+
 use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xtask");
@@ -11,7 +13,11 @@ fn run(args: &[&str]) -> std::process::Output {
 #[test]
 fn no_arguments_lists_every_subcommand() {
     let out = run(&[]);
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    // clap's arg_required_else_help: the help goes to stderr and the exit status is 2 (usage error).
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "help must not go to stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(text.contains("Usage: cargo xtask <COMMAND>"), "{text}");
     for sub in ["kernel", "fetch", "mirror", "serve", "rootfs", "boot-test", "doctor", "e2e"] {
         assert!(text.contains(&format!("  {sub} ")), "`{sub}` missing from:\n{text}");
     }
@@ -19,8 +25,7 @@ fn no_arguments_lists_every_subcommand() {
 
 #[test]
 fn rootfs_list_unpack_repack_round_trip_and_bad_archive() {
-    let dir = std::env::temp_dir().join(format!("kernel-lab-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::scratch("cli-rootfs");
     std::fs::create_dir_all(dir.join("tree/bin")).unwrap();
     std::fs::write(dir.join("tree/bin/hello"), "#!/bin/sh\necho hi\n").unwrap();
     // Build an archive with GNU cpio, unpack it with ours, repack twice: same bytes both times.
@@ -61,13 +66,14 @@ fn rootfs_list_unpack_repack_round_trip_and_bad_archive() {
 
 #[test]
 fn bad_recipe_names_file_line_and_field() {
-    let dir = std::env::temp_dir().join(format!("kernel-lab-cli-recipe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("cli-recipe");
     let recipe = dir.join("typo.yaml");
     std::fs::write(&recipe, "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragmnts: [lab.config]\n").unwrap();
     let out = run(&["kernel", "--dry-run", "--recipe", recipe.to_str().unwrap(), "--mirror", "http://127.0.0.1:9/"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("typo.yaml") && err.contains("fragmnts") && err.contains('7'), "{err}");
+    assert!(err.starts_with(&format!("error: recipe {}\n", recipe.display())), "{err}");
+    // The position must be the misspelt key's own: line 7, column 3 (after the two-space indent).
+    assert!(err.contains("line 7 column 3: unknown field `fragmnts`, expected one of base, fragments"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,10 @@
 //! `cargo xtask fetch` end to end against a generated kernel.org-layout mirror on loopback
 //! (served by `cargo xtask serve`), with a throwaway gpg key. No network beyond 127.0.0.1.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -23,13 +26,12 @@ impl Drop for Fixture {
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("kernel-lab-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch(&format!("fetch-{name}"));
         let gnupg = dir.join("gnupg");
         std::fs::create_dir_all(&gnupg).unwrap();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&gnupg).unwrap().permissions(), 0o700);
-        Command::new("chmod").arg("700").arg(&gnupg).status().unwrap();
+        // gpg refuses to trust a home others can read; create_dir_all leaves it at 0755 (umask 022).
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(std::fs::metadata(&gnupg).unwrap().permissions().mode() & 0o777, 0o700);
         let f = Fixture { dir, gnupg };
         f.gen_key("Mirror Signer <mirror@test.invalid>");
         f.gen_key("Other Signer <other@test.invalid>");
@@ -200,7 +202,54 @@ fn lts_series_and_exact_version() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), "# Linux 6.6.9\n");
     let out = f.fetch(&served.url, &["--lts", "4.4", "--keyring", keyring.to_str().unwrap()]);
+    assert!(!out.status.success());
     assert!(stderr(&out).contains("no longterm series 4.4"), "{}", stderr(&out));
+
+    // --version picks that release even though it is not the newest longterm one.
+    std::fs::remove_dir_all(f.dir.join("artifacts")).unwrap();
+    let out = f.fetch(&served.url, &["--version", "6.6.9", "--keyring", keyring.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), "# Linux 6.6.9\n");
+    assert!(!f.src("6.12.117").exists());
+    let lock = std::fs::read_to_string(f.dir.join("recipes/lts.lock")).unwrap();
+    assert!(lock.contains("\"version\": \"6.6.9\"") && lock.contains("v6.x/linux-6.6.9.tar.xz"), "{lock}");
+    let out = f.fetch(&served.url, &["--version", "6.6.1", "--keyring", keyring.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
+
+/// releases.json lists only the newest release of each series; an exact version it does not list
+/// is taken from the usual kernel.org path and must still be in the signed sha256sums.asc.
+#[test]
+fn exact_version_not_in_releases_json_falls_back_to_the_signed_sums() {
+    let f = Fixture::new("unlisted");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let json_path = mirror.join("releases.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let releases = json["releases"].as_array_mut().unwrap();
+    let before = releases.len();
+    releases.retain(|r| r["version"] != "6.6.9");
+    assert_eq!(releases.len(), before - 1, "the mirror listed 6.6.9");
+    std::fs::write(&json_path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let served = serve(&mirror);
+    let k = keyring.to_str().unwrap();
+
+    let out = f.fetch(&served.url, &["--version", "6.6.9", "--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), "# Linux 6.6.9\n");
+    let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(f.dir.join("recipes/lts.lock")).unwrap()).unwrap();
+    let kernel = &lock["kernel"];
+    assert_eq!(kernel["path"], "pub/linux/kernel/v6.x/linux-6.6.9.tar.xz", "{lock}");
+    assert_eq!(kernel["sums_path"], "pub/linux/kernel/v6.x/sha256sums.asc", "{lock}");
+    assert_eq!(kernel["verified"], true, "{lock}");
+    assert_eq!(kernel["released"], 0, "an unlisted version has no release date: {lock}");
+
+    // Neither listed nor in the signed sums: refused, naming the sums file, nothing extracted.
+    let out = f.fetch(&served.url, &["--version", "6.6.1", "--keyring", k]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("sha256sums.asc has no sha256 line for linux-6.6.1.tar.xz"), "{err}");
+    assert!(!f.src("6.6.1").exists());
 }
 
 #[test]

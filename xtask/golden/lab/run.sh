@@ -16,6 +16,9 @@ NIC=e1000
 RECIPE_APPEND='loglevel=7 quiet'\''s'
 RECIPE_QEMU_ARGS=(-rtc base=utc)
 GDB_PORT="${KLAB_GDB_PORT:-1234}"
+# QEMU's gdb stub drives the whole machine and, through `monitor`, QEMU itself: loopback only,
+# unless --gdb-listen says otherwise.
+GDB_LISTEN=127.0.0.1
 
 usage() {
     cat <<USAGE
@@ -32,6 +35,8 @@ options:
   --mem SIZE       guest memory, QEMU syntax such as 512M or 4G (default $MEM)
   --append TEXT    add TEXT to the kernel command line (repeatable)
   --gdb-port PORT  TCP port of QEMU's gdb stub (default $GDB_PORT; env KLAB_GDB_PORT)
+  --gdb-listen ADDR  address the gdb stub listens on (default $GDB_LISTEN). DANGER: anyone who
+                   can reach a non-loopback stub controls the guest and, via monitor, QEMU
   --dry-run        print the QEMU command line instead of running it
   -h, --help       show this help
 Arguments after -- go to QEMU unchanged.
@@ -57,7 +62,7 @@ while [ $# -gt 0 ]; do
         --*=*) val="${opt#*=}"; opt="${opt%%=*}"; has_val=1 ;;
     esac
     case "$opt" in
-        --smp|--mem|--append|--gdb-port)
+        --smp|--mem|--append|--gdb-port|--gdb-listen)
             if [ "$has_val" = 0 ]; then
                 [ $# -ge 2 ] || die_usage "$opt needs a value"
                 val="$2"
@@ -87,6 +92,10 @@ while [ $# -gt 0 ]; do
             [[ "$val" =~ ^[1-9][0-9]*$ ]] && [ "$val" -le 65535 ] \
                 || die_usage "--gdb-port wants a TCP port 1..65535, got '$val'"
             GDB_PORT="$val"
+            ;;
+        --gdb-listen)
+            [[ "$val" =~ ^[A-Za-z0-9.-]+$ ]] || die_usage "--gdb-listen wants an IPv4 address or host name, got '$val'"
+            GDB_LISTEN="$val"
             ;;
         -h|--help) usage; exit 0 ;;
         --) shift; break ;;
@@ -150,8 +159,8 @@ QEMU=(qemu-system-x86_64
     -netdev user,id=net0
     # An empty romfile skips the NIC's PXE option ROM, which the lab never boots from.
     -device "$NIC,netdev=net0,romfile="
-    # The same as -s, with a settable port.
-    -gdb "tcp::$GDB_PORT"
+    # Like -s, but on one address (-s listens on every interface) and a settable port.
+    -gdb "tcp:$GDB_LISTEN:$GDB_PORT"
 )
 [ "$DEBUG" = 0 ] || QEMU+=(-S)
 # The ${a[@]+...} form keeps empty arrays working under set -u on every bash.
@@ -165,6 +174,11 @@ quote() {
         printf "'%s'" "${1//\'/\'\\\'\'}"
     fi
 }
+
+case "$GDB_LISTEN" in
+    127.*|localhost) ;;
+    *) echo "run.sh: WARNING: the gdb stub listens on $GDB_LISTEN:$GDB_PORT: anyone who can reach it controls the guest and, through QEMU's monitor, this host" >&2 ;;
+esac
 
 if [ "$DRY_RUN" = 1 ]; then
     sep=""
