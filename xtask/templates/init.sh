@@ -35,7 +35,7 @@ esac
 
 echo "Logged in as @USER@ (uid @UID@); \`su\` with the lab password gives a root shell."
 echo "Leaving this shell powers the machine off."
-cd /home/@USER@
+cd /home/@USER@ || cd /
 # cttyhack gives the shell a controlling tty (job control, Ctrl-C); setuidgid drops root.
 HOME=/home/@USER@ USER=@USER@ LOGNAME=@USER@ SHELL=/bin/sh setsid cttyhack setuidgid @UID@ sh -l
 # PID 1 must never exit (the kernel would panic), so power off when the user is done.

@@ -33,8 +33,10 @@ while [ $# -gt 0 ]; do
             else
                 PORT="${1#*=}"
             fi
-            [[ "$PORT" =~ ^[1-9][0-9]*$ ]] && [ "$PORT" -le 65535 ] \
-                || { echo "gdb.sh: --port wants a TCP port 1..65535, got '$PORT'" >&2; exit 2; }
+            if ! { [[ "$PORT" =~ ^[1-9][0-9]*$ ]] && [ "$PORT" -le 65535 ]; }; then
+                echo "gdb.sh: --port wants a TCP port 1..65535, got '$PORT'" >&2
+                exit 2
+            fi
             ;;
         -h|--help) usage; exit 0 ;;
         --) shift; GDB_ARGS+=("$@"); break ;;

@@ -89,8 +89,9 @@ while [ $# -gt 0 ]; do
             ;;
         --append) APPEND_EXTRA="${APPEND_EXTRA:+$APPEND_EXTRA }$val" ;;
         --gdb-port)
-            [[ "$val" =~ ^[1-9][0-9]*$ ]] && [ "$val" -le 65535 ] \
-                || die_usage "--gdb-port wants a TCP port 1..65535, got '$val'"
+            if ! { [[ "$val" =~ ^[1-9][0-9]*$ ]] && [ "$val" -le 65535 ]; }; then
+                die_usage "--gdb-port wants a TCP port 1..65535, got '$val'"
+            fi
             GDB_PORT="$val"
             ;;
         --gdb-listen)
@@ -147,6 +148,7 @@ CMDLINE="console=ttyS0 nokaslr"
 [ -z "$RECIPE_APPEND" ] || CMDLINE="$CMDLINE $RECIPE_APPEND"
 [ -z "$APPEND_EXTRA" ] || CMDLINE="$CMDLINE $APPEND_EXTRA"
 
+# shellcheck disable=SC2054 # the commas are QEMU's option syntax, not array separators
 QEMU=(qemu-system-x86_64
     "${ACCEL_ARGS[@]}"
     -m "$MEM"
