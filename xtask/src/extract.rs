@@ -330,7 +330,9 @@ fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
         let Some(rel) = strip_top(&raw)? else {
             continue;
         };
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        // Never group- or world-writable, whatever the tarball says (git-archive tarballs carry
+        // 0664/0775): another local user must not be able to change code we are about to build.
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
         let mtime = entry.header().mtime().unwrap_or(1).max(1);
         let dst = root.join(&rel);
         match kind {
@@ -605,6 +607,23 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn extracted_files_are_never_group_or_world_writable() {
+        let dir = scratch("umask");
+        let tarball = dir.join("t.tar.xz");
+        let tar = tar_bytes(&[
+            E::Dir("linux/"),
+            E::File("linux/Makefile", b"all:\n", 0o666),
+            E::File("linux/scripts/run.sh", b"#!/bin/sh\n", 0o775),
+        ]);
+        fs::write(&tarball, xz(&tar)).unwrap();
+        let dest = dir.join("src");
+        extract(&tarball, "sha", &dest, "linux").unwrap();
+        let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!((mode("Makefile"), mode("scripts/run.sh")), (0o644, 0o755));
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

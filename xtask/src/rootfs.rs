@@ -96,7 +96,7 @@ pub fn build(input: &RootfsInput) -> Result<Archive> {
 
     a.add_file("etc/passwd", 0o644, 0, 0, passwd(spec).into_bytes())?;
     a.add_file("etc/group", 0o644, 0, 0, group(spec).into_bytes())?;
-    a.add_file("etc/shadow", 0o600, 0, 0, shadow(spec).into_bytes())?;
+    a.add_file("etc/shadow", 0o600, 0, 0, shadow(spec, input.kernel_version).into_bytes())?;
     a.add_file("etc/hostname", 0o644, 0, 0, format!("{}\n", spec.hostname).into_bytes())?;
     a.add_file("etc/hosts", 0o644, 0, 0, hosts(spec).into_bytes())?;
     a.add_file("etc/profile", 0o644, 0, 0, PROFILE.as_bytes().to_vec())?;
@@ -125,11 +125,14 @@ pub fn group(spec: &RootfsSpec) -> String {
     format!("root:x:0:\ntty:x:5:\n{}:x:{}:\n", spec.user, spec.uid)
 }
 
-/// Both accounts get spec.password. The salt is derived from name and password rather than drawn
-/// at random so that two builds of the same recipe give byte-identical archives.
-pub fn shadow(spec: &RootfsSpec) -> String {
+/// Both accounts get spec.password. The salt is derived rather than drawn at random so that two
+/// builds of the same recipe give byte-identical archives; it comes from the account, host name
+/// and kernel version, never from the password, so the same password hashes differently per lab
+/// and a table precomputed for it does not apply.
+pub fn shadow(spec: &RootfsSpec, kernel_version: &str) -> String {
     let line = |name: &str| {
-        let hash = sha512_crypt(spec.password.as_bytes(), &derived_salt(name, &spec.password), None);
+        let salt = derived_salt(&[name, spec.hostname.as_str(), kernel_version]);
+        let hash = sha512_crypt(spec.password.as_bytes(), &salt, None);
         // Empty "last change" field: 0 would mean "password expired, change at next login".
         format!("{name}:{hash}::0:99999:7:::\n")
     };
@@ -242,14 +245,14 @@ fn b64_from_24bit(out: &mut String, b2: u8, b1: u8, b0: u8, n: usize) {
     }
 }
 
-/// 16 salt characters from sha256 of the account name and password.
-fn derived_salt(name: &str, password: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(b"kernel-lab shadow salt\0")
-        .chain_update(name.as_bytes())
-        .chain_update(b"\0")
-        .chain_update(password.as_bytes())
-        .finalize();
+/// 16 salt characters from sha256 of `parts`.
+fn derived_salt(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new().chain_update(b"kernel-lab shadow salt v2");
+    for p in parts {
+        hasher.update(b"\0");
+        hasher.update(p.as_bytes());
+    }
+    let digest = hasher.finalize();
     let mut salt = String::new();
     for c in digest[..12].chunks(3) {
         b64_from_24bit(&mut salt, c[0], c[1], c[2], 4);
@@ -359,7 +362,7 @@ mod tests {
         check_golden("boot-test.sh", &boot_test_script(&spec, VERSION, Nic::E1000).unwrap());
         check_golden("passwd", &passwd(&spec));
         check_golden("group", &group(&spec));
-        check_golden("shadow", &shadow(&spec));
+        check_golden("shadow", &shadow(&spec, VERSION));
     }
 
     #[test]
@@ -389,8 +392,8 @@ mod tests {
     #[test]
     fn shadow_salts_are_stable_and_differ_per_account() {
         let spec = RootfsSpec::default();
-        let text = shadow(&spec);
-        assert_eq!(text, shadow(&spec));
+        let text = shadow(&spec, VERSION);
+        assert_eq!(text, shadow(&spec, VERSION));
         let hashes: Vec<&str> = text.lines().map(|l| l.split(':').nth(1).unwrap()).collect();
         assert_eq!(hashes.len(), 2);
         assert_ne!(hashes[0], hashes[1]);
@@ -400,7 +403,14 @@ mod tests {
             assert_eq!(*h, sha512_crypt(spec.password.as_bytes(), salt, None), "hash must verify with the password");
         }
         let other = RootfsSpec { password: "other".into(), ..RootfsSpec::default() };
-        assert_ne!(shadow(&other), text);
+        assert_ne!(shadow(&other, VERSION), text);
+        // The salt does not depend on the password (no precomputation per password), but on the
+        // lab: another kernel version or host name salts differently.
+        let salt_of = |t: &str| t.lines().next().unwrap().split('$').nth(2).unwrap().to_string();
+        assert_eq!(salt_of(&shadow(&other, VERSION)), salt_of(&text));
+        assert_ne!(salt_of(&shadow(&spec, "6.12.118")), salt_of(&text));
+        let renamed = RootfsSpec { hostname: "box".to_string().try_into().unwrap(), ..RootfsSpec::default() };
+        assert_ne!(salt_of(&shadow(&renamed, VERSION)), salt_of(&text));
     }
 
     #[test]
@@ -422,7 +432,7 @@ mod tests {
         let init = init_script(&spec, "6.1.2").unwrap();
         assert!(init.starts_with("#!/bin/sh\n"));
         assert!(init.contains("setsid cttyhack setuidgid 1234 sh -l"));
-        assert!(init.contains("cd /home/alice\n"));
+        assert!(init.contains("cd /home/alice || cd /\n"));
         assert!(init.contains("hostname box\n"));
         assert!(init.contains("exec /etc/kernel-lab/boot-test.sh"), "init must run the path we install");
         let test = boot_test_script(&spec, "6.1.2", Nic::E1000).unwrap();
@@ -504,7 +514,7 @@ mod tests {
         assert_eq!((meta("dev/tty"), kind("dev/tty")), ((0o666, 0, 0), dev(5, 0)));
         assert_eq!((meta("dev/ttyS0"), kind("dev/ttyS0")), ((0o660, 0, 5), dev(4, 64)));
         assert_eq!(meta("etc/shadow"), (0o600, 0, 0));
-        assert_eq!(kind("etc/shadow"), Kind::File(shadow(&f.spec).into_bytes()));
+        assert_eq!(kind("etc/shadow"), Kind::File(shadow(&f.spec, VERSION).into_bytes()));
         assert_eq!(meta("init"), (0o755, 0, 0));
         assert_eq!(kind("init"), Kind::File(init_script(&f.spec, VERSION).unwrap().into_bytes()));
         assert_eq!(meta(BOOT_TEST_PATH), (0o755, 0, 0));
