@@ -807,6 +807,11 @@ impl Group {
     fn spawn(cmd: &mut Command, what: &'static str) -> Result<Group> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
+        let parent = std::process::id();
+        // SAFETY: between fork and exec the closure only makes two async-signal-safe system calls.
+        unsafe {
+            cmd.pre_exec(move || die_with_parent(parent));
+        }
         let child = cmd.spawn().with_context(|| format!("start {what} ({:?})", cmd.get_program()))?;
         Ok(Group { child, what, status: None })
     }
@@ -857,13 +862,33 @@ impl Drop for Group {
     }
 }
 
-/// SIGINT/SIGTERM while a boot test runs set a flag instead of ending the process, so the
+/// Makes the kernel SIGKILL this child (run.sh, which execs QEMU; gdb.sh, which execs gdb) when
+/// the xtask dies, even by SIGKILL, which no handler sees. The setting survives exec.
+fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    const PR_SET_PDEATHSIG: i32 = 1;
+    const SIGKILL: u64 = 9;
+    unsafe extern "C" {
+        fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+    }
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory.
+    if unsafe { prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The parent may have died before prctl: then nobody would ever kill us.
+    if std::os::unix::process::parent_id() != parent {
+        return Err(std::io::Error::other("kernel-lab exited while starting QEMU"));
+    }
+    Ok(())
+}
+
+/// SIGINT/SIGTERM/SIGHUP while a boot test runs set a flag instead of ending the process, so the
 /// process groups above are killed before we exit. std links the C library on Linux, so its
 /// `signal` is declared here rather than adding the libc crate for one function.
 mod interrupt {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    const SIGHUP: i32 = 1;
     const SIGINT: i32 = 2;
     const SIGTERM: i32 = 15;
     const SIG_ERR: usize = usize::MAX;
@@ -885,7 +910,7 @@ mod interrupt {
     pub fn install() -> Installed {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let mut previous = Vec::new();
-        for sig in [SIGINT, SIGTERM] {
+        for sig in [SIGHUP, SIGINT, SIGTERM] {
             // SAFETY: glibc's signal() installs a handler with BSD semantics; on_signal only
             // touches an atomic.
             let old = unsafe { signal(sig, on_signal as extern "C" fn(i32) as usize) };
