@@ -129,7 +129,10 @@ impl Check {
             Check::Uid => (value == expect.uid.to_string(), format!("expected {}", expect.uid)),
             Check::Kallsyms => (value.parse::<u64>().is_ok_and(|n| n > 0), "expected a count > 0".to_string()),
             Check::Nic => (
-                !value.is_empty() && value != "none",
+                value != "none"
+                    && value != "fail"
+                    && !value.is_empty()
+                    && value.split(' ').all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))),
                 format!("expected an interface bound to the {} driver ({} NIC)", expect.nic.driver(), expect.nic.qemu_model()),
             ),
             Check::Banner | Check::End => (false, format!("{} is not a marker", self.name())),
@@ -487,13 +490,38 @@ pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
 /// all (a missing file, a tool not installed). `extra` is added to the kernel command line of
 /// both boots, e.g. `maxcpus=1` to check that a broken boot gets the right verdict.
 pub fn run(lab: &Lab, timeout: Duration, extra: &str) -> Result<BootReport> {
+    run_into(lab, timeout, extra, &lab.dir)
+}
+
+/// `run`, with the report and logs written into `out` instead of the lab (a deliberately broken
+/// boot must not leave its verdict in the lab).
+pub fn run_into(lab: &Lab, timeout: Duration, extra: &str, out: &Path) -> Result<BootReport> {
+    // A newline would put text of the user's choosing on a console line of its own (init prints
+    // the command line), where it could pose as a marker.
+    if let Some(c) = extra.chars().find(|c| c.is_control()) {
+        bail!("extra kernel command line {extra:?} contains the control character {c:?}: use spaces only");
+    }
     let append = if extra.trim().is_empty() { TEST_APPEND.to_string() } else { format!("{TEST_APPEND} {}", extra.trim()) };
     let expect = lab.expect();
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let report_path = out.join(lab::REPORT);
+    // A report of an earlier run must not outlive a run that fails to start.
+    match std::fs::remove_file(&report_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove the old {}", report_path.display()));
+        }
+        _ => {}
+    }
+    // No assembly replaces the lab while it boots.
+    let _hold = lab.lock_shared()?;
     preflight(lab)?;
     let signals = interrupt::install();
     let start = Instant::now();
-    let qemu_command = dry_run(lab, &append)?;
-    let console_log = lab.file(lab::CONSOLE_LOG);
+    // Its own free loopback port: a running lab or another boot test on the recipe's port must
+    // not collide with this boot (QEMU would refuse to start and the verdict would mislead).
+    let port = free_port()?.to_string();
+    let qemu_command = dry_run(lab, &port, &append)?;
+    let console_log = out.join(lab::CONSOLE_LOG);
     let mut report = BootReport {
         verdict: Verdict::Pass,
         detail: String::new(),
@@ -503,15 +531,15 @@ pub fn run(lab: &Lab, timeout: Duration, extra: &str) -> Result<BootReport> {
         console_log: console_log.clone(),
         gdb_transcript: None,
         last_lines: Vec::new(),
-        report: lab.file(lab::REPORT),
+        report: report_path,
     };
     let mut tail = Tail::default();
-    let mut outcome = boot(lab, &append, &expect, timeout, &console_log, &mut report, &mut tail);
+    let mut outcome = boot(lab, &port, &append, &expect, timeout, &console_log, &mut report, &mut tail);
     if matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
-        let transcript = lab.file(lab::GDB_TRANSCRIPT);
+        let transcript = out.join(lab::GDB_TRANSCRIPT);
         report.gdb_transcript = Some(transcript.clone());
         let gdb_start = Instant::now();
-        outcome = gdb_stage(lab, &append, &expect, timeout, &transcript);
+        outcome = gdb_stage(lab, &append, &expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG));
         if let Ok(f) = &outcome {
             if f.verdict == Verdict::Pass {
                 report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
@@ -551,10 +579,10 @@ fn preflight(lab: &Lab) -> Result<()> {
 }
 
 /// The QEMU command run.sh would run, for the report; also proves run.sh accepts the options.
-fn dry_run(lab: &Lab, append: &str) -> Result<String> {
+fn dry_run(lab: &Lab, port: &str, append: &str) -> Result<String> {
     let run_sh = lab.file(lab::RUN_SH);
     let out = Command::new(&run_sh)
-        .args(["--dry-run", "--append", append])
+        .args(["--dry-run", "--gdb-port", port, "--append", append])
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("run {} --dry-run", run_sh.display()))?;
@@ -576,8 +604,10 @@ enum Msg {
 }
 
 /// Stages 1-4: the first boot, up to QEMU's own exit.
+#[allow(clippy::too_many_arguments)]
 fn boot(
     lab: &Lab,
+    port: &str,
     append: &str,
     expect: &Expect,
     timeout: Duration,
@@ -588,11 +618,8 @@ fn boot(
     let mut log = std::io::BufWriter::new(
         File::create(console_log).with_context(|| format!("create {}", console_log.display()))?,
     );
-    // Its own free loopback port: a running lab or another boot test on the recipe's port must
-    // not collide with this boot (QEMU would refuse to start and the verdict would mislead).
-    let port = free_port()?.to_string();
     let mut cmd = Command::new(lab.file(lab::RUN_SH));
-    cmd.args(["--gdb-port", &port, "--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["--gdb-port", port, "--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
     let (tx, rx) = mpsc::channel();
     let stdout = qemu.child.stdout.take().context("run.sh stdout")?;
@@ -651,7 +678,14 @@ fn boot(
                 // stderr may still hold QEMU's last words (e.g. why it refused to start).
                 drain(&rx, &mut log, tail, Duration::from_millis(500));
                 let _ = writeln!(log, "[kernel-lab] run.sh exited: {}", status.map_or("still running".to_string(), |s| s.to_string()));
-                let f = console.verdict_at_exit(expect);
+                // A guest that closed its console but kept running never powered off.
+                let f = match status {
+                    None if console.fatal.is_none() => Finding::new(
+                        Verdict::Timeout(Stage::Poweroff),
+                        format!("QEMU closed the console but was still running {} s later", EXIT_GRACE.as_secs()),
+                    ),
+                    _ => console.verdict_at_exit(expect),
+                };
                 if f.verdict == Verdict::Pass {
                     report.stages.push(StageTime { stage: stage.name(), seconds: stage_start.elapsed().as_secs_f64() });
                 }
@@ -724,10 +758,9 @@ fn forward_lines(
 }
 
 /// Stage 5: `run.sh --debug` on a free port, then `gdb.sh -batch` through GDB_STEPS.
-fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transcript: &Path) -> Result<Finding> {
+fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transcript: &Path, console_path: &Path) -> Result<Finding> {
     let port = free_port()?.to_string();
-    let console_path = lab.file(lab::GDB_CONSOLE_LOG);
-    let console = File::create(&console_path).with_context(|| format!("create {}", console_path.display()))?;
+    let console = File::create(console_path).with_context(|| format!("create {}", console_path.display()))?;
     let mut qemu_cmd = Command::new(lab.file(lab::RUN_SH));
     qemu_cmd
         .args(["--debug", "--gdb-port", &port, "--append", append])
@@ -1050,6 +1083,9 @@ mod tests {
             (Check::Kallsyms, "KLAB:kallsyms=lots"),
             (Check::Nic, "KLAB:nic=none"),
             (Check::Nic, "KLAB:nic="),
+            (Check::Nic, "KLAB:nic=fail"),
+            (Check::Nic, "KLAB:nic=[ 1.2] e1000"),
+            (Check::Nic, "KLAB:nic=eth0  eth1"),
             // A check whose command failed prints `fail` (guest_checks).
             (Check::Uid, "KLAB:uid=fail"),
         ];
@@ -1235,7 +1271,7 @@ mod tests {
     /// A lab whose run.sh replays `console` (then runs `after`), and whose gdb.sh prints GOOD_GDB.
     fn fake_lab(name: &str, console: &[String], after: &str) -> Lab {
         let dir = scratch(name);
-        for f in [lab::BZIMAGE, lab::VMLINUX, lab::DEBUG_GDB] {
+        for f in [lab::BZIMAGE, lab::VMLINUX, lab::DEBUG_GDB, lab::ROOTFS] {
             std::fs::write(dir.join(f), b"").unwrap();
         }
         let e = expect();
@@ -1255,7 +1291,7 @@ mod tests {
             &dir.join(lab::RUN_SH),
             &format!(
                 "echo \"$*\" >> {lab_s}/calls\n\
-                 [ \"$1\" = --dry-run ] && {{ echo qemu-system-x86_64 -append \"$3\"; exit 0; }}\n\
+                 [ \"$1\" = --dry-run ] && {{ echo qemu-system-x86_64 -gdb \"tcp:127.0.0.1:$3\" -append \"$5\"; exit 0; }}\n\
                  [ \"$1\" = --debug ] && exec sleep 600\n\
                  echo $$ > {lab_s}/pid\n\
                  echo 'run.sh: KVM not usable; emulating with TCG' >&2\n\
@@ -1272,7 +1308,11 @@ mod tests {
     }
 
     fn report_json(lab: &Lab) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(lab.file(lab::REPORT)).unwrap()).unwrap()
+        report_json_at(&lab.dir)
+    }
+
+    fn report_json_at(dir: &Path) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(lab::REPORT)).unwrap()).unwrap()
     }
 
     #[test]
@@ -1291,11 +1331,13 @@ mod tests {
         assert!(console.contains("KLAB:END\n") && console.contains("[run.sh stderr] run.sh: KVM"), "{console}");
         let calls: Vec<String> = std::fs::read_to_string(lab.file("calls")).unwrap().lines().map(str::to_string).collect();
         assert_eq!(calls.len(), 3, "dry run, boot, gdb boot: {calls:?}");
-        assert_eq!(calls[0], format!("--dry-run --append {TEST_APPEND}"));
-        // Both boots get their own free port, never the recipe's fixed one.
+        // Both boots get their own free port, never the recipe's fixed one, and the report shows
+        // the command of the boot that ran.
         let port_of = |call: &str, prefix: &str| call.strip_prefix(prefix).unwrap().split(' ').next().unwrap().parse::<u16>().unwrap();
         let (boot_port, gdb_port) = (port_of(&calls[1], "--gdb-port "), port_of(&calls[2], "--debug --gdb-port "));
         assert!(boot_port != 1234 && gdb_port != 1234, "{calls:?}");
+        assert_eq!(calls[0], format!("--dry-run --gdb-port {boot_port} --append {TEST_APPEND}"));
+        assert!(report.qemu_command.contains(&format!("tcp:127.0.0.1:{boot_port}")), "{}", report.qemu_command);
         assert!(calls[1].ends_with(&format!("--append {TEST_APPEND}")), "{calls:?}");
         let gdb_args = std::fs::read_to_string(lab.file("gdb-args")).unwrap();
         assert!(gdb_args.starts_with("--port ") && gdb_args.contains("-batch -ex echo KLAB-GDB:breakpoint"), "{gdb_args}");
@@ -1315,9 +1357,9 @@ mod tests {
         let json = report_json(&lab);
         assert_eq!(json["verdict"], "check-failed:nproc");
         assert!(json["gdb_transcript"].is_null());
-        // stdout and stderr are read by two threads, so only membership is certain, not order.
+        // stdout and stderr are read by two threads: the stderr line may come after the verdict.
         let last: Vec<&str> = json["last_lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
-        assert!(last.contains(&"[run.sh stderr] run.sh: KVM not usable; emulating with TCG") && last.contains(&"KLAB:nproc=1"), "{last:?}");
+        assert!(last.contains(&"KLAB:nproc=1") && last.contains(&"KLAB:BEGIN"), "{last:?}");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
@@ -1377,6 +1419,9 @@ mod tests {
         let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
         let want = format!("--append {TEST_APPEND} maxcpus=1 KLAB:BEGIN KLAB:nproc=4");
         assert_eq!(calls.matches(&want).count(), 2, "dry run and boot: {calls}");
+        // A newline could put a line of the user's choosing on the console: refused up front.
+        let err = format!("{:#}", run(&lab, Duration::from_secs(60), "maxcpus=1\nKLAB:BEGIN").unwrap_err());
+        assert!(err.contains("control character"), "{err}");
         std::fs::write(lab.file("console.txt"), good_console().join("\n") + "\n").unwrap();
         assert_eq!(run(&lab, Duration::from_secs(60), "maxcpus=1").unwrap().verdict, Verdict::Pass);
         let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
@@ -1385,8 +1430,32 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_that_closes_its_console_but_keeps_running_did_not_power_off() {
+        let lab = fake_lab("closed", &good_console(), "exec >&- 2>&-\nexec sleep 600");
+        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        assert_eq!(report.verdict, Verdict::Timeout(Stage::Poweroff), "{}", report.detail);
+        assert!(!alive(&lab.file("pid")));
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
+    #[test]
+    fn run_into_leaves_the_lab_report_alone() {
+        let lab = fake_lab("into", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
+        std::fs::write(lab.file(lab::REPORT), "{\"verdict\": \"pass\"}").unwrap();
+        let out = lab.dir.join("negative");
+        let report = run_into(&lab, Duration::from_secs(60), "maxcpus=1", &out).unwrap();
+        assert_eq!(report.report, out.join(lab::REPORT));
+        assert_eq!(report_json_at(&out)["verdict"], "check-failed:nproc");
+        assert!(out.join(lab::CONSOLE_LOG).is_file());
+        assert_eq!(std::fs::read_to_string(lab.file(lab::REPORT)).unwrap(), "{\"verdict\": \"pass\"}");
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
+    #[test]
     fn preflight_names_the_missing_file() {
         let lab = fake_lab("preflight", &good_console(), "exit 0");
+        // The report of an earlier passing run must not survive a run that cannot start.
+        std::fs::write(lab.file(lab::REPORT), "{\"verdict\": \"pass\"}").unwrap();
         std::fs::remove_file(lab.file(lab::VMLINUX)).unwrap();
         let err = format!("{:#}", run(&lab, Duration::from_secs(60), "").unwrap_err());
         assert!(err.contains("vmlinux is missing"), "{err}");

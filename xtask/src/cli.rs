@@ -105,7 +105,7 @@ pub struct KernelArgs {
     #[arg(long)]
     pub no_boot_test: bool,
     /// Boot-test timeout of each stage, in seconds
-    #[arg(long, default_value_t = DEFAULT_STAGE_TIMEOUT_SECS, value_name = "S")]
+    #[arg(long, default_value_t = DEFAULT_STAGE_TIMEOUT_SECS, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub boot_timeout: u64,
     /// Print the plan (versions, URLs, paths) and stop
     #[arg(long)]
@@ -214,7 +214,7 @@ pub struct BootTestArgs {
     #[arg(long, value_name = "DIR")]
     pub lab: Option<PathBuf>,
     /// Timeout of each boot-test stage, in seconds
-    #[arg(long, default_value_t = DEFAULT_STAGE_TIMEOUT_SECS, value_name = "S")]
+    #[arg(long, default_value_t = DEFAULT_STAGE_TIMEOUT_SECS, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: u64,
     /// Extra kernel command line for this boot (e.g. to break it on purpose)
     #[arg(long, value_name = "TEXT", default_value = "")]

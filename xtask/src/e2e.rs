@@ -87,7 +87,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     }
 
     if args.negative {
-        negative(&first.lab)?;
+        negative(layout, &first.lab)?;
         without_net_ns(sh, layout, &plan, &build)?;
     }
     if args.repro {
@@ -99,7 +99,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
 }
 
 /// Breaks the lab on purpose and checks that each break gets its own named verdict.
-fn negative(lab: &Lab) -> Result<()> {
+fn negative(layout: &Layout, lab: &Lab) -> Result<()> {
     let cases = [
         ("rdinit=/nonexistent init=/nonexistent", Verdict::KernelPanic),
         ("rdinit=/bin/true", Verdict::InitDied),
@@ -107,9 +107,11 @@ fn negative(lab: &Lab) -> Result<()> {
         // The kernel echoes its command line: marker text in it must not fake the nproc check.
         ("maxcpus=1 KLAB:BEGIN KLAB:nproc=4 KLAB:END", Verdict::CheckFailed(Check::Nproc)),
     ];
-    for (append, want) in cases {
+    for (i, (append, want)) in cases.into_iter().enumerate() {
         eprintln!("==> negative boot: append {append:?}, expecting {want}");
-        let report = boottest::run(lab, BOOT_TIMEOUT, append)?;
+        // Reports and logs of broken boots stay out of the lab, whose report says `pass`.
+        let out = layout.artifacts.join(format!("e2e/negative/{i}"));
+        let report = boottest::run_into(lab, BOOT_TIMEOUT, append, &out)?;
         if report.verdict != want {
             bail!("negative boot with {append:?}: expected verdict {want}, got {} ({})", report.verdict, report.detail);
         }

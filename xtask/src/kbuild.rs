@@ -378,8 +378,6 @@ fn first_errors(log: &str) -> Vec<String> {
     lines[lines.len().saturating_sub(15)..].iter().map(|s| s.to_string()).collect()
 }
 
-/// `date -u -d @EPOCH` in the C locale, e.g. "Thu Oct 30 00:00:00 UTC 2025": the kernel prints it
-/// in `uname -v` and /proc/version.
 /// The reproducible-build environment shared by the kernel and busybox: the release date as
 /// timestamp and SOURCE_DATE_EPOCH, and a fixed user and host. Busybox reads only
 /// SOURCE_DATE_EPOCH (kconfig writes it as AUTOCONF_TIMESTAMP, shown by `busybox --help`), in
@@ -391,6 +389,8 @@ pub(crate) fn reproducible_env(cmd: xshell::Cmd<'_>, epoch: u64) -> xshell::Cmd<
         .env("KBUILD_BUILD_HOST", "kernel-lab")
 }
 
+/// `date -u -d @EPOCH` in the C locale, e.g. "Thu Oct 30 00:00:00 UTC 2025": the kernel prints it
+/// in `uname -v` and /proc/version.
 pub fn kbuild_timestamp(epoch: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];

@@ -1,7 +1,9 @@
 //! A lab directory: the one place that names its files, its description (lab.json), and its atomic assembly.
 //!
-//! A lab is assembled complete in a temporary sibling (`.NAME.tmp-PID`) and renamed into place
-//! once, so a crash leaves either the old lab or the new one, never a mixture.
+//! A lab is assembled complete in a temporary sibling (`.NAME.tmp-PID`) and exchanged with the
+//! old one in a single `renameat2(RENAME_EXCHANGE)`, so a crash leaves either the old lab or the
+//! new one, never a mixture and never neither. `.NAME.lock` serializes assemblies (exclusive) and
+//! keeps a lab in place while a boot test reads it (shared).
 
 use std::fs;
 use std::num::NonZeroU32;
@@ -42,7 +44,7 @@ pub const GDB_TRANSCRIPT: &str = "boot-gdb.log";
 pub const GDB_CONSOLE_LOG: &str = "boot-gdb-console.log";
 
 /// Files the boot test needs before it starts anything.
-pub const BOOTABLE: [&str; 5] = [RUN_SH, GDB_SH, DEBUG_GDB, BZIMAGE, VMLINUX];
+pub const BOOTABLE: [&str; 6] = [RUN_SH, GDB_SH, DEBUG_GDB, BZIMAGE, VMLINUX, ROOTFS];
 
 /// `lab.json`: what a lab is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +92,11 @@ impl Lab {
         Expect { kernel_version: d.kernel_version.clone(), smp: d.smp.get(), uid: d.uid, nic: d.nic }
     }
 
+    /// Holds the lab in place (no assembly replaces it) until the guard is dropped.
+    pub fn lock_shared(&self) -> Result<LabLock> {
+        LabLock::take(&self.dir, false)
+    }
+
     /// Fails naming the first missing file the boot test needs.
     pub fn check_bootable(&self) -> Result<()> {
         for name in BOOTABLE {
@@ -120,16 +127,42 @@ pub struct Parts<'a> {
     pub desc: &'a Description,
 }
 
-/// Assembles the lab at `dest` from `parts`, unless the lab there was made from the same parts.
-/// Returns the lab and whether anything was written.
+/// `flock` on `.NAME.lock` beside a lab: exclusive while assembling, shared while booting.
+pub struct LabLock {
+    _file: fs::File,
+}
+
+impl LabLock {
+    fn take(dir: &Path, exclusive: bool) -> Result<LabLock> {
+        let path = sibling_path(dir, "lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open the lab lock {}", path.display()))?;
+        let busy = if exclusive { file.try_lock() } else { file.try_lock_shared() };
+        if busy.is_err() {
+            eprintln!("waiting for another kernel-lab run that uses {} ...", dir.display());
+            let locked = if exclusive { file.lock() } else { file.lock_shared() };
+            locked.with_context(|| format!("lock {}", path.display()))?;
+        }
+        Ok(LabLock { _file: file })
+    }
+}
+
+/// Assembles the lab at `dest` from `parts`, unless the lab there was made from the same parts
+/// and is intact. Returns the lab and whether anything was written.
 pub fn assemble(sh: &Shell, dest: &Path, parts: &Parts<'_>) -> Result<(Lab, bool)> {
     let lab_json = serde_json::to_string_pretty(parts.desc).context("serialize lab.json")? + "\n";
     let stamp = stamp(parts, &lab_json)?;
-    if fs::read_to_string(dest.join(STAMP)).is_ok_and(|s| s.trim() == stamp) {
-        return Ok((Lab::open(dest)?, false));
-    }
     let parent = dest.parent().context("lab path has no parent directory")?;
     fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    let _lock = LabLock::take(dest, true)?;
+    if intact(dest, &stamp, parts, &lab_json) {
+        return Ok((Lab::open(dest)?, false));
+    }
+    // Under the exclusive lock nobody else is assembling: every temporary sibling is abandoned.
     remove_abandoned(dest);
     let tmp = tmp_sibling(dest);
     let _ = fs::remove_dir_all(&tmp);
@@ -150,6 +183,17 @@ pub fn assemble(sh: &Shell, dest: &Path, parts: &Parts<'_>) -> Result<(Lab, bool
     }
     replace_dir(&tmp, dest)?;
     Ok((Lab::open(dest)?, true))
+}
+
+/// The lab at `dest` was made from these parts and still has every file they made: a deleted
+/// vmlinux or a hand-edited run.sh is repaired by the next run, not reported as up to date.
+fn intact(dest: &Path, stamp: &str, parts: &Parts<'_>, lab_json: &str) -> bool {
+    let same = |name: &str, want: &[u8]| fs::read(dest.join(name)).is_ok_and(|got| got == want);
+    fs::read_to_string(dest.join(STAMP)).is_ok_and(|s| s.trim() == stamp)
+        && [BZIMAGE, VMLINUX, SYSTEM_MAP, CONFIG, VMLINUX_GDB_PY].iter().all(|f| dest.join(f).is_file())
+        && same(LAB_JSON, lab_json.as_bytes())
+        && same(ROOTFS, parts.rootfs)
+        && parts.scripts.iter().all(|f| same(f.name, f.text.as_bytes()))
 }
 
 /// The kernel's inputs stamp plus every other byte the lab is made of.
@@ -198,6 +242,7 @@ fn copy_kernel(kernel: &KernelBuild, src: &Path, to: &Path) -> Result<()> {
     }
     for (from, to) in &copies {
         fs::copy(from, to).with_context(|| format!("copy {} to {} (did the build finish?)", from.display(), to.display()))?;
+        sync(to)?;
     }
     Ok(())
 }
@@ -214,31 +259,55 @@ fn add_gdb_index(sh: &Shell, vmlinux: &Path) {
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::write(path, bytes).with_context(|| format!("write {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {mode:o} {}", path.display()))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+    sync(path)
 }
 
-/// Puts the complete directory `tmp` at `dest`, moving an older `dest` aside first and deleting it
-/// after. Between the two renames `dest` is briefly absent, never partial.
+/// On disk before the rename that publishes it: after a power loss the stamp must not outlive
+/// the files it vouches for.
+fn sync(path: &Path) -> Result<()> {
+    fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("sync {}", path.display()))
+}
+
+/// Puts the complete directory `tmp` at `dest`: one atomic exchange with an existing lab (then
+/// deleted), or one rename. `dest` is never absent or partial.
 fn replace_dir(tmp: &Path, dest: &Path) -> Result<()> {
     if fs::symlink_metadata(dest).is_ok() {
-        let old = sibling(dest, "old");
-        let _ = fs::remove_dir_all(&old);
-        fs::rename(dest, &old).with_context(|| format!("move the old lab {} aside to {}", dest.display(), old.display()))?;
-        fs::rename(tmp, dest).with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
-        fs::remove_dir_all(&old).with_context(|| format!("remove the old lab {}", old.display()))?;
+        exchange(tmp, dest).with_context(|| format!("exchange {} with {}", tmp.display(), dest.display()))?;
+        // `tmp` now holds the old lab.
+        fs::remove_dir_all(tmp).with_context(|| format!("remove the old lab, now at {}", tmp.display()))?;
     } else {
         fs::rename(tmp, dest).with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
     }
     Ok(())
 }
 
-/// `.NAME.KIND-PID` next to `path`.
-fn sibling(path: &Path, kind: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
+/// `renameat2(RENAME_EXCHANGE)`: both paths must exist; afterwards each names the other's entry.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    const AT_FDCWD: i32 = -100;
+    const RENAME_EXCHANGE: u32 = 2;
+    unsafe extern "C" {
+        fn renameat2(olddirfd: i32, oldpath: *const std::ffi::c_char, newdirfd: i32, newpath: *const std::ffi::c_char, flags: u32) -> i32;
+    }
+    let a = CString::new(a.as_os_str().as_bytes())?;
+    let b = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    if unsafe { renameat2(AT_FDCWD, a.as_ptr(), AT_FDCWD, b.as_ptr(), RENAME_EXCHANGE) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
-/// Deletes temporary siblings of `dest` left by runs that were killed (their process is gone).
+/// `.NAME.SUFFIX` next to `path`.
+fn sibling_path(path: &Path, suffix: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Deletes temporary siblings of `dest` left by killed runs. Called only under the exclusive lab
+/// lock, so no live run owns one (pids are not compared: they mean nothing across containers).
 fn remove_abandoned(dest: &Path) {
     let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else { return };
     let name = name.to_string_lossy();
@@ -246,10 +315,8 @@ fn remove_abandoned(dest: &Path) {
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         let pid = [".tmp-", ".old-"].iter().find_map(|k| file.strip_prefix(&format!(".{name}{k}")));
-        if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
+        if pid.is_some_and(|p| p.parse::<u32>().is_ok()) {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -273,7 +340,12 @@ pub fn write_description(dir: &Path, desc: &Description) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::OsString;
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
 
     pub fn description() -> Description {
         Description {
@@ -353,8 +425,7 @@ mod tests {
         assert!(!fs::symlink_metadata(dest.join("scripts/gdb/linux/utils.py")).unwrap().file_type().is_symlink());
         assert_eq!(fs::metadata(dest.join(RUN_SH)).unwrap().permissions().mode() & 0o7777, 0o755);
         assert!(!dest.join(REPORT).exists(), "a report of the old lab survived into the new one");
-        let leftovers: Vec<_> = fs::read_dir(dir.join("labs")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers, [OsString::from("lts-6.12.117")]);
+        assert_eq!(leftovers(&dir.join("labs")), [".lts-6.12.117.lock", "lts-6.12.117"]);
 
         // Same parts: nothing written (the report a boot test wrote stays).
         fs::write(dest.join(REPORT), "{}").unwrap();
@@ -385,24 +456,93 @@ mod tests {
         let err = format!("{:#}", assemble(&Shell::new().unwrap(), &dest, &parts).unwrap_err());
         assert!(err.contains("bzImage"), "{err}");
         assert_eq!(fs::read_to_string(dest.join(VMLINUX)).unwrap(), "old");
-        let leftovers: Vec<_> = fs::read_dir(dir.join("labs")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers, [OsString::from("lts-6.12.117")], "temporary directory left behind");
+        assert_eq!(leftovers(&dir.join("labs")), [".lts-6.12.117.lock", "lts-6.12.117"], "temporary directory left behind");
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn abandoned_temporaries_of_dead_runs_are_removed() {
+    fn abandoned_temporaries_are_removed_by_the_next_assembly() {
         let dir = scratch("abandoned");
-        let dest = dir.join("lts-6.12.117");
-        // pid 0 never names a live user process; our own pid is alive.
-        let dead = dir.join(".lts-6.12.117.tmp-0");
-        let ours = sibling(&dest, "tmp");
-        let other = dir.join(".lts-6.12.1.tmp-0");
-        for d in [&dead, &ours, &other] {
+        let (src, kernel) = fake_kernel(&dir);
+        let dest = dir.join("labs/lts-6.12.117");
+        let dead = dir.join("labs/.lts-6.12.117.tmp-4242");
+        let old = dir.join("labs/.lts-6.12.117.old-17");
+        let other = dir.join("labs/.lts-6.12.1.tmp-4242");
+        for d in [&dead, &old, &other] {
             fs::create_dir_all(d).unwrap();
         }
-        remove_abandoned(&dest);
-        assert!(!dead.exists() && ours.exists() && other.exists());
+        let desc = description();
+        let s = scripts("#!/bin/sh\n");
+        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        assemble(&Shell::new().unwrap(), &dest, &parts).unwrap();
+        assert!(!dead.exists() && !old.exists() && other.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A damaged lab with an intact stamp is reassembled, not reported as up to date.
+    #[test]
+    fn a_damaged_lab_is_repaired() {
+        let dir = scratch("damaged");
+        let (src, kernel) = fake_kernel(&dir);
+        let dest = dir.join("labs/lts-6.12.117");
+        let desc = description();
+        let s = scripts("#!/bin/sh\n");
+        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let sh = Shell::new().unwrap();
+        assemble(&sh, &dest, &parts).unwrap();
+        for damage in [VMLINUX, LAB_JSON, ROOTFS, RUN_SH] {
+            if damage == RUN_SH {
+                fs::write(dest.join(RUN_SH), "#!/bin/sh\nexec evil\n").unwrap();
+            } else {
+                fs::remove_file(dest.join(damage)).unwrap();
+            }
+            assert!(assemble(&sh, &dest, &parts).unwrap().1, "{damage} damaged, yet up to date");
+            assert!(!assemble(&sh, &dest, &parts).unwrap().1);
+        }
+        assert_eq!(fs::read_to_string(dest.join(RUN_SH)).unwrap(), "#!/bin/sh\n");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn exchange_swaps_two_directories_atomically() {
+        let dir = scratch("exchange");
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("f"), "a").unwrap();
+        fs::write(b.join("f"), "b").unwrap();
+        exchange(&a, &b).unwrap();
+        assert_eq!((fs::read_to_string(a.join("f")).unwrap(), fs::read_to_string(b.join("f")).unwrap()), ("b".into(), "a".into()));
+        assert!(exchange(&a, &dir.join("missing")).is_err());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A boot test holds the lab (shared lock): an assembly waits for it instead of replacing
+    /// the directory under it.
+    #[test]
+    fn assembly_waits_for_a_boot_test_holding_the_lab() {
+        let dir = scratch("locked");
+        let (src, kernel) = fake_kernel(&dir);
+        let dest = dir.join("labs/lts-6.12.117");
+        let desc = description();
+        let s = scripts("#!/bin/sh\n");
+        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let sh = Shell::new().unwrap();
+        let (lab, _) = assemble(&sh, &dest, &parts).unwrap();
+        let held = lab.lock_shared().unwrap();
+        let s2 = scripts("#!/bin/sh\n# v2\n");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let parts2 = Parts { scripts: &s2, ..parts };
+                assemble(&Shell::new().unwrap(), &dest, &parts2).unwrap();
+                tx.send(()).unwrap();
+            });
+            assert!(rx.recv_timeout(std::time::Duration::from_millis(500)).is_err(), "assembled under a boot test");
+            drop(held);
+            rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        });
+        assert_eq!(fs::read_to_string(dest.join(RUN_SH)).unwrap(), "#!/bin/sh\n# v2\n");
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -419,6 +559,12 @@ mod tests {
         assert_eq!(lab.expect().smp, 4);
         let err = format!("{:#}", lab.check_bootable().unwrap_err());
         assert!(err.contains("run.sh is missing"), "{err}");
+        for f in BOOTABLE {
+            fs::write(dir.join(f), "").unwrap();
+        }
+        lab.check_bootable().unwrap();
+        fs::remove_file(dir.join(ROOTFS)).unwrap();
+        assert!(format!("{:#}", lab.check_bootable().unwrap_err()).contains("rootfs.cpio is missing"));
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -157,7 +157,7 @@ mod tests {
             qemu: QemuSpec {
                 memory: "4G".to_string(),
                 smp: NonZeroU32::new(4).unwrap(),
-                cores: Some(2),
+                cores: NonZeroU32::new(2),
                 threads: None,
                 nic: Nic::E1000,
                 append: "loglevel=7 quiet's".to_string(),

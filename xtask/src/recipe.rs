@@ -161,10 +161,10 @@ pub struct QemuSpec {
     pub smp: NonZeroU32,
     /// Cores per socket (`-smp N,cores=C`), optional.
     #[serde(default)]
-    pub cores: Option<u32>,
+    pub cores: Option<NonZeroU32>,
     /// Threads per core (`-smp N,threads=T`), optional.
     #[serde(default)]
-    pub threads: Option<u32>,
+    pub threads: Option<NonZeroU32>,
     /// NIC model on user networking; the boot test checks that its driver bound.
     #[serde(default)]
     pub nic: Nic,
@@ -243,8 +243,9 @@ pub struct UserName(String);
 impl TryFrom<String> for UserName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.is_empty() || s.len() > 32 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || s.starts_with('-') {
-            return Err(format!("user name {s:?} is not valid: use up to 32 letters, digits, '_' or '-'"));
+        let plain = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if s.is_empty() || s.len() > 32 || !plain || !s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            return Err(format!("user name {s:?} is not valid: use up to 32 letters, digits, '_' or '-', starting with a letter"));
         }
         if s == "root" {
             return Err("user name \"root\": the lab user must be unprivileged; pick another name".to_string());
@@ -261,8 +262,9 @@ pub struct Hostname(String);
 impl TryFrom<String> for Hostname {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-            return Err(format!("hostname {s:?} is not valid: use up to 64 letters, digits, '-' or '.'"));
+        let labels_ok = s.split('.').all(|l| !l.is_empty() && l.starts_with(|c: char| c.is_ascii_alphanumeric()));
+        if s.len() > 64 || !labels_ok || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+            return Err(format!("hostname {s:?} is not valid: use up to 64 letters, digits, '-' or '.', each label starting with a letter or digit"));
         }
         Ok(Hostname(s))
     }
@@ -299,7 +301,7 @@ impl TryFrom<String> for Mode {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         match u32::from_str_radix(&s, 8) {
-            Ok(m) if m <= 0o7777 && !s.is_empty() => Ok(Mode(m)),
+            Ok(m) if m <= 0o7777 && !s.is_empty() && s.chars().all(|c| c.is_digit(8)) => Ok(Mode(m)),
             _ => Err(format!("mode {s:?} is not an octal mode like \"0755\"")),
         }
     }
@@ -365,6 +367,7 @@ pub fn load(path: &Path) -> Result<LoadedRecipe> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .context("recipe path has no file name")?;
+    check_name(&name, path)?;
     Ok(LoadedRecipe { name, path: path.to_path_buf(), recipe })
 }
 
@@ -387,8 +390,8 @@ fn check(r: &Recipe) -> Result<()> {
         }
         _ => {}
     }
-    if !(1..=65535).contains(&r.rootfs.uid) {
-        bail!("rootfs.uid {} is not an unprivileged uid: use 1..65535 (default 1000)", r.rootfs.uid);
+    if !(1000..=60000).contains(&r.rootfs.uid) {
+        bail!("rootfs.uid {} is not a regular user's uid: use 1000..60000 (default 1000)", r.rootfs.uid);
     }
     if r.rootfs.password.contains([':', '\n']) || r.rootfs.password.chars().any(char::is_control) {
         bail!("rootfs.password must not contain ':' or control characters (they would break /etc/shadow)");
@@ -396,6 +399,11 @@ fn check(r: &Recipe) -> Result<()> {
     for f in &r.rootfs.files {
         if !f.guest.starts_with('/') || f.guest.trim_start_matches('/').is_empty() {
             bail!("rootfs.files: guest path {:?} must be absolute and below / (e.g. \"/home/user/notes\")", f.guest);
+        }
+        // The boot test runs /init and /etc/kernel-lab/: a recipe that replaced them would test itself.
+        let guest = f.guest.trim_start_matches('/').trim_end_matches('/');
+        if guest == "init" || guest == "etc" || guest == "etc/kernel-lab" || guest.starts_with("etc/kernel-lab/") {
+            bail!("rootfs.files: guest path {:?} would replace kernel-lab's /init or boot self-test; pick another path", f.guest);
         }
     }
     // These reach run.sh, gdb commands and lab.json, where a newline would split a line.
@@ -407,6 +415,27 @@ fn check(r: &Recipe) -> Result<()> {
         if value.chars().any(char::is_control) {
             bail!("{what} {value:?} contains a control character (newline?): remove it");
         }
+    }
+    // run.sh owns every socket QEMU opens: the gdb stub on loopback, user networking without
+    // forwarded ports. These options would open another one, or a second stub on every interface.
+    for arg in &q.extra_args {
+        let opt = arg.trim_start_matches('-');
+        let opt = opt.split_once('=').map_or(opt, |(o, _)| o);
+        if arg.starts_with('-') && LISTENING_OPTIONS.contains(&opt) {
+            bail!("qemu.extra_args: {arg:?} opens a socket or changes networking, which run.sh owns; remove it (use ./run.sh --gdb-port/--gdb-listen for the stub)");
+        }
+    }
+    Ok(())
+}
+
+/// QEMU options that open sockets or change the guest's network (checked in `qemu.extra_args`).
+const LISTENING_OPTIONS: [&str; 12] = ["s", "gdb", "monitor", "qmp", "qmp-pretty", "chardev", "serial", "netdev", "nic", "net", "vnc", "spice"];
+
+/// A recipe's name (its file stem) names lab directories and their links: no separators, no dots
+/// (so `labs/<name>` can never be another recipe's `labs/<name>-<version>`).
+fn check_name(name: &str, path: &Path) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        bail!("recipe file {}: its name {name:?} must be letters, digits, '_' or '-' (no dots): rename the file", path.display());
     }
     Ok(())
 }
@@ -488,6 +517,17 @@ mod tests {
             ("rootfs:\n  password: \"a:b\"\n", "rootfs.password"),
             ("rootfs:\n  files:\n    - {host: a, guest: /a, mode: \"0999\"}\n", "mode \"0999\""),
             ("rootfs:\n  files:\n    - {host: a, guest: a}\n", "must be absolute"),
+            ("rootfs:\n  files:\n    - {host: a, guest: /init}\n", "would replace"),
+            ("rootfs:\n  files:\n    - {host: a, guest: /etc/kernel-lab/boot-test.sh}\n", "would replace"),
+            ("rootfs:\n  files:\n    - {host: a, guest: /a, mode: \"+755\"}\n", "mode \"+755\""),
+            ("rootfs:\n  hostname: \"-x\"\n", "hostname \"-x\""),
+            ("rootfs:\n  hostname: \"a..b\"\n", "hostname \"a..b\""),
+            ("rootfs:\n  user: \"123\"\n", "user name \"123\""),
+            ("rootfs:\n  uid: 5\n", "rootfs.uid 5"),
+            ("qemu:\n  cores: 0\n", "nonzero"),
+            ("qemu:\n  extra_args: [\"-s\"]\n", "opens a socket"),
+            ("qemu:\n  extra_args: [\"-gdb\", \"tcp::1234\"]\n", "opens a socket"),
+            ("qemu:\n  extra_args: [\"--monitor=telnet::4444,server\"]\n", "opens a socket"),
             ("qemu:\n  memory: \"4G -hda x\"\n", "qemu.memory"),
             ("qemu:\n  append: \"a\\nb\"\n", "control character"),
         ];

@@ -24,7 +24,8 @@ ip link set lo up
 echo
 echo "kernel-lab: Linux $(uname -r) on $(hostname)"
 grep -m1 bugs /proc/cpuinfo
-echo "cmdline: $(cat /proc/cmdline)"
+# One line, whatever the command line holds: a newline in it must not start a line of its own.
+echo "cmdline: $(tr '\n' ' ' < /proc/cmdline)"
 echo
 
 case " $(cat /proc/cmdline) " in

@@ -19,7 +19,7 @@ fn on_path(tool: &str) -> bool {
 /// A lab whose run.sh records its pid and execs an idle QEMU, as the real run.sh execs QEMU.
 fn idle_lab(tag: &str) -> PathBuf {
     let lab = common::scratch(tag);
-    for f in ["bzImage", "vmlinux", "debug.gdb"] {
+    for f in ["bzImage", "vmlinux", "debug.gdb", "rootfs.cpio"] {
         std::fs::write(lab.join(f), b"").unwrap();
     }
     std::fs::write(

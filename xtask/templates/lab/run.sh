@@ -87,7 +87,11 @@ while [ $# -gt 0 ]; do
             [ -n "$val" ] || die_usage "--mem wants a size such as 512M or 4G"
             MEM="$val"
             ;;
-        --append) APPEND_EXTRA="${APPEND_EXTRA:+$APPEND_EXTRA }$val" ;;
+        --append)
+            # A newline would reach the guest's console as a line of its own (init prints /proc/cmdline).
+            [[ "$val" != *[[:cntrl:]]* ]] || die_usage "--append takes one line of text, without control characters"
+            APPEND_EXTRA="${APPEND_EXTRA:+$APPEND_EXTRA }$val"
+            ;;
         --gdb-port)
             if ! { [[ "$val" =~ ^[1-9][0-9]*$ ]] && [ "$val" -le 65535 ]; }; then
                 die_usage "--gdb-port wants a TCP port 1..65535, got '$val'"
@@ -177,9 +181,13 @@ quote() {
     fi
 }
 
+# KLAB_GDB_PORT lands in QEMU's -gdb option string, where a comma would add options (host=...).
+if ! { [[ "$GDB_PORT" =~ ^[1-9][0-9]*$ ]] && [ "$GDB_PORT" -le 65535 ]; }; then
+    die_usage "the gdb port must be a TCP port 1..65535, got '$GDB_PORT' (from --gdb-port or KLAB_GDB_PORT)"
+fi
 case "$GDB_LISTEN" in
-    127.*|localhost) ;;
-    *) echo "run.sh: WARNING: the gdb stub listens on $GDB_LISTEN:$GDB_PORT: anyone who can reach it controls the guest and, through QEMU's monitor, this host" >&2 ;;
+    localhost) ;;
+    *) [[ "$GDB_LISTEN" =~ ^127(\.[0-9]{1,3}){3}$ ]] || echo "run.sh: WARNING: the gdb stub listens on $GDB_LISTEN:$GDB_PORT: anyone who can reach it controls the guest and, through QEMU's monitor, this host" >&2 ;;
 esac
 
 if [ "$DRY_RUN" = 1 ]; then
