@@ -19,6 +19,14 @@ const FIRST_INO: u32 = 721;
 /// Name of the file `unpack` writes into the target directory to remember what disk cannot hold.
 pub const MANIFEST_NAME: &str = ".kernel-lab-cpio-manifest";
 
+/// setuid and setgid: `repack` never takes these from disk, only from the manifest (see `repack`).
+const SET_ID_BITS: u32 = 0o6000;
+/// Bits an unpacked tree keeps on the host: owner rwx, group/other r-x, and sticky on directories. Never
+/// setuid/setgid (a user-owned setuid file on the host) nor group/other write (other users could then plant
+/// or change files that `repack` turns into root-owned initramfs members). The manifest has the real mode.
+const DISK_DIR_BITS: u32 = 0o1755;
+const DISK_FILE_BITS: u32 = 0o755;
+
 const S_IFMT: u32 = 0o170000;
 const S_IFSOCK: u32 = 0o140000;
 const S_IFLNK: u32 = 0o120000;
@@ -551,8 +559,10 @@ fn unpack_components(name: &str) -> Result<Option<Vec<String>>> {
 }
 
 /// Unpacks into `dir` (which must be absent or empty) without root: device nodes, fifos and sockets
-/// become empty placeholder files, and every entry's real mode, owner and device numbers go to
-/// `dir/.kernel-lab-cpio-manifest` so `repack` can restore them.
+/// become empty placeholder files, and every entry's real mode (setuid, setgid and sticky included), owner
+/// and device numbers go to `dir/.kernel-lab-cpio-manifest` so `repack` can restore them. On disk a tree
+/// is only writable by its owner and holds no setuid/setgid file; directories keep their sticky bit, so the
+/// archive's 01777 `tmp` is 01755 on the host rather than a world-writable 0777.
 pub fn unpack(bytes: &[u8], dir: &Path) -> Result<()> {
     let gzip = is_gzip(bytes);
     let entries = read(bytes)?;
@@ -601,7 +611,10 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<()> {
     }
     fs::create_dir_all(dir).with_context(|| format!("create unpack target {}", dir.display()))?;
 
-    let mut manifest = String::from("# kernel-lab cpio manifest v1: written by unpack, read by repack; edit files freely, not this.\n");
+    let mut manifest = String::from(
+        "# kernel-lab cpio manifest v1: written by unpack, read by repack; edit files freely. \
+         Lines here are `kind mode uid gid major minor path`; only a line here can give a path setuid or setgid.\n",
+    );
     manifest.push_str(&format!("mtime {}\n", entries.first().map_or(0, |r| r.mtime)));
     manifest.push_str(&format!("gzip {}\n", u8::from(gzip)));
     for (parts, r) in plan {
@@ -624,10 +637,10 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<()> {
                     fs::create_dir(&path).with_context(|| format!("create directory {}", path.display()))?;
                 }
                 // Keep owner rwx on disk so later entries can be written; the manifest has the real mode.
-                fs::set_permissions(&path, fs::Permissions::from_mode((e.mode & 0o777) | 0o700))
+                fs::set_permissions(&path, fs::Permissions::from_mode((e.mode & DISK_DIR_BITS) | 0o700))
                     .with_context(|| format!("chmod {}", path.display()))?;
             }
-            Kind::File(data) => create_file((e.mode & 0o777) | 0o600, data)?,
+            Kind::File(data) => create_file((e.mode & DISK_FILE_BITS) | 0o600, data)?,
             Kind::Symlink(target) => std::os::unix::fs::symlink(target, &path)
                 .with_context(|| format!("create symlink {} -> {target}", path.display()))?,
             Kind::CharDev { .. } | Kind::BlockDev { .. } | Kind::Fifo | Kind::Socket => create_file(0o600, b"")?,
@@ -720,8 +733,10 @@ struct ManifestEntry {
 }
 
 /// Rebuilds an archive from a directory made by `unpack`: what exists on disk is what gets packed;
-/// mode, owner and device numbers come from the manifest, and paths added after unpack get the disk
-/// mode and uid/gid 0. Unchanged, `write(&r.archive, r.mtime, r.gzip, ..)` reproduces the original bytes
+/// mode (setuid, setgid and sticky included), owner and device numbers come from the manifest, and paths
+/// added after unpack get uid/gid 0 and the disk mode without setuid/setgid: anyone who could write into the
+/// tree could otherwise plant a root-owned setuid binary in the guest. To ship a new setuid/setgid file,
+/// add a line for it to the manifest (e.g. `file 4755 0 0 0 0 bin/su`). Unchanged, `write(&r.archive, r.mtime, r.gzip, ..)` reproduces the original bytes
 /// for any archive this module wrote.
 pub fn repack(dir: &Path) -> Result<Repacked> {
     let manifest_path = dir.join(MANIFEST_NAME);
@@ -803,7 +818,7 @@ pub fn repack(dir: &Path) -> Result<Repacked> {
             let (mode, uid, gid) = match m {
                 Some(m) if m.kind == kind.word() => (m.mode, m.uid, m.gid),
                 _ if matches!(kind, Kind::Symlink(_)) => (0o777, 0, 0),
-                _ => (meta.permissions().mode() & 0o7777, 0, 0),
+                _ => (meta.permissions().mode() & 0o7777 & !SET_ID_BITS, 0, 0),
             };
             archive.add(Entry { path: rel, mode, uid, gid, kind })?;
         }
@@ -1042,6 +1057,66 @@ pub(crate) mod tests {
         assert_eq!((new.mode, new.uid, new.gid), (0o750, 0, 0));
         assert_eq!(r.archive.get("dev/ttyS0").unwrap().kind, Kind::CharDev { major: 4, minor: 64 });
         assert!(r.archive.get(MANIFEST_NAME).is_none());
+    }
+
+    #[test]
+    fn unpack_keeps_sticky_bits_on_disk_without_opening_the_tree_to_other_users() {
+        let tmp = TempDir::new("cpio-sticky");
+        let dir = tmp.0.join("tree");
+        let mut a = sample();
+        a.add_file("tmp/shared.txt", 0o666, 0, 0, b"x".to_vec()).unwrap();
+        a.add_dir_all("var/spool", 0o3777, 0, 0).unwrap();
+        let bytes = to_bytes(&a, 0, false).unwrap();
+        unpack(&bytes, &dir).unwrap();
+        let disk_mode = |rel: &str| fs::symlink_metadata(dir.join(rel)).unwrap().permissions().mode() & 0o7777;
+        // The archive's 01777 /tmp must not become a world-writable, non-sticky directory on the host.
+        assert_eq!(disk_mode("tmp"), 0o1755);
+        assert_eq!(disk_mode("var/spool"), 0o1755, "setgid is dropped on disk, sticky kept, group/other write dropped");
+        assert_eq!(disk_mode("tmp/shared.txt"), 0o644);
+        assert_eq!(disk_mode("bin/busybox"), 0o755, "no setuid file owned by the user on the host");
+        let manifest = fs::read_to_string(dir.join(MANIFEST_NAME)).unwrap();
+        assert!(manifest.lines().any(|l| l == "dir 1777 0 0 0 0 tmp"), "{manifest}");
+        assert!(manifest.lines().any(|l| l == "dir 3777 0 0 0 0 var/spool"), "{manifest}");
+        let r = repack(&dir).unwrap();
+        assert_eq!(r.archive.get("tmp").unwrap().mode, 0o1777);
+        assert_eq!(r.archive.get("var/spool").unwrap().mode, 0o3777);
+        assert_eq!(r.archive.get("tmp/shared.txt").unwrap().mode, 0o666);
+        assert_eq!(r.archive.get("bin/busybox").unwrap().mode, 0o4755);
+        assert_eq!(to_bytes(&r.archive, r.mtime, r.gzip).unwrap(), bytes);
+    }
+
+    #[test]
+    fn repack_strips_setuid_and_setgid_from_paths_the_manifest_does_not_know() {
+        let tmp = TempDir::new("cpio-suid");
+        let dir = tmp.0.join("tree");
+        unpack(&to_bytes(&sample(), 0, false).unwrap(), &dir).unwrap();
+        let plant = |rel: &str, mode: u32| {
+            let path = dir.join(rel);
+            if !path.exists() {
+                fs::write(&path, "#!/bin/sh\n").unwrap();
+            }
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            // The kernel may silently drop setgid for a group we are not in; setuid on our own file always sticks.
+            let on_disk = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(on_disk & 0o4000, mode & 0o4000, "{rel}: setuid did not reach the disk");
+        };
+        plant("tmp/evil", 0o6755);
+        plant("home/user/notes.txt", 0o4777);
+        fs::create_dir(dir.join("shared")).unwrap();
+        fs::set_permissions(dir.join("shared"), fs::Permissions::from_mode(0o3777)).unwrap();
+        // The documented way to ship a new setuid file: give it a manifest line.
+        plant("bin/su", 0o755);
+        let mut manifest = fs::read_to_string(dir.join(MANIFEST_NAME)).unwrap();
+        manifest.push_str("file 4750 0 0 0 0 bin/su\n");
+        fs::write(dir.join(MANIFEST_NAME), manifest).unwrap();
+
+        let r = repack(&dir).unwrap();
+        let evil = r.archive.get("tmp/evil").unwrap();
+        assert_eq!((evil.mode, evil.uid, evil.gid), (0o755, 0, 0), "a root-owned setuid file must not appear from disk");
+        assert_eq!(r.archive.get("shared").unwrap().mode, 0o1777, "sticky kept, setgid stripped");
+        assert_eq!(r.archive.get("home/user/notes.txt").unwrap().mode, 0o640, "known paths take the manifest mode");
+        assert_eq!(r.archive.get("bin/busybox").unwrap().mode, 0o4755);
+        assert_eq!(r.archive.get("bin/su").unwrap().mode, 0o4750);
     }
 
     #[test]
