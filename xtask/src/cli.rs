@@ -94,6 +94,10 @@ pub struct FetchArgs {
     /// DANGER: accept unsigned or wrongly signed checksums (kernel sums and busybox)
     #[arg(long)]
     pub insecure_skip_signature: bool,
+    /// Let a fresh resolve move the lock to an older kernel (releases.json is unsigned, so
+    /// without this, --version or --lts SERIES, an older release is refused)
+    #[arg(long)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -35,6 +35,8 @@ pub struct FetchPlan {
     /// Key that signs busybox tarballs: the detached `.sig` must verify with it (instead of the
     /// mirror's signed sums or busybox's pinned upstream key).
     pub busybox_keyring: Option<PathBuf>,
+    /// Let a fresh resolve move the lock to an older kernel than the one it records.
+    pub allow_downgrade: bool,
 }
 
 impl FetchPlan {
@@ -48,6 +50,7 @@ impl FetchPlan {
             locked: false,
             insecure_skip_signature: false,
             busybox_keyring: None,
+            allow_downgrade: false,
         }
     }
 }
@@ -107,15 +110,21 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         reverify_busybox(layout, plan, &lock_path, &old.busybox)?;
         return Ok((old, Metadata::default()));
     }
-    let old = match lock::read(&lock_path) {
-        Ok(old) => old,
+    let (old, old_version) = match lock::read(&lock_path) {
+        Ok(old) => {
+            let version = old.as_ref().map(|l| l.kernel.version.clone());
+            (old, version)
+        }
         Err(e) => {
             let legacy = e.downcast::<lock::Legacy>()?;
             eprintln!("lock {} (linux {}) is in an older format: re-resolving it", legacy.path.display(), legacy.kernel_version);
-            None
+            (None, Some(legacy.kernel_version))
         }
     };
     let (new, meta) = resolve(layout, plan)?;
+    if let Some(old_version) = &old_version {
+        check_downgrade(&lock_path, plan, old_version, &new.kernel.version)?;
+    }
     match &old {
         Some(old) if *old == new => {}
         Some(old) => {
@@ -128,6 +137,26 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         }
     }
     Ok((new, meta))
+}
+
+/// releases.json is not signed, so one that lists only an older release must not roll a lock
+/// back; the user can ask for that by version, by series or with `--allow-downgrade`.
+fn check_downgrade(lock_path: &Path, plan: &FetchPlan, old: &str, new: &str) -> Result<()> {
+    if plan.allow_downgrade || releases::version_key(new) >= releases::version_key(old) {
+        return Ok(());
+    }
+    match &plan.request {
+        Request::Exact(v) if v == new => return Ok(()),
+        Request::Longterm(Some(series)) if releases::series_of(new) == series && releases::series_of(old) != series => return Ok(()),
+        _ => {}
+    }
+    bail!(
+        "lock {} has linux {old}, but resolving {} now gives the older {new}: refusing to downgrade \
+         (releases.json is unsigned; an old or edited one must not roll the lock back); \
+         pass --allow-downgrade to accept {new}, or ask for it with --version {new}",
+        lock_path.display(),
+        plan.request
+    )
 }
 
 /// Asks the mirror which versions answer the request and what their verified hashes are.

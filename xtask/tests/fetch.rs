@@ -615,3 +615,38 @@ fn busybox_sig_is_checked_against_the_pinned_upstream_key_by_default() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unverified busybox"), "{}", stderr(&out));
 }
+
+#[test]
+fn lts_refuses_to_downgrade_the_lock_unless_asked() {
+    let f = Fixture::new("downgrade");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let served = serve(&mirror);
+    assert!(f.fetch(&served.url, &["--keyring", k]).status.success());
+    let newer = std::fs::read(f.lock_path()).unwrap();
+    // releases.json is unsigned: one that lists only the older longterm must not move the lock.
+    let json_path = mirror.join("releases.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    json["releases"].as_array_mut().unwrap().retain(|r| r["version"] != "6.12.117");
+    std::fs::write(&json_path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(!out.status.success(), "the lock was downgraded");
+    let err = stderr(&out);
+    let lock = f.lock_path().display().to_string();
+    assert!(err.contains(&lock) && err.contains("6.12.117") && err.contains("6.6.9") && err.contains("--allow-downgrade"), "{err}");
+    assert_eq!(std::fs::read(f.lock_path()).unwrap(), newer, "the lock changed");
+    assert!(!f.src("6.6.9").exists());
+
+    let out = f.fetch(&served.url, &["--keyring", k, "--allow-downgrade"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.lock()["kernel"]["version"], "6.6.9");
+    // Asking for the series (or the version) is asking for the downgrade.
+    std::fs::write(f.lock_path(), &newer).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k, "--lts", "6.6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.lock()["kernel"]["version"], "6.6.9");
+    std::fs::write(f.lock_path(), &newer).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k, "--version", "6.6.9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
