@@ -650,3 +650,41 @@ fn lts_refuses_to_downgrade_the_lock_unless_asked() {
     let out = f.fetch(&served.url, &["--keyring", k, "--version", "6.6.9"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Locks written before busybox verification was recorded: `--locked` says to re-resolve, a
+/// fresh resolve rewrites them (and still refuses to downgrade them).
+#[test]
+fn old_lock_format_is_re_resolved_not_trusted() {
+    let f = Fixture::new("legacylock");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let served = serve(&mirror);
+    assert!(f.fetch(&served.url, &["--keyring", k]).status.success());
+    f.edit_lock(|l| {
+        let bb = l["busybox"].as_object_mut().unwrap();
+        for field in ["verified", "check", "signer"] {
+            assert!(bb.remove(field).is_some(), "{field}: {bb:?}");
+        }
+    });
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&f.lock_path().display().to_string()) && err.contains("without --locked to re-resolve"), "{err}");
+
+    let json_path = mirror.join("releases.json");
+    let listed = std::fs::read(&json_path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+    json["releases"].as_array_mut().unwrap().retain(|r| r["version"] != "6.12.117");
+    std::fs::write(&json_path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(!out.status.success(), "an old-format lock was downgraded");
+    assert!(stderr(&out).contains("--allow-downgrade"), "{}", stderr(&out));
+
+    std::fs::write(&json_path, listed).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.lock()["busybox"]["check"], "mirror-sums");
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
