@@ -62,6 +62,7 @@ pub fn from_local(
         write_sums(sh, &out.join(dir), "linux-", sign_key)?;
     }
     for b in busyboxes {
+        releases::check_busybox_version(&b.version)?;
         let name = format!("busybox-{}.tar.bz2", b.version);
         if tar_ext(&b.file)? != "tar.bz2" {
             bail!("busybox tarball {} is not a .tar.bz2", b.file.display());
