@@ -84,15 +84,20 @@ pub struct FetchArgs {
     /// Public key (binary or armored) that signs the mirror's sha256sums.asc
     #[arg(long, env = "KERNEL_LAB_KEYRING", value_name = "FILE")]
     pub keyring: Option<PathBuf>,
-    /// Key that signs busybox tarballs: also verify the detached .sig
+    /// Key that signs busybox tarballs: verify the detached .sig with it (default: the mirror's
+    /// signed busybox/sha256sums.asc, else the .sig with busybox's pinned upstream key)
     #[arg(long, env = "KERNEL_LAB_BUSYBOX_KEYRING", value_name = "FILE")]
     pub busybox_keyring: Option<PathBuf>,
     /// Use only the lock file; fail if it is missing or stale
     #[arg(long)]
     pub locked: bool,
-    /// DANGER: accept unsigned or wrongly signed checksums
+    /// DANGER: accept unsigned or wrongly signed checksums (kernel sums and busybox)
     #[arg(long)]
     pub insecure_skip_signature: bool,
+    /// Let a fresh resolve move the lock to an older kernel (releases.json is unsigned, so
+    /// without this, --version or --lts SERIES, an older release is refused)
+    #[arg(long)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

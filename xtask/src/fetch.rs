@@ -7,12 +7,18 @@ use anyhow::{bail, Context, Result};
 use crate::{
     download, extract, hash,
     layout::{self, Layout},
-    lock::{self, Lock, LockedBusybox, LockedKernel},
+    lock::{self, BusyboxCheck, Lock, LockedBusybox, LockedKernel},
     recipe::LoadedRecipe,
     releases::{self, Request},
     source::{self, Mirror},
     verify,
 };
+
+/// Primary-key fingerprint of busybox's upstream signing key (Denis Vlasenko), which signs the
+/// detached `busybox-X.tar.bz2.sig` on busybox.net.
+pub const BUSYBOX_SIGNER: &str = "C9E9416F76E610DBD09D040F47B70C55ACC9965B";
+/// That key, built in: busybox.net offers no WKD, and a key fetched next to the tarball proves nothing.
+const BUSYBOX_KEY: &[u8] = include_bytes!("../keys/busybox-C9E9416F76E610DBD09D040F47B70C55ACC9965B.asc");
 
 /// Everything the fetch stage needs to know, decided by the command line and the recipe.
 #[derive(Debug, Clone)]
@@ -21,12 +27,16 @@ pub struct FetchPlan {
     pub request: Request,
     pub mirror: Mirror,
     /// A user-supplied signing key (binary or armored); `None` means kernel.org's autosigner via WKD.
+    /// It also signs a mirror's `busybox/sha256sums.asc`.
     pub keyring: Option<PathBuf>,
     pub locked: bool,
-    /// Accept unsigned or wrongly signed checksums (the loud opt-out).
+    /// Accept unsigned or wrongly signed checksums, for the kernel and busybox (the loud opt-out).
     pub insecure_skip_signature: bool,
-    /// Key that signs busybox tarballs: when given, the detached `.sig` must verify too.
+    /// Key that signs busybox tarballs: the detached `.sig` must verify with it (instead of the
+    /// mirror's signed sums or busybox's pinned upstream key).
     pub busybox_keyring: Option<PathBuf>,
+    /// Let a fresh resolve move the lock to an older kernel than the one it records.
+    pub allow_downgrade: bool,
 }
 
 impl FetchPlan {
@@ -40,6 +50,7 @@ impl FetchPlan {
             locked: false,
             insecure_skip_signature: false,
             busybox_keyring: None,
+            allow_downgrade: false,
         }
     }
 }
@@ -59,20 +70,25 @@ pub struct Sources {
 pub struct Metadata {
     pub releases_json: Option<Vec<u8>>,
     pub sums_asc: Option<Vec<u8>>,
+    /// busybox's unsigned `.sha256`, when one was read.
     pub busybox_sums: Option<Vec<u8>>,
+    /// busybox's detached `.sig`, when it verified busybox.
+    pub busybox_sig: Option<Vec<u8>>,
+    /// The mirror's clearsigned `busybox/sha256sums.asc`, when it verified busybox.
+    pub busybox_sums_asc: Option<Vec<u8>>,
 }
 
 pub fn run(layout: &Layout, plan: &FetchPlan) -> Result<Sources> {
     let (lock, _) = lock_for(layout, plan)?;
-    download_and_extract(layout, &lock, &plan.mirror, plan.busybox_keyring.as_deref())
+    download_and_extract(layout, &lock, &plan.mirror)
 }
 
-/// Reads the lock (`--locked`) or resolves afresh and updates the lock when it changed.
+/// Reads the lock (`--locked`, checking its hashes against the signed sums again) or resolves
+/// afresh and updates the lock when it changed.
 pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
     let lock_path = plan.recipe.lock_path();
-    let old = lock::read(&lock_path)?;
     if plan.locked {
-        let Some(old) = old else {
+        let Some(old) = lock::read(&lock_path)? else {
             bail!("--locked: no lock file {}; run once without --locked to create it", lock_path.display());
         };
         let mut stale = Vec::new();
@@ -90,16 +106,25 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
                 stale.join("\n  ")
             );
         }
-        if !old.kernel.verified && !plan.insecure_skip_signature {
-            bail!(
-                "--locked: lock {} records an unverified kernel tarball (made with --insecure-skip-signature); \
-                 pass that flag again to accept it, or re-resolve without it",
-                lock_path.display()
-            );
-        }
+        reverify_kernel(layout, plan, &lock_path, &old.kernel)?;
+        reverify_busybox(layout, plan, &lock_path, &old.busybox)?;
         return Ok((old, Metadata::default()));
     }
+    let (old, old_version) = match lock::read(&lock_path) {
+        Ok(old) => {
+            let version = old.as_ref().map(|l| l.kernel.version.clone());
+            (old, version)
+        }
+        Err(e) => {
+            let legacy = e.downcast::<lock::Legacy>()?;
+            eprintln!("lock {} (linux {}) is in an older format: re-resolving it", legacy.path.display(), legacy.kernel_version);
+            (None, Some(legacy.kernel_version))
+        }
+    };
     let (new, meta) = resolve(layout, plan)?;
+    if let Some(old_version) = &old_version {
+        check_downgrade(&lock_path, plan, old_version, &new.kernel.version)?;
+    }
     match &old {
         Some(old) if *old == new => {}
         Some(old) => {
@@ -112,6 +137,26 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         }
     }
     Ok((new, meta))
+}
+
+/// releases.json is not signed, so one that lists only an older release must not roll a lock
+/// back; the user can ask for that by version, by series or with `--allow-downgrade`.
+fn check_downgrade(lock_path: &Path, plan: &FetchPlan, old: &str, new: &str) -> Result<()> {
+    if plan.allow_downgrade || releases::version_key(new) >= releases::version_key(old) {
+        return Ok(());
+    }
+    match &plan.request {
+        Request::Exact(v) if v == new => return Ok(()),
+        Request::Longterm(Some(series)) if releases::series_of(new) == series && releases::series_of(old) != series => return Ok(()),
+        _ => {}
+    }
+    bail!(
+        "lock {} has linux {old}, but resolving {} now gives the older {new}: refusing to downgrade \
+         (releases.json is unsigned; an old or edited one must not roll the lock back); \
+         pass --allow-downgrade to accept {new}, or ask for it with --version {new}",
+        lock_path.display(),
+        plan.request
+    )
 }
 
 /// Asks the mirror which versions answer the request and what their verified hashes are.
@@ -129,34 +174,32 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
             // releases.json lists only the newest release of each series; older point releases
             // live at the usual place and are listed in the signed sums file.
             let Request::Exact(v) = &plan.request else { return Err(e) };
-            releases::check_version(v)?;
-            let path = format!("{}/linux-{v}.tar.xz", releases::kernel_dir(v)?);
-            (v.clone(), path, true, 0)
+            (v.clone(), releases::kernel_tarball(v, true)?, true, 0)
         }
         Err(e) => return Err(e.context(format!("resolve {} from {url}", plan.request))),
     };
     // releases.json is not signed: its version names directories here, and only the signed sums
-    // tie a file to a hash, so the file must be exactly the one the version names.
+    // tie a file to a hash, so the file must be exactly the one the version names (which is
+    // also the only form a lock may hold).
     releases::check_version(&version).with_context(|| format!("version in {url}"))?;
-    let file = tar_path.rsplit('/').next().unwrap_or(&tar_path).to_string();
-    if signed {
-        let expected = format!("{}/linux-{version}.tar.xz", releases::kernel_dir(&version)?);
-        if tar_path != expected {
-            bail!("{url}: release {version} points at {tar_path}, expected {expected}: refusing a mismatched tarball");
-        }
+    let expected = releases::kernel_tarball(&version, signed)?;
+    if tar_path != expected {
+        bail!("{url}: release {version} points at {tar_path}, expected {expected}: refusing a mismatched tarball");
     }
+    let file = tar_path.rsplit('/').next().unwrap_or(&tar_path).to_string();
     let mut meta = Metadata { releases_json: Some(json), ..Default::default() };
 
     let verified;
     let (sums_path, sha256) = if signed {
-        let dir = tar_path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        let sums_path = format!("{dir}/sha256sums.asc");
+        let sums_path = releases::kernel_sums(&version)?;
         let sums_url = mirror.kernel_org(&sums_path);
         let asc = download::get_small(&sums_url)?;
-        let (text, ok) = verified_sums(layout, plan, &asc).with_context(|| format!("verify {sums_url}"))?;
+        let (text, ok) = verified_sums(layout, plan, &asc, "the kernel").with_context(|| format!("verify {sums_url}"))?;
         verified = ok;
         let sha = verify::sums_lookup(&text, &file)
             .with_context(|| format!("{sums_url} has no sha256 line for {file}: the mirror is incomplete"))?;
+        // Kept so that `--locked` checks the signature again, offline.
+        layout::write_atomic(&vouch_path(layout, &sha, "asc"), &asc).context("cache the signed sums")?;
         meta.sums_asc = Some(asc);
         (Some(sums_path), sha)
     } else {
@@ -166,52 +209,265 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
                  pass --insecure-skip-signature to accept it unverified, or use --lts/--stable"
             );
         }
-        eprintln!("WARNING: {version} is unsigned; --insecure-skip-signature: trusting the first download");
+        eprintln!("WARNING: {version} is unsigned; --insecure-skip-signature: trusting the first download of the kernel");
         verified = false;
         let url = mirror.kernel_org(&tar_path);
         let blob = download::fetch_unverified(layout, &url, &file)?;
         (None, hash::sha256_file(&blob)?)
     };
-
-    let bb = &plan.recipe.recipe.busybox.version;
-    let bb_file = format!("busybox-{bb}.tar.bz2");
-    let bb_path = format!("busybox/{bb_file}");
-    let bb_sums_url = mirror.busybox(&format!("{bb_path}.sha256"));
-    let bb_sums = download::get_small(&bb_sums_url)?;
-    let bb_sha = verify::sums_lookup(&String::from_utf8_lossy(&bb_sums), &bb_file)
-        .with_context(|| format!("{bb_sums_url} has no sha256 line for {bb_file}"))?;
-    meta.busybox_sums = Some(bb_sums);
-
+    let busybox = resolve_busybox(layout, plan, &mut meta)?;
     let lock = Lock {
         request: plan.request.clone(),
         kernel: LockedKernel { version, file, path: tar_path, sums_path, sha256, released, verified },
-        busybox: LockedBusybox { version: bb.clone(), file: bb_file, path: bb_path, sha256: bb_sha },
+        busybox,
     };
     Ok((lock, meta))
 }
 
-/// The signed text of a clearsigned sums file and `true`; with the opt-out, the unverified text
-/// and `false`; otherwise an error.
-fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8]) -> Result<(String, bool)> {
-    let result = (|| -> Result<String> {
-        let (keyring, fprs) = keyring(layout, plan)?;
-        let mut last = None;
-        for fpr in &fprs {
-            match verify::verify_clearsigned(&keyring, asc, fpr) {
-                Ok(text) => return Ok(text),
-                Err(e) => last = Some(e),
+/// `--locked`: the lock's kernel hash must be the one the signed sums list for its file; the
+/// sums come from the cache (kept by `resolve`), else from the mirror, and are verified again.
+fn reverify_kernel(layout: &Layout, plan: &FetchPlan, lock_path: &Path, k: &LockedKernel) -> Result<()> {
+    if !k.verified && !plan.insecure_skip_signature {
+        bail!(
+            "--locked: lock {} records an unverified kernel tarball (made with --insecure-skip-signature); \
+             pass that flag again to accept it, or re-resolve without it",
+            lock_path.display()
+        );
+    }
+    let Some(sums_path) = &k.sums_path else {
+        eprintln!("WARNING: --insecure-skip-signature: linux-{} is an unsigned snapshot; trusting the lock's sha256", k.version);
+        return Ok(());
+    };
+    let url = plan.mirror.kernel_org(sums_path);
+    let cached = vouch_path(layout, &k.sha256, "asc");
+    let asc = cached_or_get(&cached, &url)?;
+    let (text, _) = verified_sums(layout, plan, &asc, "the kernel")
+        .with_context(|| format!("--locked: verify {url} (cached as {}) again", cached.display()))?;
+    let listed = verify::sums_lookup(&text, &k.file);
+    if listed.as_deref() != Some(k.sha256.as_str()) {
+        bail!(
+            "--locked: lock {}: kernel.sha256 {} is not what the signed {sums_path} lists for {} ({}): refusing it; \
+             fix: delete the lock and run `cargo xtask fetch` without --locked to re-resolve it",
+            lock_path.display(),
+            k.sha256,
+            k.file,
+            listed.as_deref().unwrap_or("no line")
+        );
+    }
+    layout::write_atomic(&cached, &asc).context("cache the signed sums")
+}
+
+/// Finds busybox's hash and verifies it: with `--busybox-keyring`, by the detached `.sig`;
+/// otherwise by the mirror's signed `busybox/sha256sums.asc`, else by the `.sig` with busybox's
+/// pinned upstream key. `--insecure-skip-signature` accepts the unsigned `.sha256` instead.
+fn resolve_busybox(layout: &Layout, plan: &FetchPlan, meta: &mut Metadata) -> Result<LockedBusybox> {
+    let version = &plan.recipe.recipe.busybox.version;
+    releases::check_busybox_version(version).with_context(|| format!("busybox.version in {}", plan.recipe.path.display()))?;
+    let (file, path) = releases::busybox_tarball(version);
+    let locked = |sha256: String, check: BusyboxCheck, signer: Option<String>| LockedBusybox {
+        version: version.clone(),
+        file: file.clone(),
+        path: path.clone(),
+        sha256,
+        verified: signer.is_some(),
+        check,
+        signer,
+    };
+    let mut failures = Vec::new();
+    if let Some(key) = &plan.busybox_keyring {
+        let sha = listed_busybox_sha(&plan.mirror, &path, &file, meta)?;
+        let checked = user_keyring(layout, key).and_then(|(keyring, fprs)| busybox_sig(layout, &plan.mirror, &path, &sha, &keyring, &fprs));
+        match checked.with_context(|| format!("with --busybox-keyring {}", key.display())) {
+            Ok((signer, sig)) => {
+                meta.busybox_sig = Some(sig);
+                return Ok(locked(sha, BusyboxCheck::KeyringSig, Some(signer)));
             }
+            Err(e) => failures.push(e),
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("keyring {} holds no key", keyring.display())))
-    })();
+    } else {
+        match busybox_mirror_sums(layout, plan, &file, None) {
+            Ok((sha, signer, asc)) => {
+                layout::write_atomic(&vouch_path(layout, &sha, "asc"), &asc).context("cache the signed busybox sums")?;
+                meta.busybox_sums_asc = Some(asc);
+                return Ok(locked(sha, BusyboxCheck::MirrorSums, Some(signer)));
+            }
+            Err(e) => failures.push(e),
+        }
+        let upstream = listed_busybox_sha(&plan.mirror, &path, &file, meta).and_then(|sha| {
+            let keyring = busybox_upstream_keyring(layout)?;
+            let (signer, sig) = busybox_sig(layout, &plan.mirror, &path, &sha, &keyring, &[BUSYBOX_SIGNER.to_string()])
+                .with_context(|| format!("with busybox's pinned upstream key {BUSYBOX_SIGNER}"))?;
+            Ok((sha, signer, sig))
+        });
+        match upstream {
+            Ok((sha, signer, sig)) => {
+                meta.busybox_sig = Some(sig);
+                return Ok(locked(sha, BusyboxCheck::UpstreamSig, Some(signer)));
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    let why: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+    if !plan.insecure_skip_signature {
+        bail!(
+            "{file} is not verified:\n  {}\npass --keyring with the key that signs the mirror's busybox/sha256sums.asc, \
+             --busybox-keyring with the key of its .sig, or --insecure-skip-signature to accept it unverified",
+            why.join("\n  ")
+        );
+    }
+    eprintln!("WARNING: --insecure-skip-signature: {file} is not verified ({}); trusting the mirror's .sha256", why.join("; "));
+    let sha = listed_busybox_sha(&plan.mirror, &path, &file, meta)?;
+    Ok(locked(sha, BusyboxCheck::None, None))
+}
+
+/// `--locked`: checks busybox again the way the lock says it was checked.
+fn reverify_busybox(layout: &Layout, plan: &FetchPlan, lock_path: &Path, b: &LockedBusybox) -> Result<()> {
+    let mirror = &plan.mirror;
+    let result = match b.check {
+        BusyboxCheck::None => {
+            if !plan.insecure_skip_signature {
+                bail!(
+                    "--locked: lock {} records an unverified busybox tarball (made with --insecure-skip-signature); \
+                     pass that flag again to accept it, or re-resolve without it",
+                    lock_path.display()
+                );
+            }
+            Err(anyhow::anyhow!("the lock records it unverified"))
+        }
+        BusyboxCheck::MirrorSums => busybox_mirror_sums(layout, plan, &b.file, Some(&b.sha256)).and_then(|(sha, _, asc)| {
+            if sha != b.sha256 {
+                bail!("busybox.sha256 {} is not what the signed busybox sums list for {} ({sha})", b.sha256, b.file);
+            }
+            layout::write_atomic(&vouch_path(layout, &sha, "asc"), &asc).context("cache the signed busybox sums")
+        }),
+        BusyboxCheck::UpstreamSig => busybox_upstream_keyring(layout)
+            .and_then(|keyring| busybox_sig(layout, mirror, &b.path, &b.sha256, &keyring, &[BUSYBOX_SIGNER.to_string()]))
+            .map(drop),
+        BusyboxCheck::KeyringSig => match &plan.busybox_keyring {
+            Some(key) => user_keyring(layout, key)
+                .and_then(|(keyring, fprs)| busybox_sig(layout, mirror, &b.path, &b.sha256, &keyring, &fprs))
+                .map(drop),
+            None => Err(anyhow::anyhow!("the lock records a busybox checked with --busybox-keyring: pass it again")),
+        },
+    };
     match result {
-        Ok(text) => Ok((text, true)),
+        Ok(()) => Ok(()),
         Err(e) if plan.insecure_skip_signature => {
-            eprintln!("WARNING: --insecure-skip-signature: using unverified checksums ({e:#})");
+            eprintln!("WARNING: --insecure-skip-signature: {} is not verified ({e:#})", b.file);
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!(
+            "--locked: lock {}: verify {} again ({}); fix: delete the lock and run `cargo xtask fetch` without --locked to re-resolve it",
+            lock_path.display(),
+            b.file,
+            b.check
+        ))),
+    }
+}
+
+/// busybox's hash as its unsigned `.sha256` states it: only a name for the download, which a
+/// signature then checks.
+fn listed_busybox_sha(mirror: &Mirror, path: &str, file: &str, meta: &mut Metadata) -> Result<String> {
+    let url = mirror.busybox(&format!("{path}.sha256"));
+    let sums = match &meta.busybox_sums {
+        Some(s) => s.clone(),
+        None => download::get_small(&url)?,
+    };
+    let sha = verify::sums_lookup(&String::from_utf8_lossy(&sums), file).with_context(|| format!("{url} has no sha256 line for {file}"))?;
+    meta.busybox_sums = Some(sums);
+    Ok(sha)
+}
+
+/// The hash the mirror's clearsigned `busybox/sha256sums.asc` lists for `file`, its signer and
+/// the signed bytes. `cached_for`: the sha256 whose cached copy to read first (`--locked`).
+fn busybox_mirror_sums(layout: &Layout, plan: &FetchPlan, file: &str, cached_for: Option<&str>) -> Result<(String, String, Vec<u8>)> {
+    let url = plan.mirror.busybox(releases::BUSYBOX_SUMS);
+    let asc = match cached_for {
+        Some(sha) => cached_or_get(&vouch_path(layout, sha, "asc"), &url)?,
+        None => download::get_small(&url)?,
+    };
+    let (keyring, fprs) = keyring(layout, plan)?;
+    let (text, signer) = clearsigned_by(&keyring, &fprs, &asc).with_context(|| format!("verify {url}"))?;
+    let sha = verify::sums_lookup(&text, file).with_context(|| format!("the signed {url} has no sha256 line for {file}"))?;
+    Ok((sha, signer, asc))
+}
+
+/// Checks busybox's detached `.sig` (cached, else from the mirror) over the tarball with
+/// `sha256` (cached, else downloaded) against `keyring`; returns the signer and the signature.
+fn busybox_sig(layout: &Layout, mirror: &Mirror, path: &str, sha256: &str, keyring: &Path, fprs: &[String]) -> Result<(String, Vec<u8>)> {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let tarball = download::fetch_verified(layout, &mirror.busybox(path), sha256, file)?;
+    let sig_url = mirror.busybox(&format!("{path}.sig"));
+    let cached = vouch_path(layout, sha256, "sig");
+    let sig = cached_or_get(&cached, &sig_url)?;
+    // gpgv reads the signature from a file; an unverified one never takes the cached name.
+    let tmp = layout::tmp_sibling(&cached);
+    layout::write_atomic(&tmp, &sig)?;
+    let mut last = None;
+    for fpr in fprs {
+        match verify::verify_detached(keyring, &tarball, &tmp, Some(fpr)) {
+            Ok(()) => {
+                std::fs::rename(&tmp, &cached).with_context(|| format!("move {} to {}", tmp.display(), cached.display()))?;
+                return Ok((fpr.to_ascii_uppercase(), sig));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let err = last.unwrap_or_else(|| anyhow::anyhow!("keyring {} holds no key", keyring.display()));
+    Err(err.context(format!("verify {sig_url}")))
+}
+
+/// busybox's upstream key as a binary keyring in the cache, refused unless it has the pinned
+/// fingerprint.
+fn busybox_upstream_keyring(layout: &Layout) -> Result<PathBuf> {
+    let path = layout.cache_key(BUSYBOX_SIGNER);
+    if !path.is_file() {
+        let key = verify::key_with_fingerprint(BUSYBOX_KEY, BUSYBOX_SIGNER).context("read busybox's key built into kernel-lab")?;
+        layout::write_atomic(&path, &key).context("cache busybox's key")?;
+    }
+    Ok(path)
+}
+
+/// `<cache>/vouch/<sha256>.<ext>`: the signed sums or signature that vouched for the file with
+/// `sha256`, kept so that `--locked` can verify it again offline.
+fn vouch_path(layout: &Layout, sha256: &str, ext: &str) -> PathBuf {
+    layout.cache.join("vouch").join(format!("{sha256}.{ext}"))
+}
+
+/// The cached copy at `path`, else the bytes at `url` (which the caller verifies before caching).
+fn cached_or_get(path: &Path, url: &str) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => download::get_small(url),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// The signed text of a clearsigned sums file and `true`; with the opt-out, the unverified text
+/// and `false` (warning that `what`'s checksums were not verified); otherwise an error.
+fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8], what: &str) -> Result<(String, bool)> {
+    let result = keyring(layout, plan).and_then(|(keyring, fprs)| clearsigned_by(&keyring, &fprs, asc));
+    match result {
+        Ok((text, _)) => Ok((text, true)),
+        Err(e) if plan.insecure_skip_signature => {
+            eprintln!("WARNING: --insecure-skip-signature: using unverified checksums for {what} ({e:#})");
             Ok((String::from_utf8_lossy(asc).into_owned(), false))
         }
         Err(e) => Err(e),
     }
+}
+
+/// The signed text of `asc` and the fingerprint (of `fprs`) that signed it.
+fn clearsigned_by(keyring: &Path, fprs: &[String], asc: &[u8]) -> Result<(String, String)> {
+    let mut last = None;
+    for fpr in fprs {
+        match verify::verify_clearsigned(keyring, asc, fpr) {
+            Ok(text) => return Ok((text, fpr.to_ascii_uppercase())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("keyring {} holds no key", keyring.display())))
 }
 
 /// The keyring to check signatures with and the fingerprints it may sign with.
@@ -254,23 +510,15 @@ fn user_keyring(layout: &Layout, file: &Path) -> Result<(PathBuf, Vec<String>)> 
     Ok((path, fprs))
 }
 
-/// Downloads (or finds in the cache) both tarballs and extracts them.
-pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror, busybox_keyring: Option<&Path>) -> Result<Sources> {
+/// Downloads (or finds in the cache) both tarballs, whose hashes the lock holds and `lock_for`
+/// verified, and extracts them.
+pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror) -> Result<Sources> {
     let k = &lock.kernel;
     let kernel_tarball = download::fetch_verified(layout, &mirror.kernel_org(&k.path), &k.sha256, &k.file)
         .with_context(|| format!("fetch linux-{}", k.version))?;
     let b = &lock.busybox;
     let busybox_tarball = download::fetch_verified(layout, &mirror.busybox(&b.path), &b.sha256, &b.file)
         .with_context(|| format!("fetch busybox-{}", b.version))?;
-    if let Some(file) = busybox_keyring {
-        let sig_url = mirror.busybox(&format!("{}.sig", b.path));
-        let sig = download::get_small(&sig_url)?;
-        let sig_path = layout.cache.join("keys").join(format!("{}.sig", b.sha256));
-        layout::write_atomic(&sig_path, &sig)?;
-        let (keyring, _) = user_keyring(layout, file)?;
-        verify::verify_detached(&keyring, &busybox_tarball, &sig_path, None)
-            .with_context(|| format!("verify {sig_url} with {}", file.display()))?;
-    }
     let kernel_src = layout.kernel_src(&k.version);
     extract::extract(&kernel_tarball, &k.sha256, &kernel_src, &k.file)
         .with_context(|| format!("extract {} into {}", k.file, kernel_src.display()))?;
@@ -296,6 +544,18 @@ pub fn release_epoch(lock: &Lock, kernel_src: &Path) -> Result<u64> {
 mod tests {
     use super::*;
     use crate::verify::tests::TestKey;
+
+    #[test]
+    fn busybox_key_built_in_is_the_pinned_one() {
+        let dir = crate::testutil::scratch("fetch-bbkey");
+        let layout = Layout { root: dir.clone(), artifacts: dir.join("artifacts"), cache: dir.join("cache") };
+        let path = busybox_upstream_keyring(&layout).unwrap();
+        assert_eq!(verify::key_fingerprints(&std::fs::read(&path).unwrap()).unwrap(), vec![BUSYBOX_SIGNER.to_string()]);
+        let other = TestKey::new("Not Busybox");
+        let err = verify::key_with_fingerprint(&other.armored, BUSYBOX_SIGNER).unwrap_err().to_string();
+        assert!(err.contains(BUSYBOX_SIGNER), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn wkd_keyring_fetches_once_and_checks_the_fingerprint() {

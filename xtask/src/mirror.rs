@@ -1,4 +1,8 @@
 //! `cargo xtask mirror`: builds a directory in kernel.org's layout that `--mirror` can point at.
+//!
+//! With `--sign-key`, the mirror signs busybox the way it signs kernels: a clearsigned
+//! `busybox/sha256sums.asc` lists every busybox tarball, and `fetch --keyring` with the mirror's
+//! key (`kernel-lab-mirror.gpg`) accepts busybox only if its hash is in it.
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +31,9 @@ pub struct LocalBusybox {
     pub version: String,
 }
 
-/// Offline mode: publishes local tarballs, writing releases.json, sha256sums.asc (clearsigned
-/// with `sign_key` when given) and busybox `.sha256` files.
+/// Offline mode: publishes local tarballs, writing releases.json, the kernel's and busybox's
+/// sha256sums.asc (clearsigned with `sign_key` when given), busybox `.sha256` files and, when
+/// signing, busybox `.sig` files.
 pub fn from_local(
     sh: &Shell,
     out: &Path,
@@ -54,9 +59,10 @@ pub fn from_local(
     dirs.sort();
     dirs.dedup();
     for dir in &dirs {
-        write_sums(sh, &out.join(dir), sign_key)?;
+        write_sums(sh, &out.join(dir), "linux-", sign_key)?;
     }
     for b in busyboxes {
+        releases::check_busybox_version(&b.version)?;
         let name = format!("busybox-{}.tar.bz2", b.version);
         if tar_ext(&b.file)? != "tar.bz2" {
             bail!("busybox tarball {} is not a .tar.bz2", b.file.display());
@@ -76,6 +82,9 @@ pub fn from_local(
             std::fs::rename(&tmp, &sig)?;
         }
     }
+    if !busyboxes.is_empty() {
+        write_sums(sh, &out.join("busybox"), "busybox-", sign_key)?;
+    }
     if !entries.is_empty() {
         write_releases_json(out, &entries)?;
     }
@@ -94,7 +103,7 @@ pub fn from_local(
 /// upstream's own releases.json and signed sums unchanged, so clients verify the same signature.
 pub fn from_upstream(layout: &Layout, out: &Path, plan: &FetchPlan) -> Result<()> {
     let (lock, meta) = fetch::resolve(layout, plan)?;
-    let sources = fetch::download_and_extract(layout, &lock, &plan.mirror, plan.busybox_keyring.as_deref())?;
+    let sources = fetch::download_and_extract(layout, &lock, &plan.mirror)?;
     publish(&sources.kernel_tarball, &out.join(&lock.kernel.path))?;
     publish(&sources.busybox_tarball, &out.join(&lock.busybox.path))?;
     if let (Some(path), Some(asc)) = (&lock.kernel.sums_path, &meta.sums_asc) {
@@ -102,6 +111,12 @@ pub fn from_upstream(layout: &Layout, out: &Path, plan: &FetchPlan) -> Result<()
     }
     if let Some(bb) = &meta.busybox_sums {
         layout::write_atomic(&out.join(format!("{}.sha256", lock.busybox.path)), bb)?;
+    }
+    if let Some(sig) = &meta.busybox_sig {
+        layout::write_atomic(&out.join(format!("{}.sig", lock.busybox.path)), sig)?;
+    }
+    if let Some(asc) = &meta.busybox_sums_asc {
+        layout::write_atomic(&out.join(releases::BUSYBOX_SUMS), asc)?;
     }
     if let Some(json) = &meta.releases_json {
         layout::write_atomic(&out.join("releases.json"), json)?;
@@ -140,11 +155,13 @@ fn mtime(file: &Path) -> Result<i64> {
     Ok(m.duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64)
 }
 
-fn write_sums(sh: &Shell, dir: &Path, sign_key: Option<&str>) -> Result<()> {
+/// `dir/sha256sums.asc` listing every `<prefix>*.tar.{xz,bz2,gz}` in `dir` (not their `.sig` or
+/// `.sha256` companions), clearsigned with `sign_key` when given.
+fn write_sums(sh: &Shell, dir: &Path, prefix: &str, sign_key: Option<&str>) -> Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("linux-") && n.contains(".tar."))
+        .filter(|n| n.starts_with(prefix) && [".tar.xz", ".tar.bz2", ".tar.gz"].iter().any(|ext| n.ends_with(ext)))
         .collect();
     names.sort();
     let mut text = String::new();

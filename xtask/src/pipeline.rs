@@ -43,6 +43,7 @@ pub fn fetch_plan(layout: &Layout, args: &FetchArgs) -> Result<FetchPlan> {
     plan.locked = args.locked;
     plan.insecure_skip_signature = args.insecure_skip_signature;
     plan.busybox_keyring = args.busybox_keyring.clone();
+    plan.allow_downgrade = args.allow_downgrade;
     Ok(plan)
 }
 

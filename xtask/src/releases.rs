@@ -167,6 +167,42 @@ pub fn check_version(version: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where a kernel tarball lives, the only form `fetch` uses or a lock may hold: signed releases
+/// at `pub/linux/kernel/vN.x/linux-V.tar.xz`, unsigned -rc snapshots where git.kernel.org serves
+/// them (`torvalds/t/linux-V.tar.gz`).
+pub fn kernel_tarball(version: &str, signed: bool) -> Result<String> {
+    check_version(version)?;
+    if signed {
+        Ok(format!("{}/linux-{version}.tar.xz", kernel_dir(version)?))
+    } else {
+        Ok(format!("torvalds/t/linux-{version}.tar.gz"))
+    }
+}
+
+/// The signed sums file that lists a signed release's tarball.
+pub fn kernel_sums(version: &str) -> Result<String> {
+    Ok(format!("{}/sha256sums.asc", kernel_dir(version)?))
+}
+
+/// A mirror's clearsigned list of its busybox tarballs (`cargo xtask mirror --sign-key` writes it).
+pub const BUSYBOX_SUMS: &str = "busybox/sha256sums.asc";
+
+/// Validates a busybox version: dot-separated numbers, e.g. 1.36.1.
+pub fn check_busybox_version(version: &str) -> Result<()> {
+    let ok = !version.is_empty() && version.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
+    if !ok {
+        bail!("{version:?} is not a busybox version (expected dot-separated numbers, e.g. 1.36.1)");
+    }
+    Ok(())
+}
+
+/// busybox's tarball file name and its path relative to the mirror root.
+pub fn busybox_tarball(version: &str) -> (String, String) {
+    let file = format!("busybox-{version}.tar.bz2");
+    let path = format!("busybox/{file}");
+    (file, path)
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -252,5 +288,18 @@ pub mod tests {
         assert!(kernel_dir("next-2025").is_err());
         assert!(check_version("6.12.117").is_ok());
         assert!(check_version("6.12;rm").is_err());
+    }
+
+    #[test]
+    fn paths_are_the_ones_the_version_names() {
+        assert_eq!(kernel_tarball("6.12.117", true).unwrap(), "pub/linux/kernel/v6.x/linux-6.12.117.tar.xz");
+        assert_eq!(kernel_tarball("6.18-rc2", false).unwrap(), "torvalds/t/linux-6.18-rc2.tar.gz");
+        assert_eq!(kernel_sums("5.15.190").unwrap(), "pub/linux/kernel/v5.x/sha256sums.asc");
+        assert!(kernel_tarball("6.12.117/../../x", true).is_err());
+        assert!(check_busybox_version("1.36.1").is_ok());
+        for bad in ["", "1..2", "1.36.1/../x", "1.36.1-rc", ".1"] {
+            assert!(check_busybox_version(bad).is_err(), "{bad:?} passed");
+        }
+        assert_eq!(busybox_tarball("1.36.1"), ("busybox-1.36.1.tar.bz2".to_string(), "busybox/busybox-1.36.1.tar.bz2".to_string()));
     }
 }

@@ -315,11 +315,14 @@ fn missing_file_names_the_url() {
     let f = Fixture::new("404");
     let mirror = f.mirror(Some("mirror@test.invalid"));
     let keyring = f.export("mirror@test.invalid");
+    std::fs::remove_file(mirror.join("busybox/sha256sums.asc")).unwrap();
     std::fs::remove_file(mirror.join("busybox/busybox-1.35.0.tar.bz2.sha256")).unwrap();
     let served = serve(&mirror);
     let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
+    // Each way busybox could have been verified names what it missed.
+    assert!(err.contains(&format!("{}busybox/sha256sums.asc: 404", served.url)), "{err}");
     assert!(err.contains(&format!("{}busybox/busybox-1.35.0.tar.bz2.sha256: 404", served.url)), "{err}");
 }
 
@@ -423,5 +426,265 @@ fn insecure_lock_needs_the_opt_out_again() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unverified"), "{}", stderr(&out));
     let out = f.fetch(&served.url, &["--locked", "--insecure-skip-signature"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Fixture {
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("recipes/lts.lock")
+    }
+
+    fn lock(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.lock_path()).unwrap()).unwrap()
+    }
+
+    fn edit_lock(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut lock = self.lock();
+        edit(&mut lock);
+        std::fs::write(self.lock_path(), serde_json::to_vec_pretty(&lock).unwrap()).unwrap();
+    }
+
+    /// Forgets every download and extracted tree, as a fresh checkout on another machine would.
+    fn forget_downloads(&self) {
+        let _ = std::fs::remove_dir_all(self.dir.join("cache"));
+        let _ = std::fs::remove_dir_all(self.dir.join("artifacts"));
+    }
+
+    /// A busybox tarball other than the one the mirror signed.
+    fn evil_busybox(&self) -> PathBuf {
+        let src = self.dir.join("evil-src/busybox-1.35.0");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("Makefile"), "# evil busybox\n").unwrap();
+        let out = self.dir.join("evil-bb.tar.bz2");
+        assert!(Command::new("tar").arg("-C").arg(src.parent().unwrap()).arg("-cjf").arg(&out).arg("busybox-1.35.0").status().unwrap().success());
+        out
+    }
+}
+
+/// A lock comes in pull requests: `--locked` must not build a kernel whose hash only the lock vouches for.
+#[test]
+fn locked_refuses_a_kernel_hash_the_signed_sums_do_not_list() {
+    let f = Fixture::new("lockhash");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The mirror serves another tarball under 6.12.117's name, and the lock carries its hash.
+    // (The mirror hard-links the fixture's tarballs: replace the file, do not write through it.)
+    let dir = mirror.join("pub/linux/kernel/v6.x");
+    let good = std::fs::read(dir.join("linux-6.12.117.tar.xz")).unwrap();
+    let good_sha = f.lock()["kernel"]["sha256"].as_str().unwrap().to_string();
+    std::fs::remove_file(dir.join("linux-6.12.117.tar.xz")).unwrap();
+    std::fs::copy(dir.join("linux-6.6.9.tar.xz"), dir.join("linux-6.12.117.tar.xz")).unwrap();
+    let evil = sha256_of(&dir.join("linux-6.12.117.tar.xz"));
+    f.edit_lock(|l| l["kernel"]["sha256"] = evil.clone().into());
+    f.forget_downloads();
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(!out.status.success(), "a hash only the lock vouches for was built");
+    let err = stderr(&out);
+    assert!(err.contains(&f.lock_path().display().to_string()) && err.contains(&evil) && err.contains("sha256sums.asc"), "{err}");
+    assert!(!f.src("6.12.117").exists());
+
+    // The signature is checked again on every --locked run, from the cached sums: another key fails.
+    f.edit_lock(|l| l["kernel"]["sha256"] = good_sha.into());
+    std::fs::write(dir.join("linux-6.12.117.tar.xz"), good).unwrap();
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(served);
+    let other = f.export("other@test.invalid");
+    let out = f.fetch("http://127.0.0.1:9/", &["--locked", "--keyring", other.to_str().unwrap()]);
+    assert!(!out.status.success(), "--locked did not re-verify the signature");
+    assert!(stderr(&out).contains("sha256sums.asc"), "{}", stderr(&out));
+    let out = f.fetch("http://127.0.0.1:9/", &["--locked", "--keyring", k]);
+    assert!(out.status.success(), "cached signed sums needed the network: {}", stderr(&out));
+}
+
+#[test]
+fn locked_refuses_a_sha256_that_is_a_path() {
+    let f = Fixture::new("lockpath");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let served = serve(&mirror);
+    assert!(f.fetch(&served.url, &["--keyring", k]).status.success());
+    // An absolute "hash" used to name the cached blob: any tarball on disk, unhashed.
+    let evil = f.dir.join("k2.tar.xz").display().to_string();
+    f.edit_lock(|l| l["kernel"]["sha256"] = evil.clone().into());
+    f.forget_downloads();
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(!out.status.success(), "a path in kernel.sha256 was used");
+    let err = stderr(&out);
+    assert!(err.contains(&f.lock_path().display().to_string()) && err.contains("kernel.sha256") && err.contains(&evil), "{err}");
+    assert!(err.contains("64 lowercase hex"), "{err}");
+    assert!(!f.src("6.12.117").exists());
+}
+
+#[test]
+fn locked_refuses_a_version_that_leaves_the_artifacts_tree() {
+    let f = Fixture::new("lockdots");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let served = serve(&mirror);
+    assert!(f.fetch(&served.url, &["--keyring", k]).status.success());
+    let victim = f.dir.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("keep"), "mine\n").unwrap();
+    // artifacts/src/linux-6.12.117/../../../victim is the victim.
+    let evil = "6.12.117/../../../victim";
+    f.edit_lock(|l| l["kernel"]["version"] = evil.into());
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&f.lock_path().display().to_string()) && err.contains("kernel.version") && err.contains(evil), "{err}");
+    assert_eq!(std::fs::read_to_string(victim.join("keep")).unwrap(), "mine\n", "extraction replaced a directory outside artifacts");
+
+    // A path that is not the one the version names is refused too, field by field.
+    f.edit_lock(|l| {
+        l["kernel"]["version"] = "6.12.117".into();
+        l["kernel"]["path"] = "pub/linux/kernel/v6.x/linux-6.6.9.tar.xz".into();
+    });
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("kernel.path") && err.contains("pub/linux/kernel/v6.x/linux-6.12.117.tar.xz"), "{err}");
+}
+
+#[test]
+fn busybox_is_verified_through_the_mirror_signed_sums() {
+    let f = Fixture::new("bbsums");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let sums = std::fs::read_to_string(mirror.join("busybox/sha256sums.asc")).unwrap_or_default();
+    assert!(sums.contains("-----BEGIN PGP SIGNED MESSAGE-----") && sums.contains("busybox-1.35.0.tar.bz2"), "{sums}");
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = f.lock();
+    assert_eq!(lock["busybox"]["verified"], true, "{lock}");
+    assert_eq!(lock["busybox"]["check"], "mirror-sums", "{lock}");
+    assert_eq!(lock["busybox"]["signer"], f.fingerprint("mirror@test.invalid").as_str(), "{lock}");
+    // --locked re-verifies busybox from the cache, offline.
+    let out = f.fetch("http://127.0.0.1:9/", &["--locked", "--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The mirror swaps busybox and its unsigned .sha256: the signed sums do not list the new hash.
+    let evil = f.evil_busybox();
+    std::fs::remove_file(mirror.join("busybox/busybox-1.35.0.tar.bz2")).unwrap();
+    std::fs::copy(&evil, mirror.join("busybox/busybox-1.35.0.tar.bz2")).unwrap();
+    std::fs::write(mirror.join("busybox/busybox-1.35.0.tar.bz2.sha256"), format!("{}  busybox-1.35.0.tar.bz2\n", sha256_of(&evil))).unwrap();
+    std::fs::remove_file(f.lock_path()).unwrap();
+    f.forget_downloads();
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(!out.status.success(), "a busybox the mirror's key never signed was accepted");
+    assert!(stderr(&out).contains("busybox-1.35.0.tar.bz2"), "{}", stderr(&out));
+    assert!(!f.dir.join("artifacts/src/busybox-1.35.0").exists());
+}
+
+#[test]
+fn busybox_sig_is_checked_against_the_pinned_upstream_key_by_default() {
+    let f = Fixture::new("bbpin");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    // Without mirror-signed busybox sums, only busybox's own detached signature can vouch for it,
+    // and this one is made by the mirror's key, not by busybox's.
+    let _ = std::fs::remove_file(mirror.join("busybox/sha256sums.asc"));
+    assert!(mirror.join("busybox/busybox-1.35.0.tar.bz2.sig").is_file());
+    let served = serve(&mirror);
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(!out.status.success(), "busybox was accepted on its unsigned .sha256");
+    let err = stderr(&out);
+    assert!(err.contains("C9E9416F76E610DBD09D040F47B70C55ACC9965B") && err.contains("busybox-1.35.0.tar.bz2.sig"), "{err}");
+    assert!(!f.dir.join("artifacts/src/busybox-1.35.0").exists());
+
+    let out = f.fetch(&served.url, &["--keyring", k, "--insecure-skip-signature"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING: --insecure-skip-signature: busybox-1.35.0.tar.bz2 is not verified"), "{}", stderr(&out));
+    let lock = f.lock();
+    assert_eq!((&lock["kernel"]["verified"], &lock["busybox"]["verified"]), (&true.into(), &false.into()), "{lock}");
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unverified busybox"), "{}", stderr(&out));
+}
+
+#[test]
+fn lts_refuses_to_downgrade_the_lock_unless_asked() {
+    let f = Fixture::new("downgrade");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let served = serve(&mirror);
+    assert!(f.fetch(&served.url, &["--keyring", k]).status.success());
+    let newer = std::fs::read(f.lock_path()).unwrap();
+    // releases.json is unsigned: one that lists only the older longterm must not move the lock.
+    let json_path = mirror.join("releases.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    json["releases"].as_array_mut().unwrap().retain(|r| r["version"] != "6.12.117");
+    std::fs::write(&json_path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(!out.status.success(), "the lock was downgraded");
+    let err = stderr(&out);
+    let lock = f.lock_path().display().to_string();
+    assert!(err.contains(&lock) && err.contains("6.12.117") && err.contains("6.6.9") && err.contains("--allow-downgrade"), "{err}");
+    assert_eq!(std::fs::read(f.lock_path()).unwrap(), newer, "the lock changed");
+    assert!(!f.src("6.6.9").exists());
+
+    let out = f.fetch(&served.url, &["--keyring", k, "--allow-downgrade"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.lock()["kernel"]["version"], "6.6.9");
+    // Asking for the series (or the version) is asking for the downgrade.
+    std::fs::write(f.lock_path(), &newer).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k, "--lts", "6.6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.lock()["kernel"]["version"], "6.6.9");
+    std::fs::write(f.lock_path(), &newer).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k, "--version", "6.6.9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Locks written before busybox verification was recorded: `--locked` says to re-resolve, a
+/// fresh resolve rewrites them (and still refuses to downgrade them).
+#[test]
+fn old_lock_format_is_re_resolved_not_trusted() {
+    let f = Fixture::new("legacylock");
+    let mirror = f.mirror(Some("mirror@test.invalid"));
+    let keyring = f.export("mirror@test.invalid");
+    let k = keyring.to_str().unwrap();
+    let served = serve(&mirror);
+    assert!(f.fetch(&served.url, &["--keyring", k]).status.success());
+    f.edit_lock(|l| {
+        let bb = l["busybox"].as_object_mut().unwrap();
+        for field in ["verified", "check", "signer"] {
+            assert!(bb.remove(field).is_some(), "{field}: {bb:?}");
+        }
+    });
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&f.lock_path().display().to_string()) && err.contains("without --locked to re-resolve"), "{err}");
+
+    let json_path = mirror.join("releases.json");
+    let listed = std::fs::read(&json_path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+    json["releases"].as_array_mut().unwrap().retain(|r| r["version"] != "6.12.117");
+    std::fs::write(&json_path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(!out.status.success(), "an old-format lock was downgraded");
+    assert!(stderr(&out).contains("--allow-downgrade"), "{}", stderr(&out));
+
+    std::fs::write(&json_path, listed).unwrap();
+    let out = f.fetch(&served.url, &["--keyring", k]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.lock()["busybox"]["check"], "mirror-sums");
+    let out = f.fetch(&served.url, &["--locked", "--keyring", k]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
