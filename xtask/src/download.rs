@@ -32,9 +32,30 @@ fn client() -> Result<&'static Client> {
         .user_agent(concat!("kernel-lab/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
         .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::custom(same_origin_redirect))
         .build()
         .context("build the HTTP client")?;
     Ok(CLIENT.get_or_init(|| client))
+}
+
+/// Follows a redirect only to the scheme, host and port of the URL first asked for: with a mirror
+/// set, nothing else is contacted (README), and kernel.org's own files never leave their host.
+fn same_origin_redirect(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let Some(first) = attempt.previous().first() else {
+        return attempt.follow();
+    };
+    if attempt.previous().len() > 10 {
+        let err = format!("more than 10 redirects from {first}: refusing them (a redirect loop?)");
+        return attempt.error(err);
+    }
+    if attempt.url().origin() != first.origin() {
+        let err = format!(
+            "refusing a redirect from {first} to {}: it leads to another host, scheme or port; use a URL that serves the file directly",
+            attempt.url()
+        );
+        return attempt.error(err);
+    }
+    attempt.follow()
 }
 
 /// Why one attempt failed: worth another try, or not.
@@ -97,24 +118,79 @@ fn file_url_path(url: &str) -> Option<&Path> {
     url.strip_prefix("file://").map(Path::new)
 }
 
-/// Fetches a small file (releases.json, sha256sums.asc, a key) fully into memory.
+/// Bounds on a small download, which a hostile or broken server could otherwise make endless.
+pub struct SmallLimits {
+    /// Largest body accepted, in bytes.
+    pub max_bytes: u64,
+    /// Time for the whole fetch, retries included.
+    pub deadline: Duration,
+}
+
+/// releases.json is ~20 KiB, a sha256sums.asc a few hundred KiB, a key a few KiB.
+pub const SMALL: SmallLimits = SmallLimits { max_bytes: 8 << 20, deadline: Duration::from_secs(120) };
+
+/// Fetches a small file (releases.json, sha256sums.asc, a key) fully into memory, within `SMALL`.
 pub fn get_small(url: &str) -> Result<Vec<u8>> {
+    get_small_within(url, &SMALL)
+}
+
+/// Fetches a small file fully into memory, refusing a body bigger than `limits.max_bytes` and
+/// giving up when the whole fetch (retries included) takes longer than `limits.deadline`.
+pub fn get_small_within(url: &str, limits: &SmallLimits) -> Result<Vec<u8>> {
+    let too_big = |size: String| {
+        anyhow!(
+            "GET {url}: {size} bytes: refusing it (a small file is at most {} bytes); check the mirror",
+            limits.max_bytes
+        )
+    };
     if let Some(path) = file_url_path(url) {
+        let len = std::fs::metadata(path).with_context(|| format!("read {url}: check the path"))?.len();
+        if len > limits.max_bytes {
+            return Err(too_big(format!("the file holds {len}, larger than {}", limits.max_bytes)));
+        }
         return std::fs::read(path).with_context(|| format!("read {url}: check the path"));
     }
     if !url.starts_with("http://") && !url.starts_with("https://") {
         bail!("unsupported URL {url}: use http://, https:// or file://");
     }
     let client = client()?;
+    let deadline = std::time::Instant::now() + limits.deadline;
+    let late = || {
+        Failure::Fatal(anyhow!(
+            "GET {url}: no complete answer within {:.1} s: giving up; check the network or the mirror",
+            limits.deadline.as_secs_f64()
+        ))
+    };
     with_retries(url, || {
-        let mut resp = client.get(url).send().map_err(|e| send_failure(url, e))?;
+        let remaining = deadline.checked_duration_since(std::time::Instant::now()).ok_or_else(late)?;
+        let mut resp = client.get(url).timeout(remaining).send().map_err(|e| match e.is_timeout() {
+            true if std::time::Instant::now() >= deadline => late(),
+            _ => send_failure(url, e),
+        })?;
         if resp.status() != StatusCode::OK {
             return Err(status_failure(url, resp.status()));
         }
+        if let Some(len) = resp.content_length().filter(|&len| len > limits.max_bytes) {
+            return Err(Failure::Fatal(too_big(format!("the answer announces {len} bytes, more than {}", limits.max_bytes))));
+        }
         let mut body = Vec::new();
-        resp.read_to_end(&mut body).map_err(|e| {
-            Failure::Transient(anyhow!(e).context(format!("GET {url}: read the body")))
-        })?;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if std::time::Instant::now() >= deadline {
+                return Err(late());
+            }
+            let n = match resp.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if std::time::Instant::now() >= deadline => return Err(late()),
+                Err(e) => return Err(Failure::Transient(anyhow!(e).context(format!("GET {url}: read the body")))),
+            };
+            if (body.len() + n) as u64 > limits.max_bytes {
+                return Err(Failure::Fatal(too_big(format!("the body is larger than {}", limits.max_bytes))));
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
         Ok(body)
     })
 }
@@ -168,6 +244,53 @@ pub fn wkd_key(base: &str, email: &str) -> Result<Vec<u8>> {
     get_small(&wkd_url(base, email)).with_context(|| format!("fetch the key of {email} over WKD"))
 }
 
+/// An exclusive `flock` on a lock file, held until dropped; the file is removed while still locked.
+pub struct PathLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        // Removed before the lock goes with the descriptor: a waiter that locked this file after
+        // we unlinked it sees the name gone (see `lock_path`) and starts over.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Locks `path` (creating it) against other kernel-lab runs, waiting for a run that holds it and
+/// saying once, as "waiting for another kernel-lab run {doing}", why nothing happens.
+pub fn lock_path(path: &Path, doing: &str) -> Result<PathLock> {
+    use std::os::unix::fs::MetadataExt;
+    let mut told = false;
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open the lock file {}: check permissions of its directory", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !told {
+                    eprintln!("waiting for another kernel-lab run {doing} (lock {})", path.display());
+                    told = true;
+                }
+                file.lock().with_context(|| format!("lock {}", path.display()))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow!(e).context(format!("lock {}: the filesystem must support flock", path.display())))
+            }
+        }
+        // The run before us removes the file when it is done: a lock on the unlinked file guards nothing.
+        let held = file.metadata().with_context(|| format!("stat {}", path.display()))?;
+        if std::fs::metadata(path).is_ok_and(|now| now.ino() == held.ino() && now.dev() == held.dev()) {
+            return Ok(PathLock { path: path.to_path_buf(), _file: file });
+        }
+    }
+}
+
 /// `<cache>/partial/<sha256>.part`: a download in progress, kept across runs so it can resume.
 fn partial_path(layout: &Layout, sha256: &str) -> PathBuf {
     layout.cache.join("partial").join(format!("{sha256}.part"))
@@ -176,7 +299,8 @@ fn partial_path(layout: &Layout, sha256: &str) -> PathBuf {
 /// Returns the cached file whose sha256 is `sha256`, downloading it from `url` first if needed.
 ///
 /// A cache hit sends no request. A download resumes from an earlier partial file with a Range
-/// request, and the result enters the cache only if its sha256 matches.
+/// request, and the result enters the cache only if its sha256 matches. Runs fetching the same
+/// file take turns (a lock next to the partial file), so the second one finds the first one's blob.
 pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> Result<PathBuf> {
     let sha256 = sha256.to_ascii_lowercase();
     let blob = layout.cache_blob(&sha256);
@@ -187,6 +311,10 @@ pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> 
     let dir = partial.parent().expect("partial path has a parent");
     std::fs::create_dir_all(dir)
         .with_context(|| format!("create {}: check permissions of the cache", dir.display()))?;
+    let _lock = lock_path(&partial.with_extension("lock"), &format!("downloading {label}"))?;
+    if blob.is_file() {
+        return Ok(blob);
+    }
 
     let got = download_to(url, &partial, label)?;
 
@@ -227,6 +355,7 @@ pub fn fetch_unverified(layout: &Layout, url: &str, label: &str) -> Result<PathB
     let partial = partial_path(layout, &hash::sha256_bytes(url.as_bytes()));
     let dir = partial.parent().expect("partial path has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let _lock = lock_path(&partial.with_extension("lock"), &format!("downloading {label}"))?;
     let got = download_to(url, &partial, label)?;
     let blob = layout.cache_blob(&got);
     std::fs::create_dir_all(blob.parent().expect("blob path has a parent"))?;
@@ -367,6 +496,10 @@ fn download_attempt(
 mod tests {
     use super::*;
     use crate::serve;
+    use std::io::{self, BufRead};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     struct Fixture {
         dir: PathBuf,
@@ -563,6 +696,140 @@ mod tests {
         assert_eq!(f.server.requests(), vec!["GET /.well-known/openpgpkey/hu/ew8uiogxwri7d3fuioqgt7u1d5sngorx".to_string()]);
         let err = format!("{:#}", wkd_key(&f.server.url(""), "nobody@kernel.org").unwrap_err());
         assert!(err.starts_with("fetch the key of nobody@kernel.org over WKD: GET ") && err.ends_with("404 Not Found"), "{err}");
+    }
+
+    /// A loopback HTTP server that answers each request (one per connection) with `respond(path, stream)`
+    /// and counts requests: for answers `serve` cannot give (redirects, endless or trickling bodies).
+    fn raw_server(respond: impl Fn(&str, &mut TcpStream) + Send + Sync + 'static) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let (respond, counter) = (Arc::new(respond), count.clone());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let respond = respond.clone();
+                std::thread::spawn(move || {
+                    let mut reader = io::BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    respond(&path, &mut stream);
+                });
+            }
+        });
+        (base, count)
+    }
+
+    fn redirect(stream: &mut TcpStream, location: &str) {
+        let _ = write!(stream, "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+
+    #[test]
+    fn redirects_stay_on_the_same_scheme_host_and_port() {
+        let f = fixture("redirect");
+        let elsewhere = f.server.url("/pub/linux-1.0.tar.xz");
+        let away = elsewhere.clone();
+        let (base, count) = raw_server(move |path, stream| match path {
+            "/here" => redirect(stream, "/there"),
+            "/there" => {
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nsums\n");
+            }
+            _ => redirect(stream, &away),
+        });
+        assert_eq!(get_small(&format!("{base}/here")).unwrap(), b"sums\n", "a redirect on the same host is followed");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        let url = format!("{base}/away");
+        let err = format!("{:#}", get_small(&url).unwrap_err());
+        assert!(err.contains(&format!("refusing a redirect from {url} to {elsewhere}")) && err.contains("another host"), "{err}");
+        let err = format!("{:#}", fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap_err());
+        assert!(err.contains("refusing a redirect"), "{err}");
+        assert!(f.server.requests().is_empty(), "nothing but the first host is contacted");
+        assert!(!f.layout.cache_blob(&f.sha).exists());
+    }
+
+    /// Two runs fetching the same blob at once: the second waits for the first instead of writing
+    /// into the same partial file, then finds the blob in the cache; one request, one correct blob.
+    #[test]
+    fn concurrent_fetches_of_one_blob_share_one_download() {
+        let f = fixture("concurrent");
+        let data = f.data.clone();
+        // 600 KB in 30 slices 20 ms apart: slow enough that the two fetches overlap.
+        let (base, count) = raw_server(move |_, stream| {
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len());
+            for slice in data.chunks(data.len() / 30 + 1) {
+                std::thread::sleep(Duration::from_millis(20));
+                if stream.write_all(slice).is_err() {
+                    return;
+                }
+            }
+        });
+        let url = format!("{base}/pub/linux-1.0.tar.xz");
+        let barrier = std::sync::Barrier::new(2);
+        let paths: Vec<PathBuf> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        fetch_verified(&f.layout, &url, &f.sha, "linux-1.0")
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|run| run.join().unwrap().unwrap()).collect()
+        });
+        assert_eq!(paths, vec![f.layout.cache_blob(&f.sha); 2]);
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), f.data);
+        assert_eq!(count.load(Ordering::SeqCst), 1, "the second fetch waits and finds the blob");
+        let partial_dir = partial_path(&f.layout, &f.sha).parent().unwrap().to_path_buf();
+        assert_eq!(std::fs::read_dir(partial_dir).unwrap().count(), 0, "no partial or lock file is left");
+    }
+
+    #[test]
+    fn small_downloads_are_capped_in_size() {
+        let big = vec![b'x'; (SMALL.max_bytes + 1) as usize];
+        let (base, _) = raw_server(move |path, stream| {
+            // No Content-Length: the size shows only while reading.
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            if path == "/endless" {
+                while stream.write_all(&[b'y'; 65536]).is_ok() {}
+            } else {
+                let _ = stream.write_all(&big);
+            }
+        });
+        for path in ["/big", "/endless"] {
+            let err = format!("{:#}", get_small(&format!("{base}{path}")).unwrap_err());
+            assert!(err.contains(&format!("larger than {} bytes: refusing it", SMALL.max_bytes)), "{err}");
+        }
+        let (base, count) = raw_server(|_, stream| {
+            let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1u64 << 40).as_bytes());
+        });
+        let err = format!("{:#}", get_small(&format!("{base}/announced")).unwrap_err());
+        assert!(err.contains("announces 1099511627776 bytes, more than"), "{err}");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a size refusal is not retried");
+    }
+
+    #[test]
+    fn small_downloads_have_a_deadline() {
+        // 40 bytes, one every 50 ms: 2 s in all, longer than the 0.5 s deadline.
+        let (base, _) = raw_server(|_, stream| {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nConnection: close\r\n\r\n");
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(50));
+                if stream.write_all(b"z").is_err() {
+                    return;
+                }
+            }
+        });
+        let limits = SmallLimits { max_bytes: 1000, deadline: Duration::from_millis(500) };
+        let started = std::time::Instant::now();
+        let err = format!("{:#}", get_small_within(&format!("{base}/slow"), &limits).unwrap_err());
+        assert!(err.contains("no complete answer within 0.5 s"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
+use sha2::Digest as _;
 use tar::EntryType;
 
-use crate::layout;
 use crate::progress;
+use crate::{download, hash, layout};
 
 /// Written last into an extracted tree; holds the tarball's sha256 so a later run can reuse it.
 pub const STAMP: &str = ".kernel-lab-stamp";
@@ -26,9 +27,14 @@ const CHUNK: usize = 1 << 20;
 /// Reuses `dest` when its stamp names the same sha256. Otherwise unpacks into a temporary sibling
 /// and swaps it into place, so `dest` is either the old tree or the complete new one. Entries that
 /// could write outside the tree (absolute paths, `..`, links leaving it) abort the extraction.
+///
+/// The tarball is hashed as it is read: if it no longer has `sha256` (a cache blob changed since
+/// it was verified), nothing of it is used and a cache blob is removed so the next run fetches it.
+/// Runs extracting into the same `dest` take turns through a lock file `.NAME.lock` next to it.
 pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result<()> {
     let stamp = dest.join(STAMP);
-    if fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == sha256) {
+    let stamped = || fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == sha256);
+    if stamped() {
         return Ok(());
     }
     let parent = dest
@@ -39,11 +45,18 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
         .with_context(|| format!("{} has no file name", dest.display()))?;
     let name = name.to_string_lossy();
     fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    let lock = parent.join(format!(".{name}.lock"));
+    let _lock = download::lock_path(&lock, &format!("extracting {label} into {}", dest.display()))?;
+    // The run we waited for may have just extracted the same tarball.
+    if stamped() {
+        return Ok(());
+    }
+    // Only the holder of the lock makes temporaries of `dest`, so any found now are a killed run's.
     remove_stale_siblings(parent, &name)?;
 
     let tmp = layout::tmp_sibling(dest);
     fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    if let Err(err) = unpack(tarball, &tmp, label) {
+    if let Err(err) = unpack(tarball, sha256, &tmp, label) {
         let _ = fs::remove_dir_all(&tmp);
         return Err(err.context(format!(
             "extract {} into {}",
@@ -69,7 +82,7 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
     Ok(())
 }
 
-/// Removes `.name.tmp-*` and `.name.old-*` left by an interrupted run.
+/// Removes `.name.tmp-*` and `.name.old-*` left by an interrupted run; call it holding the lock.
 fn remove_stale_siblings(parent: &Path, name: &str) -> Result<()> {
     let prefixes = [format!(".{name}.tmp-"), format!(".{name}.old-")];
     let entries = fs::read_dir(parent).with_context(|| format!("list {}", parent.display()))?;
@@ -128,17 +141,50 @@ fn is_plain_tar(path: &Path) -> Result<bool> {
     Ok(file.read_exact(&mut header).is_ok() && &header[257..262] == b"ustar")
 }
 
-/// Counts compressed bytes read, for the progress bar.
+/// Counts compressed bytes read, for the progress bar, and hashes them: the decompressor reads
+/// every byte of the tarball anyway, so checking a cached blob again costs no extra pass.
 struct Counting<R> {
     inner: R,
     bar: ProgressBar,
+    hasher: sha2::Sha256,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.bar.inc(n as u64);
+        self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+/// A decompressor that gives its input back, so the bytes it did not read can be hashed too.
+enum Decoder<R: BufRead> {
+    Xz(liblzma::bufread::XzDecoder<R>),
+    Bzip2(bzip2::bufread::MultiBzDecoder<R>),
+    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    None(R),
+}
+
+impl<R: BufRead> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Xz(d) => d.read(buf),
+            Decoder::Bzip2(d) => d.read(buf),
+            Decoder::Gzip(d) => d.read(buf),
+            Decoder::None(r) => r.read(buf),
+        }
+    }
+}
+
+impl<R: BufRead> Decoder<R> {
+    fn into_inner(self) -> R {
+        match self {
+            Decoder::Xz(d) => d.into_inner(),
+            Decoder::Bzip2(d) => d.into_inner(),
+            Decoder::Gzip(d) => d.into_inner(),
+            Decoder::None(r) => r,
+        }
     }
 }
 
@@ -173,8 +219,9 @@ impl Read for ChannelReader {
 }
 
 /// Decompresses on a second thread (like `tar xJf` runs xz in its own process) so decoding and
-/// writing files overlap, then unpacks every entry into `root`.
-fn unpack(tarball: &Path, root: &Path, label: &str) -> Result<()> {
+/// writing files overlap, then unpacks every entry into `root`; fails if the tarball's sha256 is
+/// not `sha256`, whatever the unpacking did.
+fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> {
     let compression = detect(tarball)?;
     let file = File::open(tarball).with_context(|| format!("open {}", tarball.display()))?;
     let len = file
@@ -187,37 +234,41 @@ fn unpack(tarball: &Path, root: &Path, label: &str) -> Result<()> {
         Counting {
             inner: file,
             bar: bar.clone(),
+            hasher: sha2::Sha256::new(),
         },
     );
-    let mut decoder: Box<dyn Read + Send> = match compression {
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
-        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
-        Compression::None => Box::new(input),
+    let mut decoder = match compression {
+        Compression::Xz => Decoder::Xz(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
+        Compression::Bzip2 => Decoder::Bzip2(bzip2::bufread::MultiBzDecoder::new(input)),
+        Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::None => Decoder::None(input),
     };
 
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(16);
-    let decoding = std::thread::spawn(move || loop {
-        let mut chunk = free_rx.try_recv().unwrap_or_default();
-        chunk.resize(CHUNK, 0);
-        let mut filled = 0;
-        while filled < CHUNK {
-            match decoder.read(&mut chunk[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    let _ = tx.send(Err(err));
-                    return;
+    let decoding = std::thread::spawn(move || {
+        'decode: loop {
+            let mut chunk = free_rx.try_recv().unwrap_or_default();
+            chunk.resize(CHUNK, 0);
+            let mut filled = 0;
+            while filled < CHUNK {
+                match decoder.read(&mut chunk[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        let _ = tx.send(Err(err));
+                        break 'decode;
+                    }
                 }
             }
+            chunk.truncate(filled);
+            // A send error means the unpacker stopped early: nothing more to do.
+            if filled == 0 || tx.send(Ok(chunk)).is_err() {
+                break;
+            }
         }
-        chunk.truncate(filled);
-        // A send error means the unpacker stopped early: nothing more to do.
-        if filled == 0 || tx.send(Ok(chunk)).is_err() {
-            return;
-        }
+        decoder
     });
 
     let result = unpack_entries(
@@ -230,16 +281,42 @@ fn unpack(tarball: &Path, root: &Path, label: &str) -> Result<()> {
         root,
     );
     // Dropping the receiver (inside `result`'s call) unblocks the decoder if we stopped early.
-    decoding
+    let decoder = decoding
         .join()
         .map_err(|_| anyhow::anyhow!("the decompression thread panicked"))?;
+    // What the decoder's buffer held is hashed already; hash what it never read (the tar stream
+    // ends before the file does: padding, or a stop at the first bad entry).
+    let mut rest = decoder.into_inner().into_inner();
+    io::copy(&mut rest, &mut io::sink()).with_context(|| format!("read {} to hash it", tarball.display()))?;
     bar.finish_and_clear();
+    let got = hash::hex(&rest.hasher.finalize());
+    if !got.eq_ignore_ascii_case(sha256) {
+        return Err(changed_since_verified(tarball, sha256, &got));
+    }
     result.with_context(|| {
         format!(
             "decompress {}: the file may be truncated or corrupt",
             tarball.display()
         )
     })
+}
+
+/// The error for a tarball that no longer has the sha256 it was verified with. A cache blob (named
+/// by that sha256) is removed, so the next run downloads it again instead of failing forever.
+fn changed_since_verified(tarball: &Path, expected: &str, got: &str) -> anyhow::Error {
+    let mismatch = format!("{}: expected sha256 {expected}, got {got}", tarball.display());
+    if tarball.file_name().is_some_and(|n| n.eq_ignore_ascii_case(expected)) {
+        match fs::remove_file(tarball) {
+            Ok(()) => anyhow::anyhow!(
+                "{mismatch}: the cache entry is corrupt (it changed since it was verified); removed it from the cache; run again to download it afresh"
+            ),
+            Err(e) => anyhow::anyhow!(
+                "{mismatch}: the cache entry is corrupt (it changed since it was verified) and removing it failed ({e}): remove it by hand, then run again"
+            ),
+        }
+    } else {
+        anyhow::anyhow!("{mismatch}: the file changed since it was verified; fetch it again")
+    }
 }
 
 /// What unpacking has created so far, to avoid repeated syscalls and to spot link tricks.
@@ -600,6 +677,10 @@ mod tests {
         ])
     }
 
+    fn sha(path: &Path) -> String {
+        crate::hash::sha256_file(path).unwrap()
+    }
+
     fn leftovers(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
@@ -620,7 +701,7 @@ mod tests {
         ]);
         fs::write(&tarball, xz(&tar)).unwrap();
         let dest = dir.join("src");
-        extract(&tarball, "sha", &dest, "linux").unwrap();
+        extract(&tarball, &sha(&tarball), &dest, "linux").unwrap();
         let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().mode() & 0o7777;
         assert_eq!((mode("Makefile"), mode("scripts/run.sh")), (0o644, 0o755));
         fs::remove_dir_all(dir).unwrap();
@@ -633,7 +714,8 @@ mod tests {
         let tarball = dir.join("0123abcd");
         fs::write(&tarball, xz(&good_tree())).unwrap();
         let dest = dir.join("src/linux-6.12.117");
-        extract(&tarball, "sha-one", &dest, "linux-6.12.117").unwrap();
+        let one = sha(&tarball);
+        extract(&tarball, &one, &dest, "linux-6.12.117").unwrap();
 
         assert_eq!(fs::read(dest.join("Makefile")).unwrap(), b"VERSION = 6\n");
         assert_eq!(
@@ -656,20 +738,24 @@ mod tests {
             fs::metadata(dest.join("Kbuild")).unwrap().ino(),
             fs::metadata(dest.join("Makefile")).unwrap().ino()
         );
-        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), "sha-one\n");
+        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), format!("{one}\n"));
         assert!(!dest.join("linux-source-6.12").exists());
         assert!(!dest.join("pax_global_header").exists());
         assert_eq!(leftovers(&dir.join("src")), vec!["linux-6.12.117"]);
 
         // Same sha256: reused as is, so a file added since survives.
         fs::write(dest.join("marker"), b"x").unwrap();
-        extract(&tarball, "sha-one", &dest, "linux-6.12.117").unwrap();
+        extract(&tarball, &one, &dest, "linux-6.12.117").unwrap();
         assert!(dest.join("marker").exists());
 
         // Another sha256: replaced by a fresh tree.
-        extract(&tarball, "sha-two", &dest, "linux-6.12.117").unwrap();
+        // (The same tree, uncompressed: other bytes, so another sha256.)
+        let other = dir.join("4567cdef");
+        fs::write(&other, good_tree()).unwrap();
+        let two = sha(&other);
+        extract(&other, &two, &dest, "linux-6.12.117").unwrap();
         assert!(!dest.join("marker").exists());
-        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), "sha-two\n");
+        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), format!("{two}\n"));
         assert_eq!(leftovers(&dir.join("src")), vec!["linux-6.12.117"]);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -687,18 +773,19 @@ mod tests {
             )])),
         )
         .unwrap();
-        extract(&tarball, "bb", &dir.join("busybox"), "busybox").unwrap();
+        extract(&tarball, &sha(&tarball), &dir.join("busybox"), "busybox").unwrap();
         assert_eq!(fs::read(dir.join("busybox/Makefile")).unwrap(), b"bb\n");
 
         let plain = dir.join("x.tar");
         fs::write(&plain, tar_bytes(&[E::File("x/y", b"plain\n", 0o600)])).unwrap();
-        extract(&plain, "plain", &dir.join("x"), "x").unwrap();
+        extract(&plain, &sha(&plain), &dir.join("x"), "x").unwrap();
         assert_eq!(fs::read(dir.join("x/y")).unwrap(), b"plain\n");
         assert_eq!(fs::metadata(dir.join("x/y")).unwrap().mode() & 0o777, 0o600);
 
         let junk = dir.join("junk");
         fs::write(&junk, b"not a tarball at all").unwrap();
-        assert!(extract(&junk, "j", &dir.join("j"), "j").is_err());
+        let err = format!("{:#}", extract(&junk, &sha(&junk), &dir.join("j"), "j").unwrap_err());
+        assert!(err.contains("is neither .tar.xz"), "{err}");
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -708,7 +795,7 @@ mod tests {
         let tarball = dir.join("t.tar.xz");
         fs::write(&tarball, xz(&tar_bytes(entries))).unwrap();
         let dest = dir.join("work/src");
-        let err = format!("{:#}", extract(&tarball, "s", &dest, "t").unwrap_err());
+        let err = format!("{:#}", extract(&tarball, &sha(&tarball), &dest, "t").unwrap_err());
         assert!(
             err.contains("refusing tar entry") && err.contains(entry),
             "{err}"
@@ -813,7 +900,8 @@ mod tests {
         let good = dir.join("good.tar.xz");
         fs::write(&good, xz(&good_tree())).unwrap();
         let dest = dir.join("linux");
-        extract(&good, "old", &dest, "linux").unwrap();
+        let old = sha(&good);
+        extract(&good, &old, &dest, "linux").unwrap();
         let bad = dir.join("bad.tar.xz");
         fs::write(
             &bad,
@@ -823,8 +911,8 @@ mod tests {
             ])),
         )
         .unwrap();
-        assert!(extract(&bad, "new", &dest, "linux").is_err());
-        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), "old\n");
+        assert!(extract(&bad, &sha(&bad), &dest, "linux").is_err());
+        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), format!("{old}\n"));
         assert_eq!(fs::read(dest.join("Makefile")).unwrap(), b"VERSION = 6\n");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -836,7 +924,8 @@ mod tests {
         let data = xz(&good_tree());
         fs::write(&tarball, &data[..data.len() / 2]).unwrap();
         let dest = dir.join("linux");
-        let err = format!("{:#}", extract(&tarball, "s", &dest, "t").unwrap_err());
+        // Its own sha256: the file is what was published, only broken.
+        let err = format!("{:#}", extract(&tarball, &sha(&tarball), &dest, "t").unwrap_err());
         assert!(err.contains("truncated or corrupt"), "{err}");
         assert!(!dest.exists());
         fs::remove_dir_all(dir).unwrap();
@@ -854,10 +943,74 @@ mod tests {
         fs::write(stale.join("Makefile"), b"half").unwrap();
         fs::create_dir_all(&dest).unwrap();
         fs::write(dest.join("Makefile"), b"half").unwrap();
-        extract(&tarball, "s", &dest, "t").unwrap();
+        let s = sha(&tarball);
+        extract(&tarball, &s, &dest, "t").unwrap();
         assert_eq!(fs::read(dest.join("Makefile")).unwrap(), b"VERSION = 6\n");
-        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), "s\n");
+        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), format!("{s}\n"));
         assert_eq!(leftovers(&dir), vec!["linux", "t.tar.xz"]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A cache blob (named by its sha256) whose bytes changed since it was verified, here into
+    /// another valid tarball, must be refused at extraction and removed so the next run fetches it.
+    #[test]
+    fn corrupted_cache_blob_is_refused_and_removed() {
+        let dir = scratch("corrupt-blob");
+        let good = xz(&good_tree());
+        let expected = crate::hash::sha256_bytes(&good);
+        let blob = dir.join("sha256").join(&expected);
+        fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        fs::write(&blob, xz(&tar_bytes(&[E::File("top/Makefile", b"evil\n", 0o644)]))).unwrap();
+        let dest = dir.join("src/linux");
+        let err = format!("{:#}", extract(&blob, &expected, &dest, "linux").unwrap_err());
+        assert!(err.contains(&format!("expected sha256 {expected}, got ")) && err.contains("removed it from the cache; run again"), "{err}");
+        assert!(!blob.exists(), "the corrupt blob is removed");
+        assert!(!dest.exists(), "nothing of it is used");
+        assert_eq!(leftovers(&dir.join("src")), Vec::<String>::new());
+
+        // A byte flipped inside a plain tar: no decompressor checksum to catch it, only the hash.
+        let tar = good_tree();
+        let plain_sha = crate::hash::sha256_bytes(&tar);
+        let blob = dir.join("sha256").join(&plain_sha);
+        let mut flipped = tar.clone();
+        let at = flipped.windows(11).position(|w| w == b"VERSION = 6").unwrap();
+        flipped[at] = b'X';
+        fs::write(&blob, &flipped).unwrap();
+        let err = format!("{:#}", extract(&blob, &plain_sha, &dest, "linux").unwrap_err());
+        assert!(err.contains("the cache entry is corrupt"), "{err}");
+        assert!(!blob.exists() && !dest.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Two runs extracting the same tarball into the same place: the second waits for the first
+    /// (it must not delete the first one's temporary tree) and both end with the complete tree.
+    #[test]
+    fn concurrent_extractions_of_one_tree_both_succeed() {
+        let dir = scratch("concurrent-extract");
+        // Enough files that the two extractions overlap.
+        let names: Vec<String> = (0..3000).map(|i| format!("top/d{}/f{i}", i % 50)).collect();
+        let entries: Vec<E> = names.iter().map(|n| E::File(n, b"some file content\n", 0o644)).collect();
+        let tarball = dir.join("t.tar.xz");
+        fs::write(&tarball, xz(&tar_bytes(&entries))).unwrap();
+        let s = sha(&tarball);
+        let dest = dir.join("src/linux");
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        extract(&tarball, &s, &dest, "linux")
+                    })
+                })
+                .collect();
+            for run in runs {
+                run.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), format!("{s}\n"));
+        assert_eq!(fs::read(dest.join("d7/f2957")).unwrap(), b"some file content\n");
+        assert_eq!(leftovers(&dir.join("src")), vec!["linux"]);
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -872,8 +1025,9 @@ mod tests {
         let dest = PathBuf::from(
             std::env::var_os("KERNEL_LAB_BENCH_DEST").expect("KERNEL_LAB_BENCH_DEST"),
         );
+        let bench = sha(&tarball);
         let started = std::time::Instant::now();
-        extract(&tarball, "bench", &dest, "bench").unwrap();
+        extract(&tarball, &bench, &dest, "bench").unwrap();
         eprintln!(
             "extracted {} in {:.2} s",
             tarball.display(),
@@ -881,7 +1035,7 @@ mod tests {
         );
         assert!(dest.join("Makefile").is_file());
         let started = std::time::Instant::now();
-        extract(&tarball, "bench", &dest, "bench").unwrap();
+        extract(&tarball, &bench, &dest, "bench").unwrap();
         eprintln!("reuse check in {:.3} s", started.elapsed().as_secs_f64());
     }
 }

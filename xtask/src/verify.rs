@@ -34,7 +34,7 @@ pub fn sums_lookup(sums_text: &str, file_name: &str) -> Option<String> {
 /// Checks a clearsigned file (kernel.org's sha256sums.asc) against `keyring` and returns only the
 /// signed text as gpgv emits it, so unsigned lines around the signature can never be read.
 ///
-/// `expected_fpr` must be the fingerprint of the signing key or of its primary key.
+/// `expected_fpr` must be the fingerprint of the primary key of the signing key.
 pub fn verify_clearsigned(keyring: &Path, signed: &[u8], expected_fpr: &str) -> Result<String> {
     let text = String::from_utf8_lossy(signed);
     let headers = text
@@ -67,7 +67,7 @@ pub fn verify_clearsigned(keyring: &Path, signed: &[u8], expected_fpr: &str) -> 
 }
 
 /// Checks a detached signature (busybox's `.tar.bz2.sig`) of `data_path` against `keyring`;
-/// with `expected_fpr`, the signing key (or its primary key) must have that fingerprint.
+/// with `expected_fpr`, the signing key's primary key must have that fingerprint.
 pub fn verify_detached(
     keyring: &Path,
     data_path: &Path,
@@ -89,51 +89,65 @@ pub fn verify_detached(
         .with_context(|| format!("verify {} with {}", data_path.display(), sig_path.display()))
 }
 
-/// Requires a successful gpgv run with exactly one VALIDSIG, matching `expected_fpr` if given.
-fn check_status(
-    stderr: &str,
-    success: bool,
-    expected_fpr: Option<&str>,
-    keyring: &Path,
-) -> Result<()> {
-    let status: Vec<&str> = stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("[GNUPG:] "))
-        .collect();
-    let human: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with("[GNUPG:] "))
-        .collect();
-    let validsigs: Vec<Vec<&str>> = status
-        .iter()
-        .filter_map(|l| l.strip_prefix("VALIDSIG "))
-        .map(|rest| rest.split_whitespace().collect())
-        .collect();
-    let bad = status
-        .iter()
-        .any(|l| l.starts_with("BADSIG") || l.starts_with("ERRSIG"));
+/// Requires a successful gpgv run with exactly one GOODSIG and one VALIDSIG and no sign of a
+/// revoked or expired key or signature; with `expected_fpr`, the primary-key fingerprint of the
+/// VALIDSIG line (field 10 in gnupg's doc/DETAILS) must be that pin.
+///
+/// gpgv exits 0 for a good signature by a revoked (REVKEYSIG) or expired (EXPKEYSIG) key, so the
+/// exit status alone is not enough: the status lines decide.
+fn check_status(stderr: &str, success: bool, expected_fpr: Option<&str>, keyring: &Path) -> Result<()> {
+    let status: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix("[GNUPG:] ")).collect();
+    let human: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("[GNUPG:] ")).collect();
+    let keyword_fields = |keyword: &str| -> Vec<Vec<&str>> {
+        status
+            .iter()
+            .filter(|l| l.split_whitespace().next() == Some(keyword))
+            .map(|l| l.split_whitespace().skip(1).collect())
+            .collect()
+    };
+    // A good signature that must still be refused: say which problem, not just "bad".
+    let revoked_hint = "the signer revoked it: pin the signer's new key (KERNEL_LAB_SIGNER_FPR or --keyring FILE)";
+    let expired_hint = format!(
+        "if the signer has extended the key since it was cached, remove {} to fetch it again, or pass --keyring FILE",
+        keyring.display()
+    );
+    for (keyword, what, hint) in [
+        ("REVKEYSIG", "is revoked", revoked_hint),
+        ("EXPKEYSIG", "has expired", expired_hint.as_str()),
+        ("REVSIG", "revoked this signature", revoked_hint),
+    ] {
+        if let Some(fields) = keyword_fields(keyword).first() {
+            // Name the primary key (the pin) when gpgv reported it, else the key id of the status line.
+            let validsig = keyword_fields("VALIDSIG");
+            let key = validsig.first().and_then(|v| v.get(9).or(v.first())).or(fields.first()).copied().unwrap_or("?");
+            bail!("signing key {key} {what} ({keyword}): refusing the file (keyring {}); {hint}", keyring.display());
+        }
+    }
+    if !keyword_fields("EXPSIG").is_empty() {
+        bail!("the signature has expired (EXPSIG): refusing the file (keyring {})", keyring.display());
+    }
+    let validsigs = keyword_fields("VALIDSIG");
+    let goodsigs = keyword_fields("GOODSIG");
+    let bad = status.iter().any(|l| l.starts_with("BADSIG") || l.starts_with("ERRSIG"));
     if !success || bad || validsigs.is_empty() {
         bail!(
             "bad or unverifiable signature (keyring {}): {}",
             keyring.display(),
-            if human.is_empty() {
-                "gpgv printed nothing".to_string()
-            } else {
-                human.join("; ")
-            }
+            if human.is_empty() { "gpgv printed nothing".to_string() } else { human.join("; ") }
         );
     }
-    if validsigs.len() > 1 {
+    if validsigs.len() != 1 || goodsigs.len() != 1 {
         bail!(
-            "{} signatures found, expected exactly one: refusing the file",
-            validsigs.len()
+            "gpgv reported {} VALIDSIG and {} GOODSIG lines, expected exactly one of each: refusing the file",
+            validsigs.len(),
+            goodsigs.len()
         );
     }
     if let Some(expected) = expected_fpr {
-        let fields = &validsigs[0];
-        let signing = fields.first().copied().unwrap_or("");
-        let primary = fields.last().copied().unwrap_or("");
-        if !signing.eq_ignore_ascii_case(expected) && !primary.eq_ignore_ascii_case(expected) {
+        let Some(primary) = validsigs[0].get(9) else {
+            bail!("gpgv's VALIDSIG line has no primary-key fingerprint to compare with {expected}: update gnupg");
+        };
+        if !primary.eq_ignore_ascii_case(expected) {
             bail!("signed by key {primary}, expected {expected}: refusing the file");
         }
     }
@@ -312,6 +326,12 @@ pub(crate) mod tests {
 
     impl TestKey {
         pub(crate) fn new(name: &str) -> TestKey {
+            TestKey::generate(name, &[], "never")
+        }
+
+        /// A key made with extra gpg options (e.g. `--faked-system-time` to create it in the past)
+        /// that expires after `expire` (`never`, `1d`...).
+        pub(crate) fn generate(name: &str, gpg_args: &[&str], expire: &str) -> TestKey {
             let home = scratch("testkey");
             std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
             let sh = Shell::new().unwrap();
@@ -320,7 +340,7 @@ pub(crate) mod tests {
                 name.to_lowercase().replace(' ', ".")
             );
             let empty = "";
-            cmd!(sh, "gpg --batch --pinentry-mode loopback --passphrase {empty} --quick-gen-key {uid} ed25519 sign never")
+            cmd!(sh, "gpg --batch {gpg_args...} --pinentry-mode loopback --passphrase {empty} --quick-gen-key {uid} ed25519 sign {expire}")
                 .env("GNUPGHOME", &home)
                 .quiet()
                 .ignore_stderr()
@@ -346,12 +366,14 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn clearsign(&self, text: &str) -> Vec<u8> {
+            self.clearsign_with(text, &[])
+        }
+
+        /// Clearsigns with extra gpg options (`--faked-system-time`, `--default-sig-expire`).
+        pub(crate) fn clearsign_with(&self, text: &str, gpg_args: &[&str]) -> Vec<u8> {
             let sh = Shell::new().unwrap();
             let empty = "";
-            cmd!(
-                sh,
-                "gpg --batch --pinentry-mode loopback --passphrase {empty} --clearsign"
-            )
+            cmd!(sh, "gpg --batch {gpg_args...} --pinentry-mode loopback --passphrase {empty} --clearsign")
             .env("GNUPGHOME", &self.home)
             .stdin(text)
             .quiet()
@@ -359,6 +381,16 @@ pub(crate) mod tests {
             .output()
             .unwrap()
             .stdout
+        }
+
+        /// Imports the revocation certificate gpg made with the key, so `public` is now revoked.
+        pub(crate) fn revoke(&mut self) {
+            let cert = self.home.join("openpgp-revocs.d").join(format!("{}.rev", self.fpr));
+            // gpg prefixes the armor line with `:` so the certificate is not imported by accident.
+            let cert = std::fs::read_to_string(&cert).unwrap().replace(":-----BEGIN", "-----BEGIN");
+            let sh = Shell::new().unwrap();
+            cmd!(sh, "gpg --batch --import").env("GNUPGHOME", &self.home).stdin(cert).quiet().ignore_stderr().run().unwrap();
+            self.public = cmd!(sh, "gpg --batch --export").env("GNUPGHOME", &self.home).output().unwrap().stdout;
         }
 
         pub(crate) fn detach_sign(&self, data: &Path, sig: &Path) {
@@ -492,6 +524,75 @@ pub(crate) mod tests {
         std::fs::write(&data, b"tarball bytes, tampered").unwrap();
         assert!(verify_detached(&keyring, &data, &sig, Some(&key.fpr)).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Verifies `signed` against `key`'s exported public key, pinned to its fingerprint.
+    fn verify_with(key: &TestKey, signed: &[u8]) -> Result<String> {
+        let dir = scratch("verify-status");
+        let keyring = dir.join("k.gpg");
+        std::fs::write(&keyring, &key.public).unwrap();
+        let result = verify_clearsigned(&keyring, signed, &key.fpr);
+        std::fs::remove_dir_all(dir).unwrap();
+        result
+    }
+
+    /// gpgv exits 0 for a good signature by a revoked key (REVKEYSIG + VALIDSIG).
+    #[test]
+    fn revoked_key_is_refused() {
+        let mut key = TestKey::new("Revoked Signer");
+        let signed = key.clearsign(SUMS);
+        assert_eq!(verify_with(&key, &signed).unwrap(), SUMS, "good before the revocation");
+        key.revoke();
+        let err = format!("{:#}", verify_with(&key, &signed).unwrap_err());
+        assert!(err.contains(&format!("signing key {} is revoked (REVKEYSIG)", key.fpr)) && err.contains("refusing"), "{err}");
+    }
+
+    /// gpgv exits 0 for a signature made while the key was valid by a key that has expired since
+    /// (EXPKEYSIG + VALIDSIG): the key and the signature are made in 2020, the key expires a day later.
+    #[test]
+    fn expired_key_is_refused() {
+        let past = ["--faked-system-time", "20200101T000000"];
+        let key = TestKey::generate("Expired Signer", &past, "1d");
+        let signed = key.clearsign_with(SUMS, &["--faked-system-time", "20200101T010000"]);
+        let err = format!("{:#}", verify_with(&key, &signed).unwrap_err());
+        assert!(err.contains(&format!("signing key {} has expired (EXPKEYSIG)", key.fpr)) && err.contains("refusing"), "{err}");
+
+        // A signature that itself expired, by a key that never does.
+        let key = TestKey::generate("Expiring Signature", &past, "never");
+        let signed = key.clearsign_with(SUMS, &["--faked-system-time", "20200101T010000", "--default-sig-expire", "1d"]);
+        let err = format!("{:#}", verify_with(&key, &signed).unwrap_err());
+        assert!(err.contains("the signature has expired (EXPSIG)"), "{err}");
+    }
+
+    const VALIDSIG_SUB: &str = "[GNUPG:] VALIDSIG 1111111111111111111111111111111111111111 2024-01-01 1704067200 0 4 0 22 8 01 2222222222222222222222222222222222222222\n";
+
+    /// The status lines gpgv prints for a signature by subkey 1111.. of primary key 2222...
+    fn status(extra: &str) -> String {
+        format!("[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 1111111111111111 Signer\n{extra}{VALIDSIG_SUB}")
+    }
+
+    #[test]
+    fn status_needs_one_goodsig_and_the_pinned_primary_key() {
+        let keyring = Path::new("/k.gpg");
+        let primary = "2222222222222222222222222222222222222222";
+        check_status(&status(""), true, Some(primary), keyring).unwrap();
+        check_status(&status(""), true, None, keyring).unwrap();
+        // The pin names the primary key; the signing subkey's fingerprint is not the pin.
+        let err = format!("{:#}", check_status(&status(""), true, Some(&"1".repeat(40)), keyring).unwrap_err());
+        assert!(err.contains(&format!("signed by key {primary}, expected {}", "1".repeat(40))), "{err}");
+        // VALIDSIG without GOODSIG (an EXPSIG or REVKEYSIG line takes its place).
+        let no_good = status("").replace("[GNUPG:] GOODSIG 1111111111111111 Signer\n", "");
+        let err = format!("{:#}", check_status(&no_good, true, Some(primary), keyring).unwrap_err());
+        assert!(err.contains("1 VALIDSIG and 0 GOODSIG"), "{err}");
+        let twice = format!("{}{}", status(""), status(""));
+        let err = format!("{:#}", check_status(&twice, true, Some(primary), keyring).unwrap_err());
+        assert!(err.contains("2 VALIDSIG and 2 GOODSIG"), "{err}");
+        // Old gpgv without the primary-key field cannot be matched against the pin.
+        let short = status("").replace(" 01 2222222222222222222222222222222222222222", " 01");
+        let err = format!("{:#}", check_status(&short, true, Some(primary), keyring).unwrap_err());
+        assert!(err.contains("no primary-key fingerprint"), "{err}");
+        let err = format!("{:#}", check_status(&status("[GNUPG:] REVSIG 1111111111111111 Signer\n"), true, None, keyring).unwrap_err());
+        assert!(err.contains("REVSIG"), "{err}");
     }
 
     #[test]
