@@ -485,18 +485,39 @@ fn keyring(layout: &Layout, plan: &FetchPlan) -> Result<(PathBuf, Vec<String>)> 
 
 /// A binary keyring holding `email`'s key, fetched once over WKD and cached by fingerprint.
 /// The key is refused unless one of its primary keys has `expected_fpr`.
+///
+/// A cached key older than `KEY_MAX_AGE` is fetched again and replaced (never merged), so a
+/// revocation or a new expiry date reaches us; offline, the old copy is used with a warning.
 fn wkd_keyring(layout: &Layout, base: &str, email: &str, expected_fpr: &str) -> Result<PathBuf> {
     let expected = expected_fpr.to_ascii_uppercase();
     let path = layout.cache_key(&expected);
-    if path.is_file() {
+    let age = std::fs::metadata(&path).ok().and_then(|m| m.modified().ok()).map(|t| t.elapsed().unwrap_or_default());
+    if age.is_some_and(|a| a < KEY_MAX_AGE) {
         return Ok(path);
     }
-    let bytes = download::wkd_key(base, email)?;
-    let url = download::wkd_url(base, email);
-    let key = verify::key_with_fingerprint(&bytes, &expected).with_context(|| format!("read the key from {url}"))?;
-    layout::write_atomic(&path, &key).with_context(|| format!("cache the key of {email}"))?;
-    Ok(path)
+    let fetched = (|| {
+        let bytes = download::wkd_key(base, email)?;
+        let url = download::wkd_url(base, email);
+        verify::key_with_fingerprint(&bytes, &expected).with_context(|| format!("read the key from {url}"))
+    })();
+    match (fetched, age) {
+        (Ok(key), _) => {
+            layout::write_atomic(&path, &key).with_context(|| format!("cache the key of {email}"))?;
+            Ok(path)
+        }
+        (Err(e), Some(age)) => {
+            eprintln!(
+                "warning: could not refresh signing key {expected} ({e:#}); using the copy cached {} days ago, which cannot show a revocation made since",
+                age.as_secs() / 86400
+            );
+            Ok(path)
+        }
+        (Err(e), None) => Err(e),
+    }
 }
+
+/// How long a key fetched over WKD is used before it is fetched again.
+const KEY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// A user's key file (binary or armored) as a binary keyring gpgv can read, with its fingerprints.
 fn user_keyring(layout: &Layout, file: &Path) -> Result<(PathBuf, Vec<String>)> {
@@ -586,7 +607,20 @@ mod tests {
 
         let sums = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  linux-6.12.117.tar.xz\n";
         assert_eq!(verify::verify_clearsigned(&path, &key.clearsign(sums), &key.fpr).unwrap(), sums);
+
+        // A week later the key is fetched again and replaced, not merged.
+        let week_ago = std::time::SystemTime::now() - KEY_MAX_AGE - std::time::Duration::from_secs(60);
+        std::fs::write(&path, b"stale").unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(week_ago).unwrap();
+        let before = server.requests().len();
+        assert_eq!(wkd_keyring(&layout, &base, email, &key.fpr).unwrap(), path);
+        assert_eq!(server.requests().len(), before + 1, "an old key is fetched again");
+        assert_eq!(std::fs::read(&path).unwrap(), key.public);
+        // Offline, an old copy is used (with a warning) rather than failing.
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(week_ago).unwrap();
         drop(server);
+        assert_eq!(wkd_keyring(&layout, &dir.join("gone").display().to_string(), email, &key.fpr).unwrap(), path);
+        assert_eq!(std::fs::read(&path).unwrap(), key.public);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
