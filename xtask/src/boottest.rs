@@ -466,7 +466,10 @@ pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
     match section(GdbStep::LxVersion) {
         Some(s) if s.lines().any(|l| l.starts_with(&banner)) => {}
         _ => {
-            return fail(GdbStep::LxVersion, format!("`lx-version` did not print \"{banner}...\" (are vmlinux-gdb.py and scripts/gdb in the lab?)"))
+            return fail(
+                GdbStep::LxVersion,
+                format!("`lx-version` did not print \"{banner}...\" (are vmlinux-gdb.py and scripts/gdb in the lab?)"),
+            )
         }
     }
     let is_number = |l: &str| {
@@ -569,8 +572,7 @@ pub fn run_into(lab: &Lab, timeout: Duration, extra: &str, out: &Path) -> Result
 fn preflight(lab: &Lab) -> Result<()> {
     lab.check_bootable()?;
     for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("gdb", "gdb"), ("kill", "procps")] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
         if !found {
             bail!("{tool} is not in PATH: install it (Debian package {package})");
         }
@@ -587,12 +589,7 @@ fn dry_run(lab: &Lab, port: &str, append: &str) -> Result<String> {
         .output()
         .with_context(|| format!("run {} --dry-run", run_sh.display()))?;
     if !out.status.success() {
-        bail!(
-            "{} --dry-run failed ({}): {}",
-            run_sh.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{} --dry-run failed ({}): {}", run_sh.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -615,9 +612,7 @@ fn boot(
     report: &mut BootReport,
     tail: &mut Tail,
 ) -> Result<Finding> {
-    let mut log = std::io::BufWriter::new(
-        File::create(console_log).with_context(|| format!("create {}", console_log.display()))?,
-    );
+    let mut log = std::io::BufWriter::new(File::create(console_log).with_context(|| format!("create {}", console_log.display()))?);
     let mut cmd = Command::new(lab.file(lab::RUN_SH));
     cmd.args(["--gdb-port", port, "--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
@@ -730,12 +725,7 @@ fn drain(rx: &mpsc::Receiver<Msg>, log: &mut impl Write, tail: &mut Tail, limit:
 
 /// Reads `from` line by line on a thread; QEMU's serial output has \r\n endings and may hold
 /// bytes that are not UTF-8.
-fn forward_lines(
-    from: impl Read + Send + 'static,
-    tx: mpsc::Sender<Msg>,
-    wrap: fn(String) -> Msg,
-    at_end: Option<Msg>,
-) {
+fn forward_lines(from: impl Read + Send + 'static, tx: mpsc::Sender<Msg>, wrap: fn(String) -> Msg, at_end: Option<Msg>) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(from);
         let mut buf = Vec::new();
@@ -775,10 +765,7 @@ fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transc
     for step in GDB_STEPS {
         gdb_cmd.args(["-ex", step]);
     }
-    gdb_cmd
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().context("duplicate the gdb transcript handle")?)
-        .stderr(out);
+    gdb_cmd.stdin(Stdio::null()).stdout(out.try_clone().context("duplicate the gdb transcript handle")?).stderr(out);
     let mut gdb = Group::spawn(&mut gdb_cmd, "gdb.sh")?;
     let deadline = Instant::now() + timeout;
     let finished = loop {
@@ -796,10 +783,7 @@ fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transc
     gdb.kill();
     qemu.kill();
     if !finished {
-        return Ok(Finding::new(
-            Verdict::Timeout(Stage::Gdb),
-            format!("gdb did not finish within {} s", timeout.as_secs_f64()),
-        ));
+        return Ok(Finding::new(Verdict::Timeout(Stage::Gdb), format!("gdb did not finish within {} s", timeout.as_secs_f64())));
     }
     let text = std::fs::read_to_string(transcript).with_context(|| format!("read {}", transcript.display()))?;
     Ok(match judge_gdb(&text, &expect.kernel_version) {
@@ -1149,10 +1133,7 @@ mod tests {
     #[test]
     fn guest_template_and_host_agree_on_every_marker() {
         let template = include_str!("../templates/boot-test.sh");
-        let defined: Vec<&str> = template
-            .lines()
-            .filter_map(|l| l.strip_prefix("check_").and_then(|r| r.strip_suffix("() {")))
-            .collect();
+        let defined: Vec<&str> = template.lines().filter_map(|l| l.strip_prefix("check_").and_then(|r| r.strip_suffix("() {"))).collect();
         let expected: Vec<&str> = Check::MARKERS.iter().map(|c| c.name()).collect();
         assert_eq!(defined, expected, "check_* functions in templates/boot-test.sh vs Check::MARKERS");
         assert!(template.contains("@CHECKS@"), "the template must include the rendered checks");
@@ -1190,10 +1171,13 @@ mod tests {
     fn console_tracks_stages() {
         let mut c = Console::default();
         let lines = good_console();
-        let stages: Vec<Stage> = lines.iter().map(|l| {
-            c.push(l);
-            c.stage()
-        }).collect();
+        let stages: Vec<Stage> = lines
+            .iter()
+            .map(|l| {
+                c.push(l);
+                c.stage()
+            })
+            .collect();
         assert_eq!(stages[0], Stage::Banner);
         assert_eq!(stages[1], Stage::Markers);
         assert_eq!(stages[4], Stage::Checks);
@@ -1244,10 +1228,8 @@ mod tests {
         assert_eq!(step(GOOD_GDB, "6.1.0"), Verdict::GdbFailed(GdbStep::Banner));
         let no_break = GOOD_GDB.replace("Breakpoint 1, start_kernel", "Program received signal SIGTRAP");
         assert_eq!(step(&no_break, "6.12.117"), Verdict::GdbFailed(GdbStep::Breakpoint));
-        let no_lx = GOOD_GDB.replace(
-            "KLAB-GDB:lx-version\nLinux version",
-            "KLAB-GDB:lx-version\nUndefined command: \"lx-version\".\nLinux versio",
-        );
+        let no_lx =
+            GOOD_GDB.replace("KLAB-GDB:lx-version\nLinux version", "KLAB-GDB:lx-version\nUndefined command: \"lx-version\".\nLinux versio");
         assert_eq!(step(&no_lx, "6.12.117"), Verdict::GdbFailed(GdbStep::LxVersion));
         let no_pid = GOOD_GDB.replace("$2 = 0", "No symbol \"lx_current\" in current context.");
         assert_eq!(step(&no_pid, "6.12.117"), Verdict::GdbFailed(GdbStep::LxCurrent));

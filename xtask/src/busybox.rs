@@ -73,11 +73,18 @@ pub fn build(
 
 fn check_preconditions(src: &Path, fragments: &[PathBuf]) -> Result<()> {
     if !src.join("Makefile").is_file() || !src.join("Config.in").is_file() || !src.join("applets").is_dir() {
-        bail!("{} is not a busybox source tree (no Makefile, Config.in and applets/): extract the busybox tarball there first", src.display());
+        bail!(
+            "{} is not a busybox source tree (no Makefile, Config.in and applets/): extract the busybox tarball there first",
+            src.display()
+        );
     }
     // Busybox's Makefile refuses O= builds from a configured source tree, after defconfig ran.
     if src.join(".config").exists() {
-        bail!("busybox source tree {} has a .config (it was built in place): extract it again, or run `make -C {} mrproper`", src.display(), src.display());
+        bail!(
+            "busybox source tree {} has a .config (it was built in place): extract it again, or run `make -C {} mrproper`",
+            src.display(),
+            src.display()
+        );
     }
     for f in fragments {
         if !f.is_file() {
@@ -86,7 +93,6 @@ fn check_preconditions(src: &Path, fragments: &[PathBuf]) -> Result<()> {
     }
     Ok(())
 }
-
 
 /// defconfig, then the fragments written into .config, then `make oldconfig` (busybox 1.35 has
 /// no olddefconfig) answering every question with its default, then a check that every
@@ -109,7 +115,12 @@ fn configure(sh: &Shell, src: &Path, build: &Path, fragments: &[PathBuf], epoch:
     layout::write_atomic(&config, merged.as_bytes())?;
 
     let answers = "\n".repeat(OLDCONFIG_ANSWERS);
-    kbuild::run_logged(kbuild::reproducible_env(cmd!(sh, "make -C {src} {o} oldconfig"), epoch).stdin(answers), &mut log, &log_path, "make oldconfig")?;
+    kbuild::run_logged(
+        kbuild::reproducible_env(cmd!(sh, "make -C {src} {o} oldconfig"), epoch).stdin(answers),
+        &mut log,
+        &log_path,
+        "make oldconfig",
+    )?;
     bar.finish_and_clear();
 
     let lost = lost_options(&requested, &kconfig::parse_file(&config)?);
@@ -186,7 +197,8 @@ fn lost_options(requested: &[Entry], final_config: &[Entry]) -> Vec<String> {
 /// Fails unless `binary` is an ELF file without an interpreter, i.e. runs in an initramfs that
 /// has no dynamic loader.
 fn check_static(binary: &Path, log_path: &Path) -> Result<()> {
-    let bytes = std::fs::read(binary).with_context(|| format!("make succeeded but {} cannot be read; see {}", binary.display(), log_path.display()))?;
+    let bytes = std::fs::read(binary)
+        .with_context(|| format!("make succeeded but {} cannot be read; see {}", binary.display(), log_path.display()))?;
     let interp = elf_interpreter(&bytes).with_context(|| format!("inspect {}", binary.display()))?;
     if interp.is_some() {
         bail!(
@@ -305,7 +317,9 @@ mod tests {
     #[test]
     fn fragments_replace_lines_in_place_and_append_the_rest() {
         let config = "#\n# Busybox version: 1.35.0\n#\n# CONFIG_STATIC is not set\nCONFIG_TC=y\nCONFIG_EXTRA_CFLAGS=\"\"\nCONFIG_LS=y\n";
-        let req = entries("CONFIG_STATIC=y\n# CONFIG_TC is not set\nCONFIG_NEW=y\nCONFIG_LS=n\n# CONFIG_LS is not set\nCONFIG_EXTRA_CFLAGS=\"-Os\"\n");
+        let req = entries(
+            "CONFIG_STATIC=y\n# CONFIG_TC is not set\nCONFIG_NEW=y\nCONFIG_LS=n\n# CONFIG_LS is not set\nCONFIG_EXTRA_CFLAGS=\"-Os\"\n",
+        );
         let out = apply_fragments(config, &req, Path::new(".config")).unwrap();
         assert_eq!(
             out,
@@ -341,7 +355,8 @@ mod tests {
         std::fs::write(&frag, "CONFIG_STATIC=y\n").unwrap();
         let frags = [frag.clone()];
         let sh = Shell::new().unwrap();
-        let inputs = BuildInputs { tarball_sha256: "ab12", recipe: BUILD_STEPS, fragments: &frags, patches: &[], base: ConfigBase::Defconfig };
+        let inputs =
+            BuildInputs { tarball_sha256: "ab12", recipe: BUILD_STEPS, fragments: &frags, patches: &[], base: ConfigBase::Defconfig };
         let stamp = kbuild::inputs_stamp(&sh, &build_dir, &inputs, None, 7, &kbuild::prefix_maps(&src, &build_dir)).unwrap();
         std::fs::write(build_dir.join(kbuild::INPUTS_STAMP), stamp).unwrap();
 
@@ -374,7 +389,9 @@ mod tests {
     #[test]
     #[ignore]
     fn real_busybox_lost_options_fail_configure() {
-        let src = PathBuf::from(std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"));
+        let src = PathBuf::from(
+            std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"),
+        );
         let dir = scratch("busybox-lost");
         let frag = dir.join("bad.config");
         std::fs::write(&frag, "CONFIG_STATIC=y\nCONFIG_PIE=y\nCONFIG_NSLOOKUPP=y\n").unwrap();
@@ -394,7 +411,9 @@ mod tests {
     #[test]
     #[ignore]
     fn real_busybox_build() {
-        let src = PathBuf::from(std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"));
+        let src = PathBuf::from(
+            std::env::var("KERNEL_LAB_TEST_BUSYBOX_SRC").expect("set KERNEL_LAB_TEST_BUSYBOX_SRC to an extracted busybox tree"),
+        );
         let build_dir = std::env::var("KERNEL_LAB_TEST_BUSYBOX_BUILD").map(PathBuf::from).unwrap_or_else(|_| scratch("busybox-real"));
         let frags = [Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/busybox/static.config")];
         let sh = Shell::new().unwrap();

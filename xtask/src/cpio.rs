@@ -140,11 +140,7 @@ impl Archive {
         }
         if let Some(old) = self.entries.get(&key) {
             if old.kind == Kind::Dir && entry.kind != Kind::Dir && self.has_children(&key) {
-                bail!(
-                    "cpio entry {:?}: cannot replace a non-empty directory with a {}; pick another path",
-                    entry.path,
-                    entry.kind.word()
-                );
+                bail!("cpio entry {:?}: cannot replace a non-empty directory with a {}; pick another path", entry.path, entry.kind.word());
             }
         }
         self.entries.insert(key, entry);
@@ -181,10 +177,7 @@ impl Archive {
     }
 
     fn has_children(&self, key: &[String]) -> bool {
-        self.entries
-            .range::<[String], _>((Bound::Excluded(key), Bound::Unbounded))
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(key))
+        self.entries.range::<[String], _>((Bound::Excluded(key), Bound::Unbounded)).next().is_some_and(|(k, _)| k.starts_with(key))
     }
 }
 
@@ -551,10 +544,7 @@ fn unpack_components(name: &str) -> Result<Option<Vec<String>>> {
     }
     ensure!(!rel.starts_with('/'), "archive entry {name:?} is absolute: refusing to unpack outside the target directory");
     let parts: Vec<String> = rel.split('/').filter(|p| !p.is_empty() && *p != ".").map(str::to_string).collect();
-    ensure!(
-        !parts.iter().any(|p| p == ".."),
-        "archive entry {name:?} contains '..': refusing to unpack outside the target directory"
-    );
+    ensure!(!parts.iter().any(|p| p == ".."), "archive entry {name:?} contains '..': refusing to unpack outside the target directory");
     Ok(Some(parts))
 }
 
@@ -601,11 +591,7 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<()> {
     }
 
     match fs::read_dir(dir) {
-        Ok(mut it) => ensure!(
-            it.next().is_none(),
-            "unpack target {} is not empty: pick a new directory or empty it first",
-            dir.display()
-        ),
+        Ok(mut it) => ensure!(it.next().is_none(), "unpack target {} is not empty: pick a new directory or empty it first", dir.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("read unpack target {}", dir.display())),
     }
@@ -641,8 +627,9 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> Result<()> {
                     .with_context(|| format!("chmod {}", path.display()))?;
             }
             Kind::File(data) => create_file((e.mode & DISK_FILE_BITS) | 0o600, data)?,
-            Kind::Symlink(target) => std::os::unix::fs::symlink(target, &path)
-                .with_context(|| format!("create symlink {} -> {target}", path.display()))?,
+            Kind::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &path).with_context(|| format!("create symlink {} -> {target}", path.display()))?
+            }
             Kind::CharDev { .. } | Kind::BlockDev { .. } | Kind::Fifo | Kind::Socket => create_file(0o600, b"")?,
         }
         let (major, minor) = e.kind.device();
@@ -740,9 +727,8 @@ struct ManifestEntry {
 /// for any archive this module wrote.
 pub fn repack(dir: &Path) -> Result<Repacked> {
     let manifest_path = dir.join(MANIFEST_NAME);
-    let text = fs::read_to_string(&manifest_path).with_context(|| {
-        format!("read {}: repack only works on a directory made by `cpio::unpack`", manifest_path.display())
-    })?;
+    let text = fs::read_to_string(&manifest_path)
+        .with_context(|| format!("read {}: repack only works on a directory made by `cpio::unpack`", manifest_path.display()))?;
     let mut mtime = None;
     let mut gzip = None;
     let mut known: BTreeMap<String, ManifestEntry> = BTreeMap::new();
@@ -782,9 +768,10 @@ pub fn repack(dir: &Path) -> Result<Repacked> {
         let mut names: Vec<String> = Vec::new();
         for item in fs::read_dir(&disk_dir).with_context(|| format!("read directory {}", disk_dir.display()))? {
             let item = item.with_context(|| format!("read directory {}", disk_dir.display()))?;
-            let name = item.file_name().into_string().map_err(|n| {
-                anyhow::anyhow!("{}: file name {n:?} is not UTF-8; rename it", disk_dir.display())
-            })?;
+            let name = item
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow::anyhow!("{}: file name {n:?} is not UTF-8; rename it", disk_dir.display()))?;
             names.push(name);
         }
         names.sort();
@@ -856,8 +843,7 @@ pub(crate) mod tests {
         a.add_symlink("bin/sh", "/bin/busybox").unwrap();
         a.add_char_dev("dev/console", 0o600, 0, 0, 5, 1).unwrap();
         a.add_char_dev("dev/ttyS0", 0o660, 0, 5, 4, 64).unwrap();
-        a.add(Entry { path: "dev/sda".into(), mode: 0o660, uid: 0, gid: 6, kind: Kind::BlockDev { major: 8, minor: 0 } })
-            .unwrap();
+        a.add(Entry { path: "dev/sda".into(), mode: 0o660, uid: 0, gid: 6, kind: Kind::BlockDev { major: 8, minor: 0 } }).unwrap();
         a.add(Entry { path: "run/fifo".into(), mode: 0o644, uid: 0, gid: 0, kind: Kind::Fifo }).unwrap();
         a.add_file("home/user/notes.txt", 0o640, 1000, 1000, b"hello\n".to_vec()).unwrap();
         a
@@ -1121,19 +1107,20 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_archives_fail_clearly() {
-        let good = to_bytes(&{
-            let mut a = Archive::new();
-            a.add_file("a", 0o644, 0, 0, b"hi\n".to_vec()).unwrap();
-            a
-        }, 0, false)
+        let good = to_bytes(
+            &{
+                let mut a = Archive::new();
+                a.add_file("a", 0o644, 0, 0, b"hi\n".to_vec()).unwrap();
+                a
+            },
+            0,
+            false,
+        )
         .unwrap();
         let mut bad_magic = good.clone();
         bad_magic[..6].copy_from_slice(b"070707");
         assert!(err_text(read(&bad_magic)).contains("bad magic \"070707\" at offset 0"));
-        assert_eq!(
-            err_text(read(&good[..113])),
-            "truncated archive: entry a needs 3 bytes at offset 112, file has 113"
-        );
+        assert_eq!(err_text(read(&good[..113])), "truncated archive: entry a needs 3 bytes at offset 112, file has 113");
         let no_trailer = raw(&[("a", S_IFREG | 0o644, b"hi\n")], false);
         assert!(err_text(read(&no_trailer)).contains("without a TRAILER!!! entry"));
         let mut bad_hex = good.clone();

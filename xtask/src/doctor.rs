@@ -31,9 +31,9 @@ enum Probe {
 fn present(probe: Probe) -> bool {
     match probe {
         Probe::File(f) => Path::new(f).exists(),
-        Probe::Program(p) => std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
-            .unwrap_or(false),
+        Probe::Program(p) => {
+            std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file())).unwrap_or(false)
+        }
     }
 }
 

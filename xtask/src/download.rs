@@ -66,11 +66,7 @@ enum Failure {
 
 /// Connection failures, timeouts and cut bodies are worth another try; bad URLs are not.
 fn send_failure(url: &str, err: reqwest::Error) -> Failure {
-    let transient = err.is_connect()
-        || err.is_timeout()
-        || err.is_body()
-        || err.is_decode()
-        || err.is_request();
+    let transient = err.is_connect() || err.is_timeout() || err.is_body() || err.is_decode() || err.is_request();
     let err = anyhow!(err).context(format!("GET {url}"));
     if transient {
         Failure::Transient(err)
@@ -87,9 +83,7 @@ fn with_retries<T>(url: &str, mut attempt: impl FnMut() -> Result<T, Failure>) -
             Ok(value) => return Ok(value),
             Err(Failure::Fatal(err)) => return Err(err),
             Err(Failure::Transient(err)) if n == TRIES => {
-                return Err(err.context(format!(
-                    "GET {url}: gave up after {TRIES} tries; check the network or the mirror"
-                )))
+                return Err(err.context(format!("GET {url}: gave up after {TRIES} tries; check the network or the mirror")))
             }
             Err(Failure::Transient(err)) => {
                 eprintln!("warning: {err:#}; retrying in {:.1} s", wait.as_secs_f64());
@@ -104,10 +98,7 @@ fn with_retries<T>(url: &str, mut attempt: impl FnMut() -> Result<T, Failure>) -
 /// Classifies a status that is neither 200 nor 206.
 fn status_failure(url: &str, status: StatusCode) -> Failure {
     let err = anyhow!("GET {url}: {status}");
-    if status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-    {
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS {
         Failure::Transient(err)
     } else {
         Failure::Fatal(err)
@@ -138,10 +129,7 @@ pub fn get_small(url: &str) -> Result<Vec<u8>> {
 /// giving up when the whole fetch (retries included) takes longer than `limits.deadline`.
 pub fn get_small_within(url: &str, limits: &SmallLimits) -> Result<Vec<u8>> {
     let too_big = |size: String| {
-        anyhow!(
-            "GET {url}: {size} bytes: refusing it (a small file is at most {} bytes); check the mirror",
-            limits.max_bytes
-        )
+        anyhow!("GET {url}: {size} bytes: refusing it (a small file is at most {} bytes); check the mirror", limits.max_bytes)
     };
     if let Some(path) = file_url_path(url) {
         let len = std::fs::metadata(path).with_context(|| format!("read {url}: check the path"))?.len();
@@ -222,13 +210,7 @@ pub fn wkd_url(base: &str, email: &str) -> String {
     let hash = zbase32(&<sha1::Sha1 as sha1::Digest>::digest(local.to_lowercase().as_bytes()));
     let escaped: String = local
         .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect();
     let base = base.trim_end_matches('/');
     if base.contains("/.well-known/openpgpkey") {
@@ -309,8 +291,7 @@ pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> 
     }
     let partial = partial_path(layout, &sha256);
     let dir = partial.parent().expect("partial path has a parent");
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("create {}: check permissions of the cache", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}: check permissions of the cache", dir.display()))?;
     let _lock = lock_path(&partial.with_extension("lock"), &format!("downloading {label}"))?;
     if blob.is_file() {
         return Ok(blob);
@@ -327,8 +308,7 @@ pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> 
     }
     let blob_dir = blob.parent().expect("blob path has a parent");
     std::fs::create_dir_all(blob_dir).with_context(|| format!("create {}", blob_dir.display()))?;
-    std::fs::rename(&partial, &blob)
-        .with_context(|| format!("move {} to {}", partial.display(), blob.display()))?;
+    std::fs::rename(&partial, &blob).with_context(|| format!("move {} to {}", partial.display(), blob.display()))?;
     Ok(blob)
 }
 
@@ -359,30 +339,24 @@ pub fn fetch_unverified(layout: &Layout, url: &str, label: &str) -> Result<PathB
     let got = download_to(url, &partial, label)?;
     let blob = layout.cache_blob(&got);
     std::fs::create_dir_all(blob.parent().expect("blob path has a parent"))?;
-    std::fs::rename(&partial, &blob)
-        .with_context(|| format!("move {} to {}", partial.display(), blob.display()))?;
+    std::fs::rename(&partial, &blob).with_context(|| format!("move {} to {}", partial.display(), blob.display()))?;
     Ok(blob)
 }
 
 /// Copies a local file to `dst`, returning the sha256 of what was copied.
 fn copy_hashing(src: &Path, dst: &Path, bar: &ProgressBar) -> Result<String> {
-    let mut input =
-        File::open(src).with_context(|| format!("open {}: check the path", src.display()))?;
+    let mut input = File::open(src).with_context(|| format!("open {}: check the path", src.display()))?;
     bar.set_length(input.metadata().map(|m| m.len()).unwrap_or(0));
     let mut output = File::create(dst).with_context(|| format!("create {}", dst.display()))?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
-        let n = input
-            .read(&mut buf)
-            .with_context(|| format!("read {}", src.display()))?;
+        let n = input.read(&mut buf).with_context(|| format!("read {}", src.display()))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        output
-            .write_all(&buf[..n])
-            .with_context(|| format!("write {}", dst.display()))?;
+        output.write_all(&buf[..n]).with_context(|| format!("write {}", dst.display()))?;
         bar.inc(n as u64);
     }
     Ok(hash::hex(&hasher.finalize()))
@@ -393,51 +367,29 @@ fn parse_content_range(value: &str) -> Option<(Option<u64>, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let total = total.trim().parse().ok();
-    let start = if range.trim() == "*" {
-        None
-    } else {
-        Some(range.split_once('-')?.0.trim().parse().ok()?)
-    };
+    let start = if range.trim() == "*" { None } else { Some(range.split_once('-')?.0.trim().parse().ok()?) };
     Some((start, total))
 }
 
 /// One GET of `url` into `partial`, appending to what an earlier attempt or run left there.
-fn download_attempt(
-    client: &Client,
-    url: &str,
-    partial: &Path,
-    bar: &ProgressBar,
-) -> Result<(), Failure> {
-    let fatal = |e: std::io::Error, what: &str| {
-        Failure::Fatal(anyhow!(e).context(format!("{what} {}", partial.display())))
-    };
+fn download_attempt(client: &Client, url: &str, partial: &Path, bar: &ProgressBar) -> Result<(), Failure> {
+    let fatal = |e: std::io::Error, what: &str| Failure::Fatal(anyhow!(e).context(format!("{what} {}", partial.display())));
     let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     let mut request = client.get(url);
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
     let mut resp = request.send().map_err(|e| send_failure(url, e))?;
-    let content_range = resp
-        .headers()
-        .get(reqwest::header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_content_range);
+    let content_range = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(parse_content_range);
 
     let mut file = match resp.status() {
-        StatusCode::PARTIAL_CONTENT
-            if have > 0 && content_range.and_then(|r| r.0) == Some(have) =>
-        {
-            OpenOptions::new()
-                .append(true)
-                .open(partial)
-                .map_err(|e| fatal(e, "open"))?
+        StatusCode::PARTIAL_CONTENT if have > 0 && content_range.and_then(|r| r.0) == Some(have) => {
+            OpenOptions::new().append(true).open(partial).map_err(|e| fatal(e, "open"))?
         }
         StatusCode::PARTIAL_CONTENT => {
             // A range we did not ask for: drop the partial file and start over.
             let _ = std::fs::remove_file(partial);
-            return Err(Failure::Transient(anyhow!(
-                "GET {url}: unexpected Content-Range, restarting from 0"
-            )));
+            return Err(Failure::Transient(anyhow!("GET {url}: unexpected Content-Range, restarting from 0")));
         }
         // The server ignored Range (or there was none): the body starts at byte 0.
         StatusCode::OK => File::create(partial).map_err(|e| fatal(e, "create"))?,
@@ -447,17 +399,11 @@ fn download_attempt(
         }
         StatusCode::RANGE_NOT_SATISFIABLE => {
             let _ = std::fs::remove_file(partial);
-            return Err(Failure::Transient(anyhow!(
-                "GET {url}: partial file does not fit the remote file, restarting from 0"
-            )));
+            return Err(Failure::Transient(anyhow!("GET {url}: partial file does not fit the remote file, restarting from 0")));
         }
         status => return Err(status_failure(url, status)),
     };
-    let start = if resp.status() == StatusCode::OK {
-        0
-    } else {
-        have
-    };
+    let start = if resp.status() == StatusCode::OK { 0 } else { have };
     let expected_len = resp.content_length().map(|len| start + len);
     bar.set_length(expected_len.unwrap_or(0));
     bar.set_position(start);
@@ -472,9 +418,7 @@ fn download_attempt(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 let _ = file.flush();
-                return Err(Failure::Transient(anyhow!(e).context(format!(
-                    "GET {url}: connection lost after {written} bytes"
-                ))));
+                return Err(Failure::Transient(anyhow!(e).context(format!("GET {url}: connection lost after {written} bytes"))));
             }
         };
         file.write_all(&buf[..n]).map_err(|e| fatal(e, "write"))?;
@@ -484,9 +428,7 @@ fn download_attempt(
     file.flush().map_err(|e| fatal(e, "write"))?;
     if let Some(expected) = expected_len {
         if written < expected {
-            return Err(Failure::Transient(anyhow!(
-                "GET {url}: body ended after {written} of {expected} bytes"
-            )));
+            return Err(Failure::Transient(anyhow!("GET {url}: body ended after {written} of {expected} bytes")));
         }
     }
     Ok(())
@@ -520,25 +462,13 @@ mod tests {
         let mirror = dir.join("mirror");
         std::fs::create_dir_all(mirror.join("pub")).unwrap();
         // Big enough to need many reads, with no repeating pattern a bug could hide behind.
-        let data: Vec<u8> = (0..600_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         std::fs::write(mirror.join("pub/linux-1.0.tar.xz"), &data).unwrap();
         std::fs::write(mirror.join("pub/sha256sums.asc"), b"sums\n").unwrap();
         let server = serve::spawn(mirror, "127.0.0.1:0").unwrap();
-        let layout = Layout {
-            root: dir.clone(),
-            artifacts: dir.join("artifacts"),
-            cache: dir.join("cache"),
-        };
+        let layout = Layout { root: dir.clone(), artifacts: dir.join("artifacts"), cache: dir.join("cache") };
         let sha = hash::sha256_bytes(&data);
-        Fixture {
-            dir,
-            layout,
-            server,
-            data,
-            sha,
-        }
+        Fixture { dir, layout, server, data, sha }
     }
 
     #[test]
@@ -549,18 +479,11 @@ mod tests {
         assert_eq!(path, f.layout.cache_blob(&f.sha));
         assert_eq!(std::fs::read(&path).unwrap(), f.data);
         assert!(!partial_path(&f.layout, &f.sha).exists());
-        assert_eq!(
-            f.server.requests(),
-            vec!["GET /pub/linux-1.0.tar.xz".to_string()]
-        );
+        assert_eq!(f.server.requests(), vec!["GET /pub/linux-1.0.tar.xz".to_string()]);
 
         let again = fetch_verified(&f.layout, &url, &f.sha.to_uppercase(), "linux-1.0").unwrap();
         assert_eq!(again, path);
-        assert_eq!(
-            f.server.requests().len(),
-            1,
-            "a cache hit must not touch the network"
-        );
+        assert_eq!(f.server.requests().len(), 1, "a cache hit must not touch the network");
     }
 
     #[test]
@@ -585,10 +508,7 @@ mod tests {
         let url = f.server.url("/pub/linux-1.0.tar.xz");
         let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
         assert_eq!(std::fs::read(path).unwrap(), f.data);
-        assert_eq!(
-            f.server.requests(),
-            vec!["GET /pub/linux-1.0.tar.xz range=bytes=12345-".to_string()]
-        );
+        assert_eq!(f.server.requests(), vec!["GET /pub/linux-1.0.tar.xz range=bytes=12345-".to_string()]);
     }
 
     #[test]
@@ -601,11 +521,7 @@ mod tests {
         let path = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0").unwrap();
         assert_eq!(std::fs::read(path).unwrap(), f.data);
         let requests = f.server.requests();
-        assert_eq!(
-            requests.last().unwrap(),
-            "GET /pub/linux-1.0.tar.xz",
-            "{requests:?}"
-        );
+        assert_eq!(requests.last().unwrap(), "GET /pub/linux-1.0.tar.xz", "{requests:?}");
     }
 
     #[test]
@@ -613,17 +529,8 @@ mod tests {
         let f = fixture("tampered");
         let wrong = hash::sha256_bytes(b"something else");
         let url = f.server.url("/pub/linux-1.0.tar.xz");
-        let err = format!(
-            "{:#}",
-            fetch_verified(&f.layout, &url, &wrong, "linux-1.0").unwrap_err()
-        );
-        assert!(
-            err.contains(&format!(
-                "verify sha256 of linux-1.0: expected {wrong}, got {}",
-                f.sha
-            )),
-            "{err}"
-        );
+        let err = format!("{:#}", fetch_verified(&f.layout, &url, &wrong, "linux-1.0").unwrap_err());
+        assert!(err.contains(&format!("verify sha256 of linux-1.0: expected {wrong}, got {}", f.sha)), "{err}");
         assert!(err.contains("file removed from the cache"));
         assert!(!partial_path(&f.layout, &wrong).exists());
         assert!(!f.layout.cache_blob(&wrong).exists());
@@ -636,10 +543,7 @@ mod tests {
         let url = f.server.url("/pub/missing.tar.xz");
         let err = format!("{:#}", get_small(&url).unwrap_err());
         assert_eq!(err, format!("GET {url}: 404 Not Found"));
-        let err = format!(
-            "{:#}",
-            fetch_verified(&f.layout, &url, &f.sha, "missing").unwrap_err()
-        );
+        let err = format!("{:#}", fetch_verified(&f.layout, &url, &f.sha, "missing").unwrap_err());
         assert!(err.contains(&format!("GET {url}: 404 Not Found")), "{err}");
         assert_eq!(f.server.requests().len(), 2, "4xx must fail at once");
     }
@@ -648,16 +552,10 @@ mod tests {
     fn small_files_over_http_and_file_urls() {
         let f = fixture("small");
         f.server.cut_after("sha256sums.asc", 2);
-        assert_eq!(
-            get_small(&f.server.url("/pub/sha256sums.asc?x=1")).unwrap(),
-            b"sums\n"
-        );
+        assert_eq!(get_small(&f.server.url("/pub/sha256sums.asc?x=1")).unwrap(), b"sums\n");
         assert_eq!(f.server.requests().len(), 2, "a cut body is retried");
         let local = f.dir.join("mirror/pub/sha256sums.asc");
-        assert_eq!(
-            get_small(&format!("file://{}", local.display())).unwrap(),
-            b"sums\n"
-        );
+        assert_eq!(get_small(&format!("file://{}", local.display())).unwrap(), b"sums\n");
         assert!(get_small("ftp://example.org/x").is_err());
     }
 
@@ -835,18 +733,11 @@ mod tests {
     #[test]
     fn connection_refused_is_retried_then_reported() {
         // Bind then drop a listener so the port is (almost certainly) closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}/x");
         let started = std::time::Instant::now();
         let err = format!("{:#}", get_small(&url).unwrap_err());
         assert!(err.contains("gave up after 4 tries"), "{err}");
-        assert!(
-            started.elapsed() >= Duration::from_millis(3500),
-            "backoff waits 0.5 + 1 + 2 s"
-        );
+        assert!(started.elapsed() >= Duration::from_millis(3500), "backoff waits 0.5 + 1 + 2 s");
     }
 }

@@ -26,10 +26,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(boottest::DEFAULT_STAGE_TIMEO
 
 pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     if !args.kernel_tarball.is_file() {
-        bail!(
-            "{} is missing: run `sudo bash .ci/host-setup.sh --e2e` (installs linux-source-6.12)",
-            args.kernel_tarball.display()
-        );
+        bail!("{} is missing: run `sudo bash .ci/host-setup.sh --e2e` (installs linux-source-6.12)", args.kernel_tarball.display());
     }
     let kernel_version = match &args.kernel_version {
         Some(v) => v.clone(),
@@ -151,7 +148,8 @@ fn repro(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan, first
     let (second_lab, second_kernel) = pipeline::build_lab(sh, &other, &plan.recipe, &sources, &build.make, &mut t)?;
     t.print();
     // The build trees' images: the labs' vmlinux also carries gdb-add-index's output.
-    let images = |k: &KernelBuild, l: &Lab| [("bzImage", k.bzimage.clone()), ("vmlinux", k.vmlinux.clone()), (lab::ROOTFS, l.file(lab::ROOTFS))];
+    let images =
+        |k: &KernelBuild, l: &Lab| [("bzImage", k.bzimage.clone()), ("vmlinux", k.vmlinux.clone()), (lab::ROOTFS, l.file(lab::ROOTFS))];
     let mut differ = Vec::new();
     for ((what, a), (_, b)) in images(&first.kernel, &first.lab).into_iter().zip(images(&second_kernel, &second_lab)) {
         let (a, b) = (crate::hash::sha256_file(&a)?, crate::hash::sha256_file(&b)?);
@@ -168,15 +166,15 @@ fn repro(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan, first
 
 /// "6.12.117" from the Debian package owning `tarball` (version "6.12.117-1~deb12u1").
 fn debian_upstream_version(sh: &Shell, tarball: &std::path::Path) -> Result<String> {
-    let owner = cmd!(sh, "dpkg -S {tarball}").quiet().read().with_context(|| {
-        format!("find the Debian package of {}; or pass --kernel-version", tarball.display())
-    })?;
+    let owner = cmd!(sh, "dpkg -S {tarball}")
+        .quiet()
+        .read()
+        .with_context(|| format!("find the Debian package of {}; or pass --kernel-version", tarball.display()))?;
     let package = owner.split(':').next().unwrap_or_default().trim().to_string();
     let format = "${Version}";
     let version = cmd!(sh, "dpkg-query -W -f {format} {package}").quiet().read()?;
     let upstream = version.split('-').next().unwrap_or_default().to_string();
-    crate::releases::check_version(&upstream)
-        .with_context(|| format!("version {version:?} of {package}; pass --kernel-version"))?;
+    crate::releases::check_version(&upstream).with_context(|| format!("version {version:?} of {package}; pass --kernel-version"))?;
     Ok(upstream)
 }
 
@@ -193,21 +191,14 @@ fn find_busybox_orig(dir: &std::path::Path) -> Result<std::path::PathBuf> {
     found.sort();
     match found.pop() {
         Some(p) => Ok(p),
-        None => bail!(
-            "no busybox_*.orig.tar.bz2 in {}: run `sudo bash .ci/host-setup.sh --e2e`, or pass --busybox-tarball",
-            dir.display()
-        ),
+        None => bail!("no busybox_*.orig.tar.bz2 in {}: run `sudo bash .ci/host-setup.sh --e2e`, or pass --busybox-tarball", dir.display()),
     }
 }
 
 /// "busybox_1.35.0.orig.tar.bz2" -> "1.35.0"; other names need the version in the name too.
 fn busybox_version_of(tarball: &std::path::Path) -> Result<String> {
     let name = tarball.file_name().unwrap_or_default().to_string_lossy();
-    let v = name
-        .trim_start_matches("busybox_")
-        .trim_start_matches("busybox-")
-        .trim_end_matches(".tar.bz2")
-        .trim_end_matches(".orig");
+    let v = name.trim_start_matches("busybox_").trim_start_matches("busybox-").trim_end_matches(".tar.bz2").trim_end_matches(".orig");
     if v.is_empty() || !v.chars().all(|c| c.is_ascii_digit() || c == '.') {
         bail!("cannot read a busybox version from {}: name it busybox-X.Y.Z.tar.bz2", tarball.display());
     }

@@ -37,12 +37,8 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
     if stamped() {
         return Ok(());
     }
-    let parent = dest
-        .parent()
-        .with_context(|| format!("{} has no parent directory", dest.display()))?;
-    let name = dest
-        .file_name()
-        .with_context(|| format!("{} has no file name", dest.display()))?;
+    let parent = dest.parent().with_context(|| format!("{} has no parent directory", dest.display()))?;
+    let name = dest.file_name().with_context(|| format!("{} has no file name", dest.display()))?;
     let name = name.to_string_lossy();
     fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     let lock = parent.join(format!(".{name}.lock"));
@@ -58,26 +54,18 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
     fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     if let Err(err) = unpack(tarball, sha256, &tmp, label) {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(err.context(format!(
-            "extract {} into {}",
-            tarball.display(),
-            dest.display()
-        )));
+        return Err(err.context(format!("extract {} into {}", tarball.display(), dest.display())));
     }
     // The stamp goes in last: a tree without it is never trusted.
-    fs::write(tmp.join(STAMP), format!("{sha256}\n"))
-        .with_context(|| format!("write the stamp in {}", tmp.display()))?;
+    fs::write(tmp.join(STAMP), format!("{sha256}\n")).with_context(|| format!("write the stamp in {}", tmp.display()))?;
 
     if fs::symlink_metadata(dest).is_ok() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         fs::rename(dest, &old).with_context(|| format!("move the old {} aside", dest.display()))?;
-        fs::rename(&tmp, dest)
-            .with_context(|| format!("rename {} -> {}", tmp.display(), dest.display()))?;
-        fs::remove_dir_all(&old)
-            .with_context(|| format!("remove the old tree {}", old.display()))?;
+        fs::rename(&tmp, dest).with_context(|| format!("rename {} -> {}", tmp.display(), dest.display()))?;
+        fs::remove_dir_all(&old).with_context(|| format!("remove the old tree {}", old.display()))?;
     } else {
-        fs::rename(&tmp, dest)
-            .with_context(|| format!("rename {} -> {}", tmp.display(), dest.display()))?;
+        fs::rename(&tmp, dest).with_context(|| format!("rename {} -> {}", tmp.display(), dest.display()))?;
     }
     Ok(())
 }
@@ -91,12 +79,7 @@ fn remove_stale_siblings(parent: &Path, name: &str) -> Result<()> {
         let file_name = file_name.to_string_lossy();
         if prefixes.iter().any(|p| file_name.starts_with(p.as_str())) {
             let path = entry.path();
-            fs::remove_dir_all(&path).with_context(|| {
-                format!(
-                    "remove the leftover of an interrupted extraction {}",
-                    path.display()
-                )
-            })?;
+            fs::remove_dir_all(&path).with_context(|| format!("remove the leftover of an interrupted extraction {}", path.display()))?;
         }
     }
     Ok(())
@@ -114,9 +97,7 @@ enum Compression {
 fn detect(path: &Path) -> Result<Compression> {
     let mut magic = [0u8; 6];
     let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let n = file
-        .read(&mut magic)
-        .with_context(|| format!("read {}", path.display()))?;
+    let n = file.read(&mut magic).with_context(|| format!("read {}", path.display()))?;
     let magic = &magic[..n];
     let name = path.to_string_lossy();
     Ok(if magic.starts_with(b"\xfd7zXZ\0") {
@@ -128,10 +109,7 @@ fn detect(path: &Path) -> Result<Compression> {
     } else if name.ends_with(".tar") || is_plain_tar(path)? {
         Compression::None
     } else {
-        bail!(
-            "{} is neither .tar.xz, .tar.bz2, .tar.gz nor .tar",
-            path.display()
-        )
+        bail!("{} is neither .tar.xz, .tar.bz2, .tar.gz nor .tar", path.display())
     })
 }
 
@@ -224,19 +202,9 @@ impl Read for ChannelReader {
 fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> {
     let compression = detect(tarball)?;
     let file = File::open(tarball).with_context(|| format!("open {}", tarball.display()))?;
-    let len = file
-        .metadata()
-        .with_context(|| format!("stat {}", tarball.display()))?
-        .len();
+    let len = file.metadata().with_context(|| format!("stat {}", tarball.display()))?.len();
     let bar = progress::bytes(label, Some(len));
-    let input = BufReader::with_capacity(
-        CHUNK,
-        Counting {
-            inner: file,
-            bar: bar.clone(),
-            hasher: sha2::Sha256::new(),
-        },
-    );
+    let input = BufReader::with_capacity(CHUNK, Counting { inner: file, bar: bar.clone(), hasher: sha2::Sha256::new() });
     let mut decoder = match compression {
         Compression::Xz => Decoder::Xz(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
         Compression::Bzip2 => Decoder::Bzip2(bzip2::bufread::MultiBzDecoder::new(input)),
@@ -271,19 +239,9 @@ fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> 
         decoder
     });
 
-    let result = unpack_entries(
-        ChannelReader {
-            rx,
-            free: free_tx,
-            chunk: Vec::new(),
-            pos: 0,
-        },
-        root,
-    );
+    let result = unpack_entries(ChannelReader { rx, free: free_tx, chunk: Vec::new(), pos: 0 }, root);
     // Dropping the receiver (inside `result`'s call) unblocks the decoder if we stopped early.
-    let decoder = decoding
-        .join()
-        .map_err(|_| anyhow::anyhow!("the decompression thread panicked"))?;
+    let decoder = decoding.join().map_err(|_| anyhow::anyhow!("the decompression thread panicked"))?;
     // What the decoder's buffer held is hashed already; hash what it never read (the tar stream
     // ends before the file does: padding, or a stop at the first bad entry).
     let mut rest = decoder.into_inner().into_inner();
@@ -293,12 +251,7 @@ fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> 
     if !got.eq_ignore_ascii_case(sha256) {
         return Err(changed_since_verified(tarball, sha256, &got));
     }
-    result.with_context(|| {
-        format!(
-            "decompress {}: the file may be truncated or corrupt",
-            tarball.display()
-        )
-    })
+    result.with_context(|| format!("decompress {}: the file may be truncated or corrupt", tarball.display()))
 }
 
 /// The error for a tarball that no longer has the sha256 it was verified with. A cache blob (named
@@ -345,8 +298,7 @@ impl Tree<'_> {
         }
         self.refuse_through_symlink(rel, entry)?;
         let path = self.root.join(rel);
-        fs::create_dir_all(&path)
-            .with_context(|| format!("create directory {}", path.display()))?;
+        fs::create_dir_all(&path).with_context(|| format!("create directory {}", path.display()))?;
         for ancestor in rel.ancestors() {
             if ancestor.as_os_str().is_empty() || !self.dirs.insert(ancestor.to_path_buf()) {
                 break;
@@ -361,11 +313,7 @@ impl Tree<'_> {
             return Ok(());
         }
         if let Some(link) = rel.ancestors().find(|a| self.symlinks.contains(*a)) {
-            bail!(
-                "refusing tar entry `{}`: it goes through the symlink `{}`",
-                entry.display(),
-                link.display()
-            );
+            bail!("refusing tar entry `{}`: it goes through the symlink `{}`", entry.display(), link.display());
         }
         Ok(())
     }
@@ -381,29 +329,15 @@ impl Tree<'_> {
 
 fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
-    let mut tree = Tree {
-        root,
-        dirs: HashSet::new(),
-        symlinks: HashSet::new(),
-        dir_meta: Vec::new(),
-    };
+    let mut tree = Tree { root, dirs: HashSet::new(), symlinks: HashSet::new(), dir_meta: Vec::new() };
     let mut buf = Vec::new();
     for entry in archive.entries().context("read the tar stream")? {
         let mut entry = entry.context("read a tar entry")?;
         let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            EntryType::XGlobalHeader
-                | EntryType::XHeader
-                | EntryType::GNULongName
-                | EntryType::GNULongLink
-        ) {
+        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
             continue;
         }
-        let raw = entry
-            .path()
-            .context("read a tar entry's path")?
-            .into_owned();
+        let raw = entry.path().context("read a tar entry's path")?.into_owned();
         let Some(rel) = strip_top(&raw)? else {
             continue;
         };
@@ -420,59 +354,35 @@ fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 tree.ensure_parent(&rel, &raw)?;
                 buf.clear();
-                entry
-                    .read_to_end(&mut buf)
-                    .with_context(|| format!("read tar entry `{}`", raw.display()))?;
-                write_file(&mut tree, &rel, &dst, &buf, mode, mtime)
-                    .with_context(|| format!("write {}", dst.display()))?;
+                entry.read_to_end(&mut buf).with_context(|| format!("read tar entry `{}`", raw.display()))?;
+                write_file(&mut tree, &rel, &dst, &buf, mode, mtime).with_context(|| format!("write {}", dst.display()))?;
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .context("read a symlink target")?
-                    .unwrap_or_default()
-                    .into_owned();
+                let target = entry.link_name().context("read a symlink target")?.unwrap_or_default().into_owned();
                 check_symlink_target(&rel, &target, &raw)?;
                 tree.ensure_parent(&rel, &raw)?;
                 tree.clear(&rel);
-                std::os::unix::fs::symlink(&target, &dst).with_context(|| {
-                    format!("create symlink {} -> {}", dst.display(), target.display())
-                })?;
+                std::os::unix::fs::symlink(&target, &dst)
+                    .with_context(|| format!("create symlink {} -> {}", dst.display(), target.display()))?;
                 tree.symlinks.insert(rel);
             }
             EntryType::Link => {
-                let target_raw = entry
-                    .link_name()
-                    .context("read a hard link target")?
-                    .unwrap_or_default()
-                    .into_owned();
+                let target_raw = entry.link_name().context("read a hard link target")?.unwrap_or_default().into_owned();
                 let target = match strip_top(&target_raw) {
                     Ok(Some(target)) => target,
-                    _ => bail!(
-                        "refusing tar entry `{}`: hard link to `{}` points outside the tree",
-                        raw.display(),
-                        target_raw.display()
-                    ),
+                    _ => bail!("refusing tar entry `{}`: hard link to `{}` points outside the tree", raw.display(), target_raw.display()),
                 };
                 if tree.symlinks.contains(&target) {
                     // A relative symlink means something else in another directory.
-                    bail!(
-                        "refusing tar entry `{}`: hard link to the symlink `{}`",
-                        raw.display(),
-                        target_raw.display()
-                    );
+                    bail!("refusing tar entry `{}`: hard link to the symlink `{}`", raw.display(), target_raw.display());
                 }
                 tree.refuse_through_symlink(&target, &raw)?;
                 tree.ensure_parent(&rel, &raw)?;
                 tree.clear(&rel);
                 let src = root.join(&target);
-                fs::hard_link(&src, &dst)
-                    .with_context(|| format!("hard link {} -> {}", dst.display(), src.display()))?;
+                fs::hard_link(&src, &dst).with_context(|| format!("hard link {} -> {}", dst.display(), src.display()))?;
             }
-            other => bail!(
-                "refusing tar entry `{}`: unsupported type {other:?}",
-                raw.display()
-            ),
+            other => bail!("refusing tar entry `{}`: unsupported type {other:?}", raw.display()),
         }
     }
     for (dir, mode, mtime) in tree.dir_meta.iter().rev() {
@@ -487,21 +397,8 @@ fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
     check_symlinks_resolve_inside(&tree)
 }
 
-fn write_file(
-    tree: &mut Tree,
-    rel: &Path,
-    dst: &Path,
-    data: &[u8],
-    mode: u32,
-    mtime: u64,
-) -> io::Result<()> {
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode | 0o600)
-            .open(dst)
-    };
+fn write_file(tree: &mut Tree, rel: &Path, dst: &Path, data: &[u8], mode: u32, mtime: u64) -> io::Result<()> {
+    let open = || OpenOptions::new().write(true).create_new(true).mode(mode | 0o600).open(dst);
     let mut file = match open() {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
             tree.clear(rel);
@@ -540,10 +437,7 @@ fn strip_top(raw: &Path) -> Result<Option<PathBuf>> {
 /// A symlink at `rel` may point only inside the tree, judged relative to its own directory.
 fn check_symlink_target(rel: &Path, target: &Path, entry: &Path) -> Result<()> {
     if target.as_os_str().is_empty() {
-        bail!(
-            "refusing tar entry `{}`: empty symlink target",
-            entry.display()
-        );
+        bail!("refusing tar entry `{}`: empty symlink target", entry.display());
     }
     let mut depth = rel.parent().map_or(0, |p| p.components().count());
     for component in target.components() {
@@ -551,16 +445,10 @@ fn check_symlink_target(rel: &Path, target: &Path, entry: &Path) -> Result<()> {
             Component::Normal(_) => depth += 1,
             Component::CurDir => {}
             Component::ParentDir if depth > 0 => depth -= 1,
-            Component::ParentDir => bail!(
-                "refusing tar entry `{}`: symlink to `{}` leaves the tree",
-                entry.display(),
-                target.display()
-            ),
-            Component::RootDir | Component::Prefix(_) => bail!(
-                "refusing tar entry `{}`: symlink to the absolute path `{}`",
-                entry.display(),
-                target.display()
-            ),
+            Component::ParentDir => bail!("refusing tar entry `{}`: symlink to `{}` leaves the tree", entry.display(), target.display()),
+            Component::RootDir | Component::Prefix(_) => {
+                bail!("refusing tar entry `{}`: symlink to the absolute path `{}`", entry.display(), target.display())
+            }
         }
     }
     Ok(())
@@ -572,16 +460,11 @@ fn check_symlinks_resolve_inside(tree: &Tree) -> Result<()> {
     if tree.symlinks.is_empty() {
         return Ok(());
     }
-    let root =
-        fs::canonicalize(tree.root).with_context(|| format!("resolve {}", tree.root.display()))?;
+    let root = fs::canonicalize(tree.root).with_context(|| format!("resolve {}", tree.root.display()))?;
     for link in &tree.symlinks {
         if let Ok(resolved) = fs::canonicalize(root.join(link)) {
             if !resolved.starts_with(&root) {
-                bail!(
-                    "refusing tar entry `{}`: symlink resolves to {} outside the tree",
-                    link.display(),
-                    resolved.display()
-                );
+                bail!("refusing tar entry `{}`: symlink resolves to {} outside the tree", link.display(), resolved.display());
             }
         }
     }
@@ -619,34 +502,13 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         // git archive (kernel.org tarballs) starts with a pax global header.
         let comment = b"52 comment=0123456789012345678901234567890123456789\n";
-        b.append(
-            &header(
-                EntryType::XGlobalHeader,
-                "pax_global_header",
-                "",
-                comment.len() as u64,
-                0o666,
-            ),
-            &comment[..],
-        )
-        .unwrap();
+        b.append(&header(EntryType::XGlobalHeader, "pax_global_header", "", comment.len() as u64, 0o666), &comment[..]).unwrap();
         for e in entries {
             match e {
-                E::Dir(p) => b
-                    .append(&header(EntryType::Directory, p, "", 0, 0o755), io::empty())
-                    .unwrap(),
-                E::File(p, data, mode) => b
-                    .append(
-                        &header(EntryType::Regular, p, "", data.len() as u64, *mode),
-                        *data,
-                    )
-                    .unwrap(),
-                E::Sym(p, t) => b
-                    .append(&header(EntryType::Symlink, p, t, 0, 0o777), io::empty())
-                    .unwrap(),
-                E::Hard(p, t) => b
-                    .append(&header(EntryType::Link, p, t, 0, 0o644), io::empty())
-                    .unwrap(),
+                E::Dir(p) => b.append(&header(EntryType::Directory, p, "", 0, 0o755), io::empty()).unwrap(),
+                E::File(p, data, mode) => b.append(&header(EntryType::Regular, p, "", data.len() as u64, *mode), *data).unwrap(),
+                E::Sym(p, t) => b.append(&header(EntryType::Symlink, p, t, 0, 0o777), io::empty()).unwrap(),
+                E::Hard(p, t) => b.append(&header(EntryType::Link, p, t, 0, 0o644), io::empty()).unwrap(),
             }
         }
         b.into_inner().unwrap()
@@ -682,10 +544,7 @@ mod tests {
     }
 
     fn leftovers(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }
@@ -718,26 +577,14 @@ mod tests {
         extract(&tarball, &one, &dest, "linux-6.12.117").unwrap();
 
         assert_eq!(fs::read(dest.join("Makefile")).unwrap(), b"VERSION = 6\n");
-        assert_eq!(
-            fs::read(dest.join("arch/x86/boot/Makefile")).unwrap(),
-            b"boot\n"
-        );
+        assert_eq!(fs::read(dest.join("arch/x86/boot/Makefile")).unwrap(), b"boot\n");
         let run = fs::metadata(dest.join("scripts/run.sh")).unwrap();
         assert_eq!(run.mode() & 0o777, 0o755);
         assert_eq!(run.mtime(), 1_000_000);
-        assert_eq!(
-            fs::metadata(dest.join("scripts")).unwrap().mtime(),
-            1_000_000
-        );
-        assert_eq!(
-            fs::read_link(dest.join("arch/x86/run")).unwrap(),
-            Path::new("../../scripts/run.sh")
-        );
+        assert_eq!(fs::metadata(dest.join("scripts")).unwrap().mtime(), 1_000_000);
+        assert_eq!(fs::read_link(dest.join("arch/x86/run")).unwrap(), Path::new("../../scripts/run.sh"));
         assert_eq!(fs::read(dest.join("arch/x86/run")).unwrap(), b"#!/bin/sh\n");
-        assert_eq!(
-            fs::metadata(dest.join("Kbuild")).unwrap().ino(),
-            fs::metadata(dest.join("Makefile")).unwrap().ino()
-        );
+        assert_eq!(fs::metadata(dest.join("Kbuild")).unwrap().ino(), fs::metadata(dest.join("Makefile")).unwrap().ino());
         assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), format!("{one}\n"));
         assert!(!dest.join("linux-source-6.12").exists());
         assert!(!dest.join("pax_global_header").exists());
@@ -764,15 +611,7 @@ mod tests {
     fn extracts_bz2_and_plain_tar() {
         let dir = scratch("bz2");
         let tarball = dir.join("busybox-1.35.0.tar.bz2");
-        fs::write(
-            &tarball,
-            bz2(&tar_bytes(&[E::File(
-                "busybox-1.35.0/Makefile",
-                b"bb\n",
-                0o644,
-            )])),
-        )
-        .unwrap();
+        fs::write(&tarball, bz2(&tar_bytes(&[E::File("busybox-1.35.0/Makefile", b"bb\n", 0o644)]))).unwrap();
         extract(&tarball, &sha(&tarball), &dir.join("busybox"), "busybox").unwrap();
         assert_eq!(fs::read(dir.join("busybox/Makefile")).unwrap(), b"bb\n");
 
@@ -796,35 +635,17 @@ mod tests {
         fs::write(&tarball, xz(&tar_bytes(entries))).unwrap();
         let dest = dir.join("work/src");
         let err = format!("{:#}", extract(&tarball, &sha(&tarball), &dest, "t").unwrap_err());
-        assert!(
-            err.contains("refusing tar entry") && err.contains(entry),
-            "{err}"
-        );
+        assert!(err.contains("refusing tar entry") && err.contains(entry), "{err}");
         assert!(!dest.exists());
-        assert_eq!(
-            leftovers(&dir.join("work")),
-            Vec::<String>::new(),
-            "temporary tree removed"
-        );
-        assert_eq!(
-            leftovers(&dir),
-            vec!["t.tar.xz", "work"],
-            "nothing written outside"
-        );
+        assert_eq!(leftovers(&dir.join("work")), Vec::<String>::new(), "temporary tree removed");
+        assert_eq!(leftovers(&dir), vec!["t.tar.xz", "work"], "nothing written outside");
         fs::remove_dir_all(dir).unwrap();
         err
     }
 
     #[test]
     fn refuses_parent_dir_entries() {
-        let err = refused(
-            "dotdot",
-            &[
-                E::File("top/ok", b"ok", 0o644),
-                E::File("top/../../evil", b"x", 0o644),
-            ],
-            "top/../../evil",
-        );
+        let err = refused("dotdot", &[E::File("top/ok", b"ok", 0o644), E::File("top/../../evil", b"x", 0o644)], "top/../../evil");
         assert!(err.contains("`..`"));
     }
 
@@ -846,51 +667,23 @@ mod tests {
         let err = refused("symabs", &[E::Sym("top/a/link", "/etc")], "top/a/link");
         assert!(err.contains("absolute path `/etc`"), "{err}");
         // Inside the tree lexically, outside once `a` is followed.
-        let err = refused(
-            "symchain",
-            &[
-                E::Dir("top/d/"),
-                E::Sym("top/d/a", ".."),
-                E::Sym("top/b", "d/a/.."),
-            ],
-            "",
-        );
+        let err = refused("symchain", &[E::Dir("top/d/"), E::Sym("top/d/a", ".."), E::Sym("top/b", "d/a/..")], "");
         assert!(err.contains("outside the tree"), "{err}");
     }
 
     #[test]
     fn refuses_writing_through_symlinks() {
-        let err = refused(
-            "through",
-            &[
-                E::Dir("top/sub/"),
-                E::Sym("top/l", "sub"),
-                E::File("top/l/file", b"x", 0o644),
-            ],
-            "top/l/file",
-        );
+        let err = refused("through", &[E::Dir("top/sub/"), E::Sym("top/l", "sub"), E::File("top/l/file", b"x", 0o644)], "top/l/file");
         assert!(err.contains("goes through the symlink `l`"), "{err}");
     }
 
     #[test]
     fn refuses_hardlinks_out_of_the_tree() {
-        let err = refused(
-            "hard",
-            &[E::Hard("top/hard", "top/../../outside")],
-            "top/hard",
-        );
+        let err = refused("hard", &[E::Hard("top/hard", "top/../../outside")], "top/hard");
         assert!(err.contains("points outside the tree"), "{err}");
         let err = refused("hardabs", &[E::Hard("top/hard", "/etc/passwd")], "top/hard");
         assert!(err.contains("points outside the tree"), "{err}");
-        let err = refused(
-            "hardsym",
-            &[
-                E::Dir("top/a/"),
-                E::Sym("top/a/l", "../x"),
-                E::Hard("top/h", "top/a/l"),
-            ],
-            "top/h",
-        );
+        let err = refused("hardsym", &[E::Dir("top/a/"), E::Sym("top/a/l", "../x"), E::Hard("top/h", "top/a/l")], "top/h");
         assert!(err.contains("hard link to the symlink"), "{err}");
     }
 
@@ -903,14 +696,7 @@ mod tests {
         let old = sha(&good);
         extract(&good, &old, &dest, "linux").unwrap();
         let bad = dir.join("bad.tar.xz");
-        fs::write(
-            &bad,
-            xz(&tar_bytes(&[
-                E::File("t/a", b"new", 0o644),
-                E::File("t/../x", b"", 0o644),
-            ])),
-        )
-        .unwrap();
+        fs::write(&bad, xz(&tar_bytes(&[E::File("t/a", b"new", 0o644), E::File("t/../x", b"", 0o644)]))).unwrap();
         assert!(extract(&bad, &sha(&bad), &dest, "linux").is_err());
         assert_eq!(fs::read_to_string(dest.join(STAMP)).unwrap(), format!("{old}\n"));
         assert_eq!(fs::read(dest.join("Makefile")).unwrap(), b"VERSION = 6\n");
@@ -963,7 +749,10 @@ mod tests {
         fs::write(&blob, xz(&tar_bytes(&[E::File("top/Makefile", b"evil\n", 0o644)]))).unwrap();
         let dest = dir.join("src/linux");
         let err = format!("{:#}", extract(&blob, &expected, &dest, "linux").unwrap_err());
-        assert!(err.contains(&format!("expected sha256 {expected}, got ")) && err.contains("removed it from the cache; run again"), "{err}");
+        assert!(
+            err.contains(&format!("expected sha256 {expected}, got ")) && err.contains("removed it from the cache; run again"),
+            "{err}"
+        );
         assert!(!blob.exists(), "the corrupt blob is removed");
         assert!(!dest.exists(), "nothing of it is used");
         assert_eq!(leftovers(&dir.join("src")), Vec::<String>::new());
@@ -1019,20 +808,12 @@ mod tests {
     #[test]
     #[ignore = "needs a real tarball and about 1.5 GB of disk"]
     fn bench_real_tarball() {
-        let tarball = PathBuf::from(
-            std::env::var_os("KERNEL_LAB_BENCH_TARBALL").expect("KERNEL_LAB_BENCH_TARBALL"),
-        );
-        let dest = PathBuf::from(
-            std::env::var_os("KERNEL_LAB_BENCH_DEST").expect("KERNEL_LAB_BENCH_DEST"),
-        );
+        let tarball = PathBuf::from(std::env::var_os("KERNEL_LAB_BENCH_TARBALL").expect("KERNEL_LAB_BENCH_TARBALL"));
+        let dest = PathBuf::from(std::env::var_os("KERNEL_LAB_BENCH_DEST").expect("KERNEL_LAB_BENCH_DEST"));
         let bench = sha(&tarball);
         let started = std::time::Instant::now();
         extract(&tarball, &bench, &dest, "bench").unwrap();
-        eprintln!(
-            "extracted {} in {:.2} s",
-            tarball.display(),
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("extracted {} in {:.2} s", tarball.display(), started.elapsed().as_secs_f64());
         assert!(dest.join("Makefile").is_file());
         let started = std::time::Instant::now();
         extract(&tarball, &bench, &dest, "bench").unwrap();

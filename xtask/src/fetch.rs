@@ -100,11 +100,7 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
             stale.push(format!("busybox: {} -> {want_bb}", old.busybox.version));
         }
         if !stale.is_empty() {
-            bail!(
-                "--locked: lock {} is stale; running without --locked would change:\n  {}",
-                lock_path.display(),
-                stale.join("\n  ")
-            );
+            bail!("--locked: lock {} is stale; running without --locked would change:\n  {}", lock_path.display(), stale.join("\n  "));
         }
         reverify_kernel(layout, plan, &lock_path, &old.kernel)?;
         reverify_busybox(layout, plan, &lock_path, &old.busybox)?;
@@ -555,8 +551,7 @@ pub fn release_epoch(lock: &Lock, kernel_src: &Path) -> Result<u64> {
     if lock.kernel.released > 0 {
         return Ok(lock.kernel.released as u64);
     }
-    let meta = std::fs::metadata(kernel_src.join("Makefile"))
-        .with_context(|| format!("read {}/Makefile", kernel_src.display()))?;
+    let meta = std::fs::metadata(kernel_src.join("Makefile")).with_context(|| format!("read {}/Makefile", kernel_src.display()))?;
     let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH)?;
     Ok(mtime.as_secs())
 }

@@ -11,9 +11,8 @@ pub fn check(group: &str, name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("read golden file {}: {e}; create it with UPDATE_GOLDEN=1 cargo test -p xtask", path.display())
-    });
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read golden file {}: {e}; create it with UPDATE_GOLDEN=1 cargo test -p xtask", path.display()));
     if expected != actual {
         panic!(
             "{} differs from the generated text; if the change is intended, run \
@@ -26,7 +25,8 @@ pub fn check(group: &str, name: &str, actual: &str) {
 
 /// `diff -u golden generated`, or both texts when diff cannot run.
 fn unified_diff(golden: &Path, actual: &str) -> String {
-    let tmp = std::env::temp_dir().join(format!("kernel-lab-golden-{}-{}", std::process::id(), golden.file_name().unwrap().to_string_lossy()));
+    let tmp =
+        std::env::temp_dir().join(format!("kernel-lab-golden-{}-{}", std::process::id(), golden.file_name().unwrap().to_string_lossy()));
     std::fs::write(&tmp, actual).unwrap();
     let out = Command::new("diff").args(["-u", "--label", "golden", "--label", "generated"]).arg(golden).arg(&tmp).output();
     let _ = std::fs::remove_file(&tmp);

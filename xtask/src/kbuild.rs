@@ -212,14 +212,7 @@ pub struct KernelBuild {
 
 /// Builds bzImage, vmlinux and the gdb helpers in `build`, reproducibly: the same inputs give
 /// byte-identical images whatever the directories are called.
-pub fn build(
-    sh: &Shell,
-    src: &Path,
-    build: &Path,
-    inputs: &BuildInputs<'_>,
-    make: &MakePlan,
-    release_epoch: u64,
-) -> Result<KernelBuild> {
+pub fn build(sh: &Shell, src: &Path, build: &Path, inputs: &BuildInputs<'_>, make: &MakePlan, release_epoch: u64) -> Result<KernelBuild> {
     let start = Instant::now();
     check_kernel_tree(src)?;
     let config = build.join(".config");
@@ -239,10 +232,7 @@ pub fn build(
     let maps = prefix_maps(src, build);
     let stamp = inputs_stamp(sh, build, inputs, make.cc_wrapper, release_epoch, &maps)?;
     let stamp_path = build.join(INPUTS_STAMP);
-    if outputs.bzimage.is_file()
-        && outputs.vmlinux.is_file()
-        && std::fs::read(&stamp_path).ok().as_deref() == Some(stamp.as_bytes())
-    {
+    if outputs.bzimage.is_file() && outputs.vmlinux.is_file() && std::fs::read(&stamp_path).ok().as_deref() == Some(stamp.as_bytes()) {
         outputs.up_to_date = true;
         outputs.elapsed = start.elapsed();
         return Ok(outputs);
@@ -258,16 +248,15 @@ pub fn build(
         .env("KCFLAGS", &maps)
         .env("KAFLAGS", &maps);
 
-    let expected = std::fs::read_to_string(build.join(OBJECTS_STAMP))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(match inputs.base {
+    let expected =
+        std::fs::read_to_string(build.join(OBJECTS_STAMP)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(match inputs.base {
             ConfigBase::Tinyconfig => FIRST_BUILD_STEPS_TINYCONFIG,
             ConfigBase::Defconfig => FIRST_BUILD_STEPS_DEFCONFIG,
         });
     let log_path = build.join("build.log");
     let objects = run_streaming(make, &log_path, expected)?;
-    std::fs::write(build.join(OBJECTS_STAMP), format!("{objects}\n")).with_context(|| format!("write {}", build.join(OBJECTS_STAMP).display()))?;
+    std::fs::write(build.join(OBJECTS_STAMP), format!("{objects}\n"))
+        .with_context(|| format!("write {}", build.join(OBJECTS_STAMP).display()))?;
     for p in [&outputs.bzimage, &outputs.vmlinux, &outputs.system_map] {
         if !p.is_file() {
             bail!("make succeeded but {} is missing; see {}", p.display(), log_path.display());
@@ -287,7 +276,14 @@ pub(crate) fn prefix_maps(src: &Path, build: &Path) -> String {
 }
 
 /// Everything the images depend on, as readable text so a rebuild can be explained with `diff`.
-pub(crate) fn inputs_stamp(sh: &Shell, build: &Path, inputs: &BuildInputs<'_>, cc_wrapper: Option<CcWrapper>, epoch: u64, maps: &str) -> Result<String> {
+pub(crate) fn inputs_stamp(
+    sh: &Shell,
+    build: &Path,
+    inputs: &BuildInputs<'_>,
+    cc_wrapper: Option<CcWrapper>,
+    epoch: u64,
+    maps: &str,
+) -> Result<String> {
     let first_line = |out: String| out.lines().next().unwrap_or("").to_string();
     let gcc = first_line(cmd!(sh, "gcc --version").quiet().read().context("run `gcc --version` (install build-essential)")?);
     let ld = first_line(cmd!(sh, "ld --version").quiet().read().context("run `ld --version` (install binutils)")?);
@@ -301,7 +297,10 @@ pub(crate) fn inputs_stamp(sh: &Shell, build: &Path, inputs: &BuildInputs<'_>, c
     for p in inputs.patches {
         s.push_str(&format!("patch {} {}\n", p.display(), sha256_file(p)?));
     }
-    s.push_str(&format!("gcc {gcc}\nld {ld}\ncc-wrapper {}\nrelease-epoch {epoch}\nprefix-maps {maps}\n", cc_wrapper.map_or("none".to_string(), |w| w.to_string())));
+    s.push_str(&format!(
+        "gcc {gcc}\nld {ld}\ncc-wrapper {}\nrelease-epoch {epoch}\nprefix-maps {maps}\n",
+        cc_wrapper.map_or("none".to_string(), |w| w.to_string())
+    ));
     Ok(s)
 }
 
@@ -355,7 +354,10 @@ fn kbuild_step(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("  ")?;
     let tag_end = rest.find(' ')?;
     let tag = &rest[..tag_end];
-    if tag.len() < 2 || !tag.starts_with(|c: char| c.is_ascii_uppercase()) || !tag.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
+    if tag.len() < 2
+        || !tag.starts_with(|c: char| c.is_ascii_uppercase())
+        || !tag.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
         return None;
     }
     let rest = rest[tag_end..].trim_start();
@@ -454,10 +456,7 @@ mod tests {
 
     #[test]
     fn prefix_maps_have_no_trailing_slash() {
-        assert_eq!(
-            prefix_maps(Path::new("/s/linux/"), Path::new("/b/out")),
-            "-ffile-prefix-map=/s/linux=. -ffile-prefix-map=/b/out=."
-        );
+        assert_eq!(prefix_maps(Path::new("/s/linux/"), Path::new("/b/out")), "-ffile-prefix-map=/s/linux=. -ffile-prefix-map=/b/out=.");
     }
 
     /// A build directory whose inputs stamp matches is not rebuilt: no make runs (the fake
@@ -477,7 +476,8 @@ mod tests {
         std::fs::write(&frag, "CONFIG_A=y\n").unwrap();
         let sh = Shell::new().unwrap();
         let frags = [frag.clone()];
-        let inputs = BuildInputs { tarball_sha256: "ab12", recipe: b"kernel: {}", fragments: &frags, patches: &[], base: ConfigBase::Tinyconfig };
+        let inputs =
+            BuildInputs { tarball_sha256: "ab12", recipe: b"kernel: {}", fragments: &frags, patches: &[], base: ConfigBase::Tinyconfig };
         let maps = prefix_maps(&src, &build);
         std::fs::write(build.join(INPUTS_STAMP), inputs_stamp(&sh, &build, &inputs, None, 7, &maps).unwrap()).unwrap();
 
@@ -540,7 +540,8 @@ mod tests {
         let src = var("KERNEL_LAB_LINUX_SRC", "/work/scratch/linux-6.12.117");
         let scratch = var("KERNEL_LAB_SCRATCH", "/work/scratch");
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-        let mut fragments: Vec<PathBuf> = ["lab.config", "smp.config", "netns.config", "debug.config"].iter().map(|f| configs.join(f)).collect();
+        let mut fragments: Vec<PathBuf> =
+            ["lab.config", "smp.config", "netns.config", "debug.config"].iter().map(|f| configs.join(f)).collect();
         let sh = Shell::new().unwrap();
         let t = Instant::now();
         configure(&sh, &src, &scratch.join("cfg-defconfig"), ConfigBase::Defconfig, &fragments, "6.12.117", Nic::E1000).unwrap();
@@ -549,7 +550,10 @@ mod tests {
         let bad = scratch.join("bad.config");
         std::fs::write(&bad, "# broken on purpose\nCONFIG_NET_NSS=y\nCONFIG_KVM_GUEST=y\n").unwrap();
         fragments.push(bad.clone());
-        let e = format!("{:#}", configure(&sh, &src, &scratch.join("cfg-bad"), ConfigBase::Tinyconfig, &fragments, "6.12.117", Nic::E1000).unwrap_err());
+        let e = format!(
+            "{:#}",
+            configure(&sh, &src, &scratch.join("cfg-bad"), ConfigBase::Tinyconfig, &fragments, "6.12.117", Nic::E1000).unwrap_err()
+        );
         eprintln!("{e}");
         assert!(e.contains("did you mean CONFIG_NET_NS?"), "{e}");
         assert!(e.contains("CONFIG_KVM_GUEST: asked y") && e.contains("HYPERVISOR_GUEST"), "{e}");
@@ -565,17 +569,40 @@ mod tests {
         let src = var("KERNEL_LAB_LINUX_SRC", "/work/scratch/linux-6.12.117");
         let build_dir = var("KERNEL_LAB_BUILD", "/work/scratch/build-a");
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-        let fragments: Vec<PathBuf> = ["lab.config", "smp.config", "netns.config", "debug.config"].iter().map(|f| configs.join(f)).collect();
+        let fragments: Vec<PathBuf> =
+            ["lab.config", "smp.config", "netns.config", "debug.config"].iter().map(|f| configs.join(f)).collect();
         let sh = Shell::new().unwrap();
         let t = Instant::now();
         configure(&sh, &src, &build_dir, ConfigBase::Tinyconfig, &fragments, "6.12.117", Nic::E1000).unwrap();
         eprintln!("configure: {:?}", t.elapsed());
-        let inputs = BuildInputs { tarball_sha256: "test", recipe: b"tinyconfig test", fragments: &fragments, patches: &[], base: ConfigBase::Tinyconfig };
-        let out = build(&sh, &src, &build_dir, &inputs, &MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None }, 1761782400).unwrap();
+        let inputs = BuildInputs {
+            tarball_sha256: "test",
+            recipe: b"tinyconfig test",
+            fragments: &fragments,
+            patches: &[],
+            base: ConfigBase::Tinyconfig,
+        };
+        let out = build(
+            &sh,
+            &src,
+            &build_dir,
+            &inputs,
+            &MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None },
+            1761782400,
+        )
+        .unwrap();
         eprintln!("build: up_to_date={} objects={} {:?}", out.up_to_date, out.objects, out.elapsed);
         let t = Instant::now();
         configure(&sh, &src, &build_dir, ConfigBase::Tinyconfig, &fragments, "6.12.117", Nic::E1000).unwrap();
-        let again = build(&sh, &src, &build_dir, &inputs, &MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None }, 1761782400).unwrap();
+        let again = build(
+            &sh,
+            &src,
+            &build_dir,
+            &inputs,
+            &MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None },
+            1761782400,
+        )
+        .unwrap();
         eprintln!("no-op configure+build: {:?}", t.elapsed());
         assert!(again.up_to_date);
         assert!(t.elapsed() < Duration::from_secs(1));

@@ -199,8 +199,9 @@ pub fn index(src: &Path, skip: Option<&Path>) -> Result<SymbolIndex> {
     let mut idx = SymbolIndex::default();
     let mut stack = vec![src.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .with_context(|| format!("read directory {} while indexing Kconfig files (is {} a kernel tree?)", dir.display(), src.display()))?;
+        let entries = std::fs::read_dir(&dir).with_context(|| {
+            format!("read directory {} while indexing Kconfig files (is {} a kernel tree?)", dir.display(), src.display())
+        })?;
         for entry in entries {
             let entry = entry.with_context(|| format!("list {}", dir.display()))?;
             let path = entry.path();
@@ -572,7 +573,10 @@ mod tests {
     #[test]
     fn check_passes_when_everything_survived() {
         let (dir, idx) = fixture();
-        let req = entries("configs/netns.config", "CONFIG_NET=y\nCONFIG_NET_NS=y\n# CONFIG_E1000 is not set\nCONFIG_NR_CPUS=64\nCONFIG_NAMESPACES=m\n");
+        let req = entries(
+            "configs/netns.config",
+            "CONFIG_NET=y\nCONFIG_NET_NS=y\n# CONFIG_E1000 is not set\nCONFIG_NR_CPUS=64\nCONFIG_NAMESPACES=m\n",
+        );
         let fin = entries(".config", "CONFIG_NET=y\nCONFIG_NET_NS=y\nCONFIG_NR_CPUS=64\nCONFIG_NAMESPACES=y\n");
         check(&req, &fin, &idx).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
@@ -581,7 +585,10 @@ mod tests {
     #[test]
     fn check_lists_each_lost_option_with_origin_and_dependencies() {
         let (dir, idx) = fixture();
-        let req = entries("configs/lab.config", "CONFIG_NET=y\nCONFIG_NET_NS=y\nCONFIG_E1000=y\nCONFIG_NR_CPUS=64\n# CONFIG_NAMESPACES is not set\n");
+        let req = entries(
+            "configs/lab.config",
+            "CONFIG_NET=y\nCONFIG_NET_NS=y\nCONFIG_E1000=y\nCONFIG_NR_CPUS=64\n# CONFIG_NAMESPACES is not set\n",
+        );
         let fin = entries(".config", "CONFIG_NET=y\n# CONFIG_NET_NS is not set\nCONFIG_NR_CPUS=8\nCONFIG_NAMESPACES=y\n");
         let e = format!("{:#}", check(&req, &fin, &idx).unwrap_err());
         assert!(e.contains("4 requested option(s)"), "{e}");

@@ -73,12 +73,13 @@ pub struct Lab {
 impl Lab {
     /// Opens a lab built by `cargo xtask kernel` (through its `artifacts/labs/<recipe>` link too).
     pub fn open(dir: &Path) -> Result<Lab> {
-        let dir = fs::canonicalize(dir)
-            .with_context(|| format!("lab directory {}: build it first with `cargo xtask kernel`", dir.display()))?;
+        let dir =
+            fs::canonicalize(dir).with_context(|| format!("lab directory {}: build it first with `cargo xtask kernel`", dir.display()))?;
         let path = dir.join(LAB_JSON);
         let text = fs::read_to_string(&path)
             .with_context(|| format!("read {}: is {} a lab built by `cargo xtask kernel`?", path.display(), dir.display()))?;
-        let desc = serde_json::from_str(&text).with_context(|| format!("parse {}: rebuild the lab with `cargo xtask kernel`", path.display()))?;
+        let desc =
+            serde_json::from_str(&text).with_context(|| format!("parse {}: rebuild the lab with `cargo xtask kernel`", path.display()))?;
         Ok(Lab { dir, desc })
     }
 
@@ -371,7 +372,13 @@ mod tests {
         std::os::unix::fs::symlink(src.join("scripts/gdb/linux/utils.py"), build.join("scripts/gdb/linux/utils.py")).unwrap();
         fs::write(build.join("scripts/gdb/linux/constants.py"), "LX_CONFIG = 1\n").unwrap();
         fs::write(build.join("scripts/gdb/linux/.constants.py.cmd"), "x").unwrap();
-        for (p, c) in [("arch/x86/boot/bzImage", "bz"), ("vmlinux", "elf"), ("System.map", "map"), (".config", "CONFIG_A=y\n"), (".stamp", "inputs v1\n")] {
+        for (p, c) in [
+            ("arch/x86/boot/bzImage", "bz"),
+            ("vmlinux", "elf"),
+            ("System.map", "map"),
+            (".config", "CONFIG_A=y\n"),
+            (".stamp", "inputs v1\n"),
+        ] {
             fs::write(build.join(p), c).unwrap();
         }
         let kernel = KernelBuild {
@@ -388,10 +395,7 @@ mod tests {
     }
 
     fn scripts(run_sh: &str) -> Vec<TextFile> {
-        vec![
-            TextFile { name: RUN_SH, mode: 0o755, text: run_sh.into() },
-            TextFile { name: README, mode: 0o644, text: "# lab\n".into() },
-        ]
+        vec![TextFile { name: RUN_SH, mode: 0o755, text: run_sh.into() }, TextFile { name: README, mode: 0o644, text: "# lab\n".into() }]
     }
 
     #[test]
@@ -551,7 +555,11 @@ mod tests {
         let dir = scratch("open");
         let err = format!("{:#}", Lab::open(&dir).unwrap_err());
         assert!(err.contains("lab.json") && err.contains("cargo xtask kernel"), "{err}");
-        fs::write(dir.join(LAB_JSON), r#"{"recipe":"lts","kernel_version":"6.12.117","busybox_version":"1.35.0","smp":4,"uid":1000,"nic":"rtl8139"}"#).unwrap();
+        fs::write(
+            dir.join(LAB_JSON),
+            r#"{"recipe":"lts","kernel_version":"6.12.117","busybox_version":"1.35.0","smp":4,"uid":1000,"nic":"rtl8139"}"#,
+        )
+        .unwrap();
         let err = format!("{:#}", Lab::open(&dir).unwrap_err());
         assert!(err.contains("rtl8139"), "{err}");
         write_description(&dir, &description()).unwrap();

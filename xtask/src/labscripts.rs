@@ -39,10 +39,8 @@ pub struct LabInfo {
 pub fn render(info: &LabInfo) -> Result<Vec<TextFile>> {
     check(info)?;
     let q = &info.qemu;
-    let topology: String = [("cores", q.cores), ("threads", q.threads)]
-        .iter()
-        .filter_map(|(k, v)| v.map(|v| format!(",{k}={v}")))
-        .collect();
+    let topology: String =
+        [("cores", q.cores), ("threads", q.threads)].iter().filter_map(|(k, v)| v.map(|v| format!(",{k}={v}"))).collect();
     let smp_desc = if topology.is_empty() {
         q.smp.get().to_string()
     } else {
@@ -122,8 +120,7 @@ fn fill(name: &str, template: &str, vars: &[(&str, String)]) -> Result<String> {
 
 /// Quotes a value as one bash word; plain words stay readable in the generated script.
 fn shell_quote(value: &str) -> String {
-    let plain = !value.is_empty()
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c));
+    let plain = !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c));
     if plain {
         value.to_string()
     } else {
@@ -294,7 +291,20 @@ mod tests {
 
         let out = run(
             &lab.join("run.sh"),
-            &["--debug", "--no-kvm", "--smp", "4", "--gdb-port", "4321", "--append", "lab.test=1 panic=-1", "--append=oops=panic", "--", "-snapshot", "a b"],
+            &[
+                "--debug",
+                "--no-kvm",
+                "--smp",
+                "4",
+                "--gdb-port",
+                "4321",
+                "--append",
+                "lab.test=1 panic=-1",
+                "--append=oops=panic",
+                "--",
+                "-snapshot",
+                "a b",
+            ],
             Some(&path),
         );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -311,10 +321,7 @@ mod tests {
         assert!(has_pair(&args, "-device", "e1000,netdev=net0,romfile="), "{args:?}");
         assert!(has_pair(&args, "-netdev", "user,id=net0"), "{args:?}");
         assert!(has_pair(&args, "-accel", "tcg"), "{args:?}");
-        assert!(
-            has_pair(&args, "-append", "console=ttyS0 nokaslr loglevel=7 quiet's lab.test=1 panic=-1 oops=panic"),
-            "{args:?}"
-        );
+        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr loglevel=7 quiet's lab.test=1 panic=-1 oops=panic"), "{args:?}");
         for flag in ["-nographic", "-no-reboot"] {
             assert!(args.contains(&flag.to_string()), "{flag} missing: {args:?}");
         }

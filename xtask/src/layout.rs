@@ -19,10 +19,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn from_env() -> Result<Layout> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("xtask crate has no parent directory")?
-            .to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask crate has no parent directory")?.to_path_buf();
         let artifacts = match std::env::var_os("KERNEL_LAB_ARTIFACTS") {
             Some(dir) => PathBuf::from(dir),
             None => root.join("artifacts"),

@@ -138,9 +138,8 @@ pub fn read(path: &Path) -> Result<Option<Lock>> {
                 check_kernel(path, &old.kernel)?;
                 return Err(Legacy { path: path.to_path_buf(), kernel_version: old.kernel.version }.into());
             }
-            return Err(e).with_context(|| {
-                format!("parse lock {}: delete it and run again without --locked to regenerate it", path.display())
-            });
+            return Err(e)
+                .with_context(|| format!("parse lock {}: delete it and run again without --locked to regenerate it", path.display()));
         }
     };
     check(path, &lock)?;
@@ -177,7 +176,8 @@ pub fn check(path: &Path, lock: &Lock) -> Result<()> {
         (BusyboxCheck::None, _, _) => {
             return Err(bad("busybox.verified", &b.verified.to_string(), "must be false with no signer when busybox.check is none".into()))
         }
-        (_, true, Some(fpr)) if fpr.len() == 40 && fpr.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase() && c.is_ascii_hexdigit()) => {}
+        (_, true, Some(fpr))
+            if fpr.len() == 40 && fpr.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase() && c.is_ascii_hexdigit()) => {}
         (_, true, signer) => {
             let signer = signer.as_deref().unwrap_or("null");
             return Err(bad("busybox.signer", signer, "is not a 40-digit uppercase hex fingerprint".into()));
@@ -196,7 +196,8 @@ fn check_kernel(path: &Path, k: &LockedKernel) -> Result<()> {
     };
     releases::check_version(&k.version).map_err(|e| bad("kernel.version", &k.version, format!("is invalid ({e})")))?;
     let signed = k.sums_path.is_some();
-    let tar_path = releases::kernel_tarball(&k.version, signed).map_err(|e| bad("kernel.version", &k.version, format!("is invalid ({e})")))?;
+    let tar_path =
+        releases::kernel_tarball(&k.version, signed).map_err(|e| bad("kernel.version", &k.version, format!("is invalid ({e})")))?;
     if k.path != tar_path {
         return Err(bad("kernel.path", &k.path, format!("is not the path kernel {} names (expected {tar_path})", k.version)));
     }
@@ -211,7 +212,9 @@ fn check_kernel(path: &Path, k: &LockedKernel) -> Result<()> {
                 return Err(bad("kernel.sums_path", sums, format!("is not the sums file of kernel {} (expected {expected})", k.version)));
             }
         }
-        None if k.verified => return Err(bad("kernel.verified", "true", "needs kernel.sums_path: nothing signed an unsigned snapshot".into())),
+        None if k.verified => {
+            return Err(bad("kernel.verified", "true", "needs kernel.sums_path: nothing signed an unsigned snapshot".into()))
+        }
         None => {}
     }
     check_sha256(&k.sha256).map_err(|why| bad("kernel.sha256", &k.sha256, why))?;

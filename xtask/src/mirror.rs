@@ -34,13 +34,7 @@ pub struct LocalBusybox {
 /// Offline mode: publishes local tarballs, writing releases.json, the kernel's and busybox's
 /// sha256sums.asc (clearsigned with `sign_key` when given), busybox `.sha256` files and, when
 /// signing, busybox `.sig` files.
-pub fn from_local(
-    sh: &Shell,
-    out: &Path,
-    kernels: &[LocalKernel],
-    busyboxes: &[LocalBusybox],
-    sign_key: Option<&str>,
-) -> Result<()> {
+pub fn from_local(sh: &Shell, out: &Path, kernels: &[LocalKernel], busyboxes: &[LocalBusybox], sign_key: Option<&str>) -> Result<()> {
     let mut entries = Vec::new();
     for k in kernels {
         releases::check_version(&k.version)?;
@@ -170,11 +164,13 @@ fn write_sums(sh: &Shell, dir: &Path, prefix: &str, sign_key: Option<&str>) -> R
     }
     let path = dir.join("sha256sums.asc");
     let body = match sign_key {
-        Some(key) => cmd!(sh, "gpg --batch --yes --local-user {key} --clearsign")
-            .stdin(text.as_bytes())
-            .output()
-            .with_context(|| format!("clearsign {} with key {key}", path.display()))?
-            .stdout,
+        Some(key) => {
+            cmd!(sh, "gpg --batch --yes --local-user {key} --clearsign")
+                .stdin(text.as_bytes())
+                .output()
+                .with_context(|| format!("clearsign {} with key {key}", path.display()))?
+                .stdout
+        }
         None => text.into_bytes(),
     };
     layout::write_atomic(&path, &body)
@@ -183,11 +179,7 @@ fn write_sums(sh: &Shell, dir: &Path, prefix: &str, sign_key: Option<&str>) -> R
 fn write_releases_json(out: &Path, entries: &[(&LocalKernel, String, i64)]) -> Result<()> {
     let mut sorted: Vec<_> = entries.iter().collect();
     sorted.sort_by_key(|(k, _, _)| std::cmp::Reverse(releases::version_key(&k.version)));
-    let stable = sorted
-        .iter()
-        .find(|(k, _, _)| k.moniker != "mainline")
-        .map(|(k, _, _)| k.version.clone())
-        .unwrap_or_default();
+    let stable = sorted.iter().find(|(k, _, _)| k.moniker != "mainline").map(|(k, _, _)| k.version.clone()).unwrap_or_default();
     let releases: Vec<serde_json::Value> = sorted
         .iter()
         .map(|(k, url, released)| {
@@ -218,13 +210,19 @@ pub fn command(sh: &Shell, layout: &Layout, args: &crate::cli::MirrorArgs) -> Re
         from_upstream(layout, &out, &plan)?;
     } else {
         if args.add_kernel.is_empty() && args.add_busybox.is_empty() {
-            bail!("nothing to publish: pass --add-kernel FILE --version V and/or --add-busybox FILE --busybox-version V, or --from-upstream");
+            bail!(
+                "nothing to publish: pass --add-kernel FILE --version V and/or --add-busybox FILE --busybox-version V, or --from-upstream"
+            );
         }
         if args.add_kernel.len() != args.version.len() {
             bail!("{} --add-kernel but {} --version: give one --version per kernel tarball", args.add_kernel.len(), args.version.len());
         }
         if args.add_busybox.len() != args.busybox_version.len() {
-            bail!("{} --add-busybox but {} --busybox-version: give one per busybox tarball", args.add_busybox.len(), args.busybox_version.len());
+            bail!(
+                "{} --add-busybox but {} --busybox-version: give one per busybox tarball",
+                args.add_busybox.len(),
+                args.busybox_version.len()
+            );
         }
         let kernels: Vec<LocalKernel> = args
             .add_kernel
@@ -237,12 +235,8 @@ pub fn command(sh: &Shell, layout: &Layout, args: &crate::cli::MirrorArgs) -> Re
                 moniker: args.moniker.get(i).cloned().unwrap_or_else(|| "longterm".into()),
             })
             .collect();
-        let busyboxes: Vec<LocalBusybox> = args
-            .add_busybox
-            .iter()
-            .zip(&args.busybox_version)
-            .map(|(f, v)| LocalBusybox { file: f.clone(), version: v.clone() })
-            .collect();
+        let busyboxes: Vec<LocalBusybox> =
+            args.add_busybox.iter().zip(&args.busybox_version).map(|(f, v)| LocalBusybox { file: f.clone(), version: v.clone() }).collect();
         from_local(sh, &out, &kernels, &busyboxes, args.sign_key.as_deref())?;
     }
     println!("mirror: {}", out.display());

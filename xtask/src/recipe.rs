@@ -264,7 +264,9 @@ impl TryFrom<String> for Hostname {
     fn try_from(s: String) -> Result<Self, String> {
         let labels_ok = s.split('.').all(|l| !l.is_empty() && l.starts_with(|c: char| c.is_ascii_alphanumeric()));
         if s.len() > 64 || !labels_ok || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-            return Err(format!("hostname {s:?} is not valid: use up to 64 letters, digits, '-' or '.', each label starting with a letter or digit"));
+            return Err(format!(
+                "hostname {s:?} is not valid: use up to 64 letters, digits, '-' or '.', each label starting with a letter or digit"
+            ));
         }
         Ok(Hostname(s))
     }
@@ -360,13 +362,10 @@ pub fn find(recipes_dir: &Path, name_or_path: &str) -> PathBuf {
 }
 
 pub fn load(path: &Path) -> Result<LoadedRecipe> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read recipe {} (list recipes with `ls recipes/`)", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read recipe {} (list recipes with `ls recipes/`)", path.display()))?;
     let recipe = parse(&text).with_context(|| format!("recipe {}", path.display()))?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .context("recipe path has no file name")?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).context("recipe path has no file name")?;
     check_name(&name, path)?;
     Ok(LoadedRecipe { name, path: path.to_path_buf(), recipe })
 }
@@ -429,7 +428,8 @@ fn check(r: &Recipe) -> Result<()> {
 }
 
 /// QEMU options that open sockets or change the guest's network (checked in `qemu.extra_args`).
-const LISTENING_OPTIONS: [&str; 12] = ["s", "gdb", "monitor", "qmp", "qmp-pretty", "chardev", "serial", "netdev", "nic", "net", "vnc", "spice"];
+const LISTENING_OPTIONS: [&str; 12] =
+    ["s", "gdb", "monitor", "qmp", "qmp-pretty", "chardev", "serial", "netdev", "nic", "net", "vnc", "spice"];
 
 /// A recipe's name (its file stem) names lab directories and their links: no separators, no dots
 /// (so `labs/<name>` can never be another recipe's `labs/<name>-<version>`).
@@ -465,7 +465,8 @@ mod tests {
         assert_eq!(stable.recipe.kernel.channel, Channel::Stable);
     }
 
-    const MINIMAL: &str = "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragments: [lab.config]\n";
+    const MINIMAL: &str =
+        "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragments: [lab.config]\n";
 
     #[test]
     fn minimal_recipe_gets_defaults() {

@@ -96,11 +96,9 @@ pub fn resolve<'a>(releases: &'a Releases, request: &Request) -> Result<&'a Rele
                 .find(|r| &r.version == v)
                 .with_context(|| format!("releases.json names latest_stable {v} but has no release entry for it"))?
         }
-        Request::Mainline => releases
-            .releases
-            .iter()
-            .find(|r| r.moniker == "mainline")
-            .context("releases.json lists no mainline release")?,
+        Request::Mainline => {
+            releases.releases.iter().find(|r| r.moniker == "mainline").context("releases.json lists no mainline release")?
+        }
         Request::Exact(v) => match releases.releases.iter().find(|r| &r.version == v) {
             Some(r) => r,
             // Older point releases drop off releases.json but stay on the mirror; the caller

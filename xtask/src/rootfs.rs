@@ -11,8 +11,8 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::cpio::{Archive, Entry, Kind};
 use crate::boottest;
+use crate::cpio::{Archive, Entry, Kind};
 use crate::recipe::{ExtraFile, Nic, RootfsSpec};
 
 const INIT_TEMPLATE: &str = include_str!("../templates/init.sh");
@@ -47,8 +47,7 @@ pub fn applets(busybox: &Path) -> Result<Vec<String>> {
     let out = xshell::cmd!(sh, "{busybox} --list-full").quiet().read().with_context(|| {
         format!("run {} --list-full: it must be a busybox binary that runs on this host (static x86_64)", busybox.display())
     })?;
-    let list: Vec<String> =
-        out.lines().map(|l| l.trim().trim_start_matches('/').to_string()).filter(|l| !l.is_empty()).collect();
+    let list: Vec<String> = out.lines().map(|l| l.trim().trim_start_matches('/').to_string()).filter(|l| !l.is_empty()).collect();
     ensure!(!list.is_empty(), "{} --list-full printed no applets: is it really busybox?", busybox.display());
     Ok(list)
 }
@@ -71,8 +70,8 @@ pub fn build(input: &RootfsInput) -> Result<Archive> {
     a.add_dir_all("root", 0o700, 0, 0)?;
     a.add_dir_all(&format!("home/{user}"), 0o755, uid, uid)?;
 
-    let busybox = fs::read(input.busybox)
-        .with_context(|| format!("read busybox binary {} (build busybox first)", input.busybox.display()))?;
+    let busybox =
+        fs::read(input.busybox).with_context(|| format!("read busybox binary {} (build busybox first)", input.busybox.display()))?;
     // Only the applets that need root get it, through a setuid copy: a setuid /bin/busybox would
     // make every process of the user non-dumpable (its /proc files root's), unlike a real system.
     a.add_file("bin/busybox", 0o755, 0, 0, busybox.clone())?;
@@ -369,20 +368,48 @@ mod tests {
     fn sha512_crypt_matches_reference_vectors() {
         // From Drepper's specification, each checked against glibc/libxcrypt via Python's crypt.crypt.
         let cases: [(&str, &str, Option<u32>, &str); 7] = [
-            ("Hello world!", "saltstring", None,
-             "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"),
-            ("Hello world!", "saltstringsaltstring", Some(10000),
-             "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v."),
-            ("This is just a test", "toolongsaltstring", Some(5000),
-             "$6$rounds=5000$toolongsaltstrin$lQ8jolhgVRVhY4b5pZKaysCLi0QBxGoNeKQzQ3glMhwllF7oGDZxUhx1yxdYcz/e1JSbq3y6JMxxl8audkUEm0"),
-            ("a very much longer text to encrypt.  This one even stretches over morethan one line.", "anotherlongsaltstring", Some(1400),
-             "$6$rounds=1400$anotherlongsalts$POfYwTEok97VWcjxIiSOjiykti.o/pQs.wPvMxQ6Fm7I6IoYN3CmLs66x9t0oSwbtEW7o7UmJEiDwGqd8p4ur1"),
-            ("we have a short salt string but not a short password", "short", Some(77777),
-             "$6$rounds=77777$short$WuQyW2YR.hBNpjjRhpYD/ifIw05xdfeEyQoMxIXbkvr0gge1a1x3yRULJ5CCaUeOxFmtlcGZelFl5CxtgfiAc0"),
-            ("the minimum number is still observed", "roundstoolow", Some(10),
-             "$6$rounds=1000$roundstoolow$kUMsbe306n21p9R.FRkW3IGn.S9NPN0x50YhH1xhLsPuWGsUSklZt58jaTfF4ZEQpyUNGc0dqbpBYYBaHHrsX."),
-            ("", "kernel-lab", None,
-             "$6$kernel-lab$boxgUdFS6MDxG0AaCNNTB9psvNrqz3g0VYrFiFqnRUNoZsJ/gjJq7C9Vr0KevS4vCEz7N1hUhagdFJ04fJGqj0"),
+            (
+                "Hello world!",
+                "saltstring",
+                None,
+                "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1",
+            ),
+            (
+                "Hello world!",
+                "saltstringsaltstring",
+                Some(10000),
+                "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.",
+            ),
+            (
+                "This is just a test",
+                "toolongsaltstring",
+                Some(5000),
+                "$6$rounds=5000$toolongsaltstrin$lQ8jolhgVRVhY4b5pZKaysCLi0QBxGoNeKQzQ3glMhwllF7oGDZxUhx1yxdYcz/e1JSbq3y6JMxxl8audkUEm0",
+            ),
+            (
+                "a very much longer text to encrypt.  This one even stretches over morethan one line.",
+                "anotherlongsaltstring",
+                Some(1400),
+                "$6$rounds=1400$anotherlongsalts$POfYwTEok97VWcjxIiSOjiykti.o/pQs.wPvMxQ6Fm7I6IoYN3CmLs66x9t0oSwbtEW7o7UmJEiDwGqd8p4ur1",
+            ),
+            (
+                "we have a short salt string but not a short password",
+                "short",
+                Some(77777),
+                "$6$rounds=77777$short$WuQyW2YR.hBNpjjRhpYD/ifIw05xdfeEyQoMxIXbkvr0gge1a1x3yRULJ5CCaUeOxFmtlcGZelFl5CxtgfiAc0",
+            ),
+            (
+                "the minimum number is still observed",
+                "roundstoolow",
+                Some(10),
+                "$6$rounds=1000$roundstoolow$kUMsbe306n21p9R.FRkW3IGn.S9NPN0x50YhH1xhLsPuWGsUSklZt58jaTfF4ZEQpyUNGc0dqbpBYYBaHHrsX.",
+            ),
+            (
+                "",
+                "kernel-lab",
+                None,
+                "$6$kernel-lab$boxgUdFS6MDxG0AaCNNTB9psvNrqz3g0VYrFiFqnRUNoZsJ/gjJq7C9Vr0KevS4vCEz7N1hUhagdFJ04fJGqj0",
+            ),
         ];
         for (key, salt, rounds, expected) in cases {
             assert_eq!(sha512_crypt(key.as_bytes(), salt, rounds), expected, "key {key:?}");
@@ -469,7 +496,8 @@ mod tests {
     }
 
     fn build_bytes(f: &Fixture) -> Result<Vec<u8>> {
-        let applets = ["bin/ash", "bin/busybox", "bin/ls", "bin/su", "usr/bin/passwd", "sbin/ip", "usr/bin/setuidgid", "usr/sbin/chroot", "linuxrc"];
+        let applets =
+            ["bin/ash", "bin/busybox", "bin/ls", "bin/su", "usr/bin/passwd", "sbin/ip", "usr/bin/setuidgid", "usr/sbin/chroot", "linuxrc"];
         let input = RootfsInput {
             spec: &f.spec,
             recipe_dir: &f.tmp.0,
@@ -540,7 +568,8 @@ mod tests {
         }
         let spec = RootfsSpec::default();
         let dir = busybox.parent().unwrap();
-        let input = RootfsInput { spec: &spec, recipe_dir: dir, busybox: &busybox, applets: list, kernel_version: VERSION, nic: Nic::E1000 };
+        let input =
+            RootfsInput { spec: &spec, recipe_dir: dir, busybox: &busybox, applets: list, kernel_version: VERSION, nic: Nic::E1000 };
         let archive = build(&input).unwrap();
         cpio::write_file(&archive, 0, false, &dir.join("kernel-lab-rootfs.cpio")).unwrap();
     }

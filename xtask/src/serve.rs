@@ -120,9 +120,8 @@ pub fn serve_forever(root: PathBuf, bind: &str) -> Result<()> {
 }
 
 fn listen(root: PathBuf, bind: &str, limits: Limits) -> Result<(TcpListener, Arc<State>)> {
-    let root = root
-        .canonicalize()
-        .with_context(|| format!("serve {}: the directory must exist (create it or fix the path)", root.display()))?;
+    let root =
+        root.canonicalize().with_context(|| format!("serve {}: the directory must exist (create it or fix the path)", root.display()))?;
     let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}: pick a free address or port"))?;
     let state = Arc::new(State {
         root,
@@ -451,37 +450,22 @@ mod tests {
     #[test]
     fn serves_files_ranges_and_errors() {
         let (root, server) = fixture();
-        let ok = raw(
-            &server,
-            "GET /pub/hello.txt?l=joe HTTP/1.1\r\nHost: x\r\n\r\n",
-        );
+        let ok = raw(&server, "GET /pub/hello.txt?l=joe HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("Content-Length: 11\r\n"));
         assert!(ok.ends_with("\r\n\r\nhello world"));
 
-        let part = raw(
-            &server,
-            "GET /pub/hello.txt HTTP/1.1\r\nRange: bytes=6-\r\n\r\n",
-        );
-        assert!(
-            part.starts_with("HTTP/1.1 206 Partial Content\r\n"),
-            "{part}"
-        );
+        let part = raw(&server, "GET /pub/hello.txt HTTP/1.1\r\nRange: bytes=6-\r\n\r\n");
+        assert!(part.starts_with("HTTP/1.1 206 Partial Content\r\n"), "{part}");
         assert!(part.contains("Content-Range: bytes 6-10/11\r\n"));
         assert!(part.ends_with("\r\n\r\nworld"));
 
-        let beyond = raw(
-            &server,
-            "GET /pub/hello.txt HTTP/1.1\r\nRange: bytes=11-\r\n\r\n",
-        );
+        let beyond = raw(&server, "GET /pub/hello.txt HTTP/1.1\r\nRange: bytes=11-\r\n\r\n");
         assert!(beyond.starts_with("HTTP/1.1 416 "), "{beyond}");
         assert!(beyond.contains("Content-Range: bytes */11"));
 
         let head = raw(&server, "HEAD /pub/hello.txt HTTP/1.1\r\n\r\n");
-        assert!(
-            head.contains("Content-Length: 11\r\n") && head.ends_with("\r\n\r\n"),
-            "{head}"
-        );
+        assert!(head.contains("Content-Length: 11\r\n") && head.ends_with("\r\n\r\n"), "{head}");
 
         assert!(raw(&server, "GET /pub/missing HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
         assert!(raw(&server, "GET /pub/ HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));

@@ -90,7 +90,10 @@ mod tests {
         assert_eq!(up.busybox("busybox/busybox-1.35.0.tar.bz2"), "https://busybox.net/downloads/busybox-1.35.0.tar.bz2");
         assert_eq!(up.kernel_org("pub/x"), "https://cdn.kernel.org/pub/x");
         assert!(Mirror::new("ftp://x").is_err());
-        assert_eq!(url_path("https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.12.1.tar.xz").unwrap(), "pub/linux/kernel/v6.x/linux-6.12.1.tar.xz");
+        assert_eq!(
+            url_path("https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.12.1.tar.xz").unwrap(),
+            "pub/linux/kernel/v6.x/linux-6.12.1.tar.xz"
+        );
         assert_eq!(url_path("https://git.kernel.org/torvalds/t/linux-6.18-rc2.tar.gz").unwrap(), "torvalds/t/linux-6.18-rc2.tar.gz");
     }
 }

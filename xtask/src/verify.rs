@@ -22,10 +22,7 @@ pub fn sums_lookup(sums_text: &str, file_name: &str) -> Option<String> {
             return None;
         }
         // One space then a mode character: ' ' for text, '*' for binary.
-        let name = rest
-            .strip_prefix(' ')
-            .or_else(|| rest.strip_prefix('*'))
-            .unwrap_or(rest);
+        let name = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*')).unwrap_or(rest);
         let name = name.strip_prefix("./").unwrap_or(name);
         (name == file_name).then(|| hash.to_ascii_lowercase())
     })
@@ -37,10 +34,7 @@ pub fn sums_lookup(sums_text: &str, file_name: &str) -> Option<String> {
 /// `expected_fpr` must be the fingerprint of the primary key of the signing key.
 pub fn verify_clearsigned(keyring: &Path, signed: &[u8], expected_fpr: &str) -> Result<String> {
     let text = String::from_utf8_lossy(signed);
-    let headers = text
-        .lines()
-        .filter(|l| l.trim_end() == SIGNED_MESSAGE_HEADER)
-        .count();
+    let headers = text.lines().filter(|l| l.trim_end() == SIGNED_MESSAGE_HEADER).count();
     if headers == 0 {
         bail!(
             "the checksum file is unsigned (no `{SIGNED_MESSAGE_HEADER}` line); refusing it \
@@ -48,9 +42,7 @@ pub fn verify_clearsigned(keyring: &Path, signed: &[u8], expected_fpr: &str) -> 
         );
     }
     if headers > 1 {
-        bail!(
-            "the checksum file holds {headers} signed messages, expected exactly one: refusing it"
-        );
+        bail!("the checksum file holds {headers} signed messages, expected exactly one: refusing it");
     }
     let keyring = absolute(keyring)?;
     let sh = Shell::new().context("create a shell to run gpgv")?;
@@ -68,22 +60,14 @@ pub fn verify_clearsigned(keyring: &Path, signed: &[u8], expected_fpr: &str) -> 
 
 /// Checks a detached signature (busybox's `.tar.bz2.sig`) of `data_path` against `keyring`;
 /// with `expected_fpr`, the signing key's primary key must have that fingerprint.
-pub fn verify_detached(
-    keyring: &Path,
-    data_path: &Path,
-    sig_path: &Path,
-    expected_fpr: Option<&str>,
-) -> Result<()> {
+pub fn verify_detached(keyring: &Path, data_path: &Path, sig_path: &Path, expected_fpr: Option<&str>) -> Result<()> {
     let keyring = absolute(keyring)?;
     let sh = Shell::new().context("create a shell to run gpgv")?;
-    let out = cmd!(
-        sh,
-        "gpgv --status-fd 2 --keyring {keyring} {sig_path} {data_path}"
-    )
-    .quiet()
-    .ignore_status()
-    .output()
-    .context("run gpgv (install gnupg / gpgv)")?;
+    let out = cmd!(sh, "gpgv --status-fd 2 --keyring {keyring} {sig_path} {data_path}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("run gpgv (install gnupg / gpgv)")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     check_status(&stderr, out.status.success(), expected_fpr, &keyring)
         .with_context(|| format!("verify {} with {}", data_path.display(), sig_path.display()))
@@ -99,11 +83,7 @@ fn check_status(stderr: &str, success: bool, expected_fpr: Option<&str>, keyring
     let status: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix("[GNUPG:] ")).collect();
     let human: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("[GNUPG:] ")).collect();
     let keyword_fields = |keyword: &str| -> Vec<Vec<&str>> {
-        status
-            .iter()
-            .filter(|l| l.split_whitespace().next() == Some(keyword))
-            .map(|l| l.split_whitespace().skip(1).collect())
-            .collect()
+        status.iter().filter(|l| l.split_whitespace().next() == Some(keyword)).map(|l| l.split_whitespace().skip(1).collect()).collect()
     };
     // A good signature that must still be refused: say which problem, not just "bad".
     let revoked_hint = "the signer revoked it: pin the signer's new key (KERNEL_LAB_SIGNER_FPR or --keyring FILE)";
@@ -161,10 +141,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Returns a binary OpenPGP key block, decoding ASCII armor if the input has it.
 pub fn dearmor_if_needed(key_bytes: &[u8]) -> Result<Vec<u8>> {
-    let start = key_bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(key_bytes.len());
+    let start = key_bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(key_bytes.len());
     let trimmed = &key_bytes[start..];
     if trimmed.starts_with(b"-----BEGIN PGP") {
         let text = std::str::from_utf8(trimmed).context("armored key is not ASCII")?;
@@ -173,9 +150,7 @@ pub fn dearmor_if_needed(key_bytes: &[u8]) -> Result<Vec<u8>> {
     // Binary OpenPGP packets always have the high bit of the first byte set.
     match key_bytes.first() {
         Some(b) if b & 0x80 != 0 => Ok(key_bytes.to_vec()),
-        _ => bail!(
-            "not an OpenPGP key (neither ASCII-armored nor binary): check the key file or URL"
-        ),
+        _ => bail!("not an OpenPGP key (neither ASCII-armored nor binary): check the key file or URL"),
     }
 }
 
@@ -231,25 +206,16 @@ pub fn key_fingerprints(key_bytes: &[u8]) -> Result<Vec<String>> {
     let home = TempHome::new()?;
     let sh = Shell::new().context("create a shell to run gpg")?;
     let home_path = &home.0;
-    let out = cmd!(
-        sh,
-        "gpg --batch --no-autostart --with-colons --import-options show-only --import"
-    )
-    .env("GNUPGHOME", home_path)
-    .stdin(key_bytes)
-    .quiet()
-    .ignore_status()
-    .output()
-    .context("run gpg (install gnupg)")?;
+    let out = cmd!(sh, "gpg --batch --no-autostart --with-colons --import-options show-only --import")
+        .env("GNUPGHOME", home_path)
+        .stdin(key_bytes)
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("run gpg (install gnupg)")?;
     let fprs = parse_primary_fprs(&String::from_utf8_lossy(&out.stdout));
     if fprs.is_empty() {
-        bail!(
-            "gpg found no public key in the key data: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        bail!("gpg found no public key in the key data: {}", String::from_utf8_lossy(&out.stderr).lines().collect::<Vec<_>>().join("; "));
     }
     Ok(fprs)
 }
@@ -285,10 +251,7 @@ impl TempHome {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("kernel-lab-gnupg-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("create temporary GNUPGHOME {}", dir.display()))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("create temporary GNUPGHOME {}", dir.display()))?;
         Ok(TempHome(dir))
     }
 }
@@ -335,10 +298,7 @@ pub(crate) mod tests {
             let home = scratch("testkey");
             std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
             let sh = Shell::new().unwrap();
-            let uid = format!(
-                "{name} <{}@example.org>",
-                name.to_lowercase().replace(' ', ".")
-            );
+            let uid = format!("{name} <{}@example.org>", name.to_lowercase().replace(' ', "."));
             let empty = "";
             cmd!(sh, "gpg --batch {gpg_args...} --pinentry-mode loopback --passphrase {empty} --quick-gen-key {uid} ed25519 sign {expire}")
                 .env("GNUPGHOME", &home)
@@ -346,23 +306,10 @@ pub(crate) mod tests {
                 .ignore_stderr()
                 .run()
                 .unwrap();
-            let public = cmd!(sh, "gpg --batch --export")
-                .env("GNUPGHOME", &home)
-                .output()
-                .unwrap()
-                .stdout;
-            let armored = cmd!(sh, "gpg --batch --armor --export")
-                .env("GNUPGHOME", &home)
-                .output()
-                .unwrap()
-                .stdout;
+            let public = cmd!(sh, "gpg --batch --export").env("GNUPGHOME", &home).output().unwrap().stdout;
+            let armored = cmd!(sh, "gpg --batch --armor --export").env("GNUPGHOME", &home).output().unwrap().stdout;
             let fpr = key_fingerprints(&public).unwrap().remove(0);
-            TestKey {
-                home,
-                fpr,
-                public,
-                armored,
-            }
+            TestKey { home, fpr, public, armored }
         }
 
         pub(crate) fn clearsign(&self, text: &str) -> Vec<u8> {
@@ -374,13 +321,13 @@ pub(crate) mod tests {
             let sh = Shell::new().unwrap();
             let empty = "";
             cmd!(sh, "gpg --batch {gpg_args...} --pinentry-mode loopback --passphrase {empty} --clearsign")
-            .env("GNUPGHOME", &self.home)
-            .stdin(text)
-            .quiet()
-            .ignore_stderr()
-            .output()
-            .unwrap()
-            .stdout
+                .env("GNUPGHOME", &self.home)
+                .stdin(text)
+                .quiet()
+                .ignore_stderr()
+                .output()
+                .unwrap()
+                .stdout
         }
 
         /// Imports the revocation certificate gpg made with the key, so `public` is now revoked.
@@ -409,11 +356,7 @@ pub(crate) mod tests {
         fn drop(&mut self) {
             let sh = Shell::new().unwrap();
             // The agent started for signing would outlive the test otherwise.
-            let _ = cmd!(sh, "gpgconf --kill gpg-agent")
-                .env("GNUPGHOME", &self.home)
-                .quiet()
-                .ignore_stderr()
-                .run();
+            let _ = cmd!(sh, "gpgconf --kill gpg-agent").env("GNUPGHOME", &self.home).quiet().ignore_stderr().run();
             let _ = std::fs::remove_dir_all(&self.home);
         }
     }
@@ -423,14 +366,8 @@ pub(crate) mod tests {
 
     #[test]
     fn sums_lookup_reads_both_modes() {
-        assert_eq!(
-            sums_lookup(SUMS, "linux-6.12.117.tar.xz").unwrap(),
-            "0123456789abcdef".repeat(4)
-        );
-        assert_eq!(
-            sums_lookup(SUMS, "busybox-1.35.0.tar.bz2").unwrap(),
-            "fedcba9876543210".repeat(4)
-        );
+        assert_eq!(sums_lookup(SUMS, "linux-6.12.117.tar.xz").unwrap(), "0123456789abcdef".repeat(4));
+        assert_eq!(sums_lookup(SUMS, "busybox-1.35.0.tar.bz2").unwrap(), "fedcba9876543210".repeat(4));
         assert_eq!(sums_lookup(SUMS, "linux-6.12.117.tar"), None);
         assert_eq!(sums_lookup("not a sums file\n", "x"), None);
     }
@@ -445,64 +382,37 @@ pub(crate) mod tests {
         let from_armor = dir.join("armored.gpg");
         std::fs::write(&from_armor, dearmor_if_needed(&key.armored).unwrap()).unwrap();
         assert_eq!(dearmor_if_needed(&key.armored).unwrap(), key.public);
-        assert_eq!(
-            key_fingerprints(&key.armored).unwrap(),
-            vec![key.fpr.clone()]
-        );
+        assert_eq!(key_fingerprints(&key.armored).unwrap(), vec![key.fpr.clone()]);
         assert_eq!(key.fpr.len(), 40);
 
         let signed = key.clearsign(SUMS);
         for keyring in [&binary, &from_armor] {
-            assert_eq!(
-                verify_clearsigned(keyring, &signed, &key.fpr.to_lowercase()).unwrap(),
-                SUMS
-            );
+            assert_eq!(verify_clearsigned(keyring, &signed, &key.fpr.to_lowercase()).unwrap(), SUMS);
         }
 
         // Text outside the signature must not reach the caller.
-        let mut wrapped =
-            b"6666666666666666666666666666666666666666666666666666666666666666  evil.tar.xz\n"
-                .to_vec();
+        let mut wrapped = b"6666666666666666666666666666666666666666666666666666666666666666  evil.tar.xz\n".to_vec();
         wrapped.extend_from_slice(&signed);
-        wrapped.extend_from_slice(
-            b"7777777777777777777777777777777777777777777777777777777777777777  evil2.tar.xz\n",
-        );
+        wrapped.extend_from_slice(b"7777777777777777777777777777777777777777777777777777777777777777  evil2.tar.xz\n");
         let body = verify_clearsigned(&binary, &wrapped, &key.fpr).unwrap();
         assert_eq!(body, SUMS);
         assert_eq!(sums_lookup(&body, "evil.tar.xz"), None);
 
-        let tampered = String::from_utf8(signed.clone())
-            .unwrap()
-            .replace("0123", "9123");
-        let err = format!(
-            "{:#}",
-            verify_clearsigned(&binary, tampered.as_bytes(), &key.fpr).unwrap_err()
-        );
+        let tampered = String::from_utf8(signed.clone()).unwrap().replace("0123", "9123");
+        let err = format!("{:#}", verify_clearsigned(&binary, tampered.as_bytes(), &key.fpr).unwrap_err());
         assert!(err.contains("bad or unverifiable signature"), "{err}");
 
-        let err = format!(
-            "{:#}",
-            verify_clearsigned(&binary, SUMS.as_bytes(), &key.fpr).unwrap_err()
-        );
-        assert!(
-            err.contains("unsigned") && err.contains("--insecure-skip-signature"),
-            "{err}"
-        );
+        let err = format!("{:#}", verify_clearsigned(&binary, SUMS.as_bytes(), &key.fpr).unwrap_err());
+        assert!(err.contains("unsigned") && err.contains("--insecure-skip-signature"), "{err}");
 
         // Signed by a key that is not in the keyring.
-        let err = format!(
-            "{:#}",
-            verify_clearsigned(&binary, &other.clearsign(SUMS), &key.fpr).unwrap_err()
-        );
+        let err = format!("{:#}", verify_clearsigned(&binary, &other.clearsign(SUMS), &key.fpr).unwrap_err());
         assert!(err.contains("bad or unverifiable signature"), "{err}");
 
         // Valid signature, but not from the expected signer.
         let both = dir.join("both.gpg");
         std::fs::write(&both, [key.public.clone(), other.public.clone()].concat()).unwrap();
-        let err = format!(
-            "{:#}",
-            verify_clearsigned(&both, &other.clearsign(SUMS), &key.fpr).unwrap_err()
-        );
+        let err = format!("{:#}", verify_clearsigned(&both, &other.clearsign(SUMS), &key.fpr).unwrap_err());
         assert!(err.contains("expected") && err.contains(&key.fpr), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

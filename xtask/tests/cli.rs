@@ -68,7 +68,11 @@ fn rootfs_list_unpack_repack_round_trip_and_bad_archive() {
 fn bad_recipe_names_file_line_and_field() {
     let dir = common::scratch("cli-recipe");
     let recipe = dir.join("typo.yaml");
-    std::fs::write(&recipe, "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragmnts: [lab.config]\n").unwrap();
+    std::fs::write(
+        &recipe,
+        "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragmnts: [lab.config]\n",
+    )
+    .unwrap();
     let out = run(&["kernel", "--dry-run", "--recipe", recipe.to_str().unwrap(), "--mirror", "http://127.0.0.1:9/"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);

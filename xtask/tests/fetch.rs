@@ -63,7 +63,8 @@ impl Fixture {
     }
 
     fn fingerprint(&self, email: &str) -> String {
-        let out = Command::new("gpg").env("GNUPGHOME", &self.gnupg).args(["--batch", "--with-colons", "--list-keys", email]).output().unwrap();
+        let out =
+            Command::new("gpg").env("GNUPGHOME", &self.gnupg).args(["--batch", "--with-colons", "--list-keys", email]).output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         text.lines().find(|l| l.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_string()
     }
@@ -461,7 +462,15 @@ impl Fixture {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("Makefile"), "# evil busybox\n").unwrap();
         let out = self.dir.join("evil-bb.tar.bz2");
-        assert!(Command::new("tar").arg("-C").arg(src.parent().unwrap()).arg("-cjf").arg(&out).arg("busybox-1.35.0").status().unwrap().success());
+        assert!(Command::new("tar")
+            .arg("-C")
+            .arg(src.parent().unwrap())
+            .arg("-cjf")
+            .arg(&out)
+            .arg("busybox-1.35.0")
+            .status()
+            .unwrap()
+            .success());
         out
     }
 }
@@ -580,7 +589,8 @@ fn busybox_is_verified_through_the_mirror_signed_sums() {
     let evil = f.evil_busybox();
     std::fs::remove_file(mirror.join("busybox/busybox-1.35.0.tar.bz2")).unwrap();
     std::fs::copy(&evil, mirror.join("busybox/busybox-1.35.0.tar.bz2")).unwrap();
-    std::fs::write(mirror.join("busybox/busybox-1.35.0.tar.bz2.sha256"), format!("{}  busybox-1.35.0.tar.bz2\n", sha256_of(&evil))).unwrap();
+    std::fs::write(mirror.join("busybox/busybox-1.35.0.tar.bz2.sha256"), format!("{}  busybox-1.35.0.tar.bz2\n", sha256_of(&evil)))
+        .unwrap();
     std::fs::remove_file(f.lock_path()).unwrap();
     f.forget_downloads();
     let out = f.fetch(&served.url, &["--keyring", k]);

@@ -31,7 +31,11 @@ fn missing_module_docs(dir: &Path) -> Vec<String> {
 fn every_module_starts_with_a_doc_line() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let missing = missing_module_docs(&src);
-    assert!(missing.is_empty(), "these files must start with a one-line `//!` doc saying what the module does:\n  {}", missing.join("\n  "));
+    assert!(
+        missing.is_empty(),
+        "these files must start with a one-line `//!` doc saying what the module does:\n  {}",
+        missing.join("\n  ")
+    );
 }
 
 #[test]
