@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -132,11 +133,21 @@ pub fn get_small_within(url: &str, limits: &SmallLimits) -> Result<Vec<u8>> {
         anyhow!("GET {url}: {size} bytes: refusing it (a small file is at most {} bytes); check the mirror", limits.max_bytes)
     };
     if let Some(path) = file_url_path(url) {
-        let len = std::fs::metadata(path).with_context(|| format!("read {url}: check the path"))?.len();
-        if len > limits.max_bytes {
-            return Err(too_big(format!("the file holds {len}, larger than {}", limits.max_bytes)));
+        // Opened first, then checked: a FIFO or /dev/zero (len 0) must not be read unbounded.
+        let file = File::open(path).with_context(|| format!("read {url}: check the path"))?;
+        let meta = file.metadata().with_context(|| format!("read {url}"))?;
+        if !meta.is_file() {
+            bail!("read {url}: not a regular file; refusing it");
         }
-        return std::fs::read(path).with_context(|| format!("read {url}: check the path"));
+        if meta.len() > limits.max_bytes {
+            return Err(too_big(format!("the file holds {}, larger than {}", meta.len(), limits.max_bytes)));
+        }
+        let mut bytes = Vec::new();
+        file.take(limits.max_bytes + 1).read_to_end(&mut bytes).with_context(|| format!("read {url}"))?;
+        if bytes.len() as u64 > limits.max_bytes {
+            return Err(too_big(format!("more than {}", limits.max_bytes)));
+        }
+        return Ok(bytes);
     }
     if !url.starts_with("http://") && !url.starts_with("https://") {
         bail!("unsupported URL {url}: use http://, https:// or file://");
@@ -343,11 +354,20 @@ pub fn fetch_unverified(layout: &Layout, url: &str, label: &str) -> Result<PathB
     Ok(blob)
 }
 
+/// `O_NOFOLLOW`: a symlink planted in the cache (which SECURITY.md counts as hostile) must not
+/// turn a download into a write to the file it points at.
+const O_NOFOLLOW: i32 = 0o400000;
+
+/// Creates or truncates `path` for writing, refusing to follow a symlink there.
+fn create_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(true).custom_flags(O_NOFOLLOW).open(path)
+}
+
 /// Copies a local file to `dst`, returning the sha256 of what was copied.
 fn copy_hashing(src: &Path, dst: &Path, bar: &ProgressBar) -> Result<String> {
     let mut input = File::open(src).with_context(|| format!("open {}: check the path", src.display()))?;
     bar.set_length(input.metadata().map(|m| m.len()).unwrap_or(0));
-    let mut output = File::create(dst).with_context(|| format!("create {}", dst.display()))?;
+    let mut output = create_nofollow(dst).with_context(|| format!("create {}", dst.display()))?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
@@ -384,7 +404,7 @@ fn download_attempt(client: &Client, url: &str, partial: &Path, bar: &ProgressBa
 
     let mut file = match resp.status() {
         StatusCode::PARTIAL_CONTENT if have > 0 && content_range.and_then(|r| r.0) == Some(have) => {
-            OpenOptions::new().append(true).open(partial).map_err(|e| fatal(e, "open"))?
+            OpenOptions::new().append(true).custom_flags(O_NOFOLLOW).open(partial).map_err(|e| fatal(e, "open"))?
         }
         StatusCode::PARTIAL_CONTENT => {
             // A range we did not ask for: drop the partial file and start over.
@@ -392,7 +412,7 @@ fn download_attempt(client: &Client, url: &str, partial: &Path, bar: &ProgressBa
             return Err(Failure::Transient(anyhow!("GET {url}: unexpected Content-Range, restarting from 0")));
         }
         // The server ignored Range (or there was none): the body starts at byte 0.
-        StatusCode::OK => File::create(partial).map_err(|e| fatal(e, "create"))?,
+        StatusCode::OK => create_nofollow(partial).map_err(|e| fatal(e, "create"))?,
         StatusCode::RANGE_NOT_SATISFIABLE if content_range.and_then(|r| r.1) == Some(have) => {
             // The partial file already holds the whole file; the hash check decides.
             return Ok(());
@@ -469,6 +489,27 @@ mod tests {
         let layout = Layout { root: dir.clone(), artifacts: dir.join("artifacts"), cache: dir.join("cache") };
         let sha = hash::sha256_bytes(&data);
         Fixture { dir, layout, server, data, sha }
+    }
+
+    /// A symlink planted at the partial file's name is not written through.
+    #[test]
+    fn a_planted_symlink_in_the_cache_is_not_followed() {
+        let f = fixture("symlink");
+        let victim = f.dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let partial = partial_path(&f.layout, &f.sha);
+        std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
+        let url = f.server.url("/pub/linux-1.0.tar.xz");
+        let _ = fetch_verified(&f.layout, &url, &f.sha, "linux-1.0");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    }
+
+    #[test]
+    fn a_file_mirror_cannot_feed_an_endless_file() {
+        let url = "file:///dev/zero";
+        let err = format!("{:#}", get_small(url).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -83,6 +83,24 @@ pub fn run(layout: &Layout, plan: &FetchPlan) -> Result<Sources> {
     download_and_extract(layout, &lock, &plan.mirror)
 }
 
+/// A lock's kernel must be an answer to its request: an exact request names the version, a
+/// series request its series. (The signed sums vouch for the bytes, not for the choice.)
+fn check_answers(lock_path: &Path, request: &Request, version: &str) -> Result<()> {
+    let ok = match request {
+        Request::Exact(v) => version == v,
+        Request::Longterm(Some(series)) => releases::series_of(version) == series,
+        Request::Longterm(None) | Request::Stable | Request::Mainline => true,
+    };
+    if !ok {
+        bail!(
+            "--locked: lock {} pins linux {version}, which does not answer its request {request}: \
+             delete the lock and run without --locked to resolve it again",
+            lock_path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Reads the lock (`--locked`, checking its hashes against the signed sums again) or resolves
 /// afresh and updates the lock when it changed.
 pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
@@ -102,6 +120,7 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         if !stale.is_empty() {
             bail!("--locked: lock {} is stale; running without --locked would change:\n  {}", lock_path.display(), stale.join("\n  "));
         }
+        check_answers(&lock_path, &plan.request, &old.kernel.version)?;
         reverify_kernel(layout, plan, &lock_path, &old.kernel)?;
         reverify_busybox(layout, plan, &lock_path, &old.busybox)?;
         return Ok((old, Metadata::default()));
@@ -378,6 +397,13 @@ fn listed_busybox_sha(mirror: &Mirror, path: &str, file: &str, meta: &mut Metada
 /// the signed bytes. `cached_for`: the sha256 whose cached copy to read first (`--locked`).
 fn busybox_mirror_sums(layout: &Layout, plan: &FetchPlan, file: &str, cached_for: Option<&str>) -> Result<(String, String, Vec<u8>)> {
     let url = plan.mirror.busybox(releases::BUSYBOX_SUMS);
+    // kernel.org's autosigner does not sign busybox: a sums file it signed elsewhere, served here,
+    // must not vouch for a busybox. Only a mirror key the user chose (--keyring, or another WKD
+    // pin through KERNEL_LAB_SIGNER_FPR) does.
+    let pinned = std::env::var("KERNEL_LAB_SIGNER_FPR").unwrap_or_else(|_| verify::KERNEL_ORG_AUTOSIGNER.to_string());
+    if plan.keyring.is_none() && pinned.eq_ignore_ascii_case(verify::KERNEL_ORG_AUTOSIGNER) {
+        bail!("{url} counts only with the mirror's own key (--keyring, or KERNEL_LAB_SIGNER_FPR): kernel.org's autosigner does not sign busybox");
+    }
     let asc = match cached_for {
         Some(sha) => cached_or_get(&vouch_path(layout, sha, "asc"), &url)?,
         None => download::get_small(&url)?,
@@ -487,7 +513,8 @@ fn keyring(layout: &Layout, plan: &FetchPlan) -> Result<(PathBuf, Vec<String>)> 
 fn wkd_keyring(layout: &Layout, base: &str, email: &str, expected_fpr: &str) -> Result<PathBuf> {
     let expected = expected_fpr.to_ascii_uppercase();
     let path = layout.cache_key(&expected);
-    let age = std::fs::metadata(&path).ok().and_then(|m| m.modified().ok()).map(|t| t.elapsed().unwrap_or_default());
+    // A modification time in the future (clock skew, or planted) counts as stale, not as new.
+    let age = std::fs::metadata(&path).ok().and_then(|m| m.modified().ok()).map(|t| t.elapsed().unwrap_or(KEY_MAX_AGE));
     if age.is_some_and(|a| a < KEY_MAX_AGE) {
         return Ok(path);
     }
@@ -540,9 +567,37 @@ pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror) -> Re
     extract::extract(&kernel_tarball, &k.sha256, &kernel_src, &k.file)
         .with_context(|| format!("extract {} into {}", k.file, kernel_src.display()))?;
     let busybox_src = layout.busybox_src(&b.version);
+    check_tree_version(&kernel_src, &k.version).with_context(|| format!("{} from {}", kernel_src.display(), k.file))?;
     extract::extract(&busybox_tarball, &b.sha256, &busybox_src, &b.file)
         .with_context(|| format!("extract {} into {}", b.file, busybox_src.display()))?;
+    check_tree_version(&busybox_src, &b.version).with_context(|| format!("{} from {}", busybox_src.display(), b.file))?;
     Ok(Sources { lock: lock.clone(), kernel_tarball, busybox_tarball, kernel_src, busybox_src })
+}
+
+/// The version a source tree's top Makefile declares must be the one we asked for: a signature
+/// vouches for bytes, not for their name, so an older signed tarball served under a newer name
+/// would otherwise be built as the newer version.
+fn check_tree_version(src: &Path, version: &str) -> Result<()> {
+    let makefile = src.join("Makefile");
+    let text = std::fs::read_to_string(&makefile).with_context(|| format!("read {}", makefile.display()))?;
+    let field = |name: &str| -> String {
+        text.lines()
+            .take(40)
+            .find_map(|l| l.strip_prefix(name).map(str::trim_start).and_then(|r| r.strip_prefix('=')).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let (v, p, sub, extra) = (field("VERSION"), field("PATCHLEVEL"), field("SUBLEVEL"), field("EXTRAVERSION"));
+    let declared = format!("{v}.{p}.{}{extra}", if sub.is_empty() { "0" } else { &sub });
+    // linux-6.13.tar.xz declares 6.13.0 (SUBLEVEL = 0); busybox-1.35.0 declares 1.35.0.
+    let (base, suffix) = version.split_at(version.find('-').unwrap_or(version.len()));
+    let asked = if base.matches('.').count() == 1 { format!("{base}.0{suffix}") } else { version.to_string() };
+    if declared != asked {
+        bail!(
+            "its Makefile declares version {declared}, but the tarball was fetched as {version}: \
+             the mirror served another release under this name; refusing it"
+        );
+    }
+    Ok(())
 }
 
 /// SOURCE_DATE_EPOCH for a build: the release date, or for versions releases.json did not list,
@@ -571,6 +626,43 @@ mod tests {
         let err = verify::key_with_fingerprint(&other.armored, BUSYBOX_SIGNER).unwrap_err().to_string();
         assert!(err.contains(BUSYBOX_SIGNER), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_tree_must_declare_the_version_it_was_fetched_as() {
+        let dir = crate::testutil::scratch("fetch-tree-version");
+        let write = |v: &str, p: &str, s: &str, e: &str| {
+            std::fs::write(
+                dir.join("Makefile"),
+                format!("# SPDX\nVERSION = {v}\nPATCHLEVEL = {p}\nSUBLEVEL = {s}\nEXTRAVERSION ={e}\nNAME = x\n"),
+            )
+            .unwrap()
+        };
+        write("6", "12", "118", "");
+        check_tree_version(&dir, "6.12.118").unwrap();
+        let err = format!("{:#}", check_tree_version(&dir, "6.12.119").unwrap_err());
+        assert!(err.contains("declares version 6.12.118") && err.contains("fetched as 6.12.119"), "{err}");
+        write("6", "13", "0", " -rc1");
+        check_tree_version(&dir, "6.13-rc1").unwrap();
+        write("6", "13", "0", "");
+        check_tree_version(&dir, "6.13").unwrap();
+        assert!(check_tree_version(&dir, "6.12").is_err());
+        // busybox: an older signed release served as 1.36.1.
+        write("1", "30", "1", "");
+        check_tree_version(&dir, "1.30.1").unwrap();
+        assert!(check_tree_version(&dir, "1.36.1").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_locked_kernel_must_answer_the_request() {
+        let lock = Path::new("recipes/lts.lock");
+        check_answers(lock, &Request::Exact("6.12.117".into()), "6.12.117").unwrap();
+        let err = format!("{:#}", check_answers(lock, &Request::Exact("6.12.117".into()), "6.1.1").unwrap_err());
+        assert!(err.contains("pins linux 6.1.1") && err.contains("recipes/lts.lock"), "{err}");
+        check_answers(lock, &Request::Longterm(Some("6.12".into())), "6.12.118").unwrap();
+        assert!(check_answers(lock, &Request::Longterm(Some("6.12".into())), "6.1.150").is_err());
+        check_answers(lock, &Request::Longterm(None), "6.1.150").unwrap();
     }
 
     #[test]

@@ -12,6 +12,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_xtask");
 /// WKD hash (z-base-32 of SHA-1) of the local part "autosigner".
 const AUTOSIGNER_WKD_HASH: &str = "ew8uiogxwri7d3fuioqgt7u1d5sngorx";
 
+/// A top Makefile that declares `version` the way kernel and busybox Makefiles do.
+fn makefile(what: &str, version: &str) -> String {
+    let mut parts = version.split('.');
+    let (v, p, sub) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap_or("0"));
+    format!("# {what} {version}\nVERSION = {v}\nPATCHLEVEL = {p}\nSUBLEVEL = {sub}\nEXTRAVERSION =\n")
+}
+
 struct Fixture {
     dir: PathBuf,
     gnupg: PathBuf,
@@ -75,11 +82,11 @@ impl Fixture {
         for (top, version) in [("linux-source-6.12", "6.12.117"), ("linux-6.6.9", "6.6.9")] {
             let d = src.join(top);
             std::fs::create_dir_all(d.join("kernel")).unwrap();
-            std::fs::write(d.join("Makefile"), format!("# Linux {version}\n")).unwrap();
+            std::fs::write(d.join("Makefile"), makefile("Linux", version)).unwrap();
             std::fs::write(d.join("kernel/fork.c"), "int fork;\n").unwrap();
         }
         std::fs::create_dir_all(src.join("busybox-1.35.0")).unwrap();
-        std::fs::write(src.join("busybox-1.35.0/Makefile"), "# busybox\n").unwrap();
+        std::fs::write(src.join("busybox-1.35.0/Makefile"), makefile("busybox", "1.35.0")).unwrap();
         let k1 = self.dir.join("k1.tar.xz");
         let k2 = self.dir.join("k2.tar.xz");
         let bb = self.dir.join("bb.tar.bz2");
@@ -170,7 +177,7 @@ fn good_fetch_then_cache_hit_without_server_and_locked() {
     let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     // The Debian-style top directory was stripped.
-    assert_eq!(std::fs::read_to_string(f.src("6.12.117").join("Makefile")).unwrap(), "# Linux 6.12.117\n");
+    assert_eq!(std::fs::read_to_string(f.src("6.12.117").join("Makefile")).unwrap(), makefile("Linux", "6.12.117"));
     assert!(f.dir.join("artifacts/src/busybox-1.35.0/Makefile").is_file());
     let lock = std::fs::read_to_string(f.dir.join("recipes/lts.lock")).unwrap();
     assert!(lock.contains("\"version\": \"6.12.117\"") && lock.contains("pub/linux/kernel/v6.x/linux-6.12.117.tar.xz"), "{lock}");
@@ -201,7 +208,7 @@ fn lts_series_and_exact_version() {
     let served = serve(&mirror);
     let out = f.fetch(&served.url, &["--lts", "6.6", "--keyring", keyring.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), "# Linux 6.6.9\n");
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), makefile("Linux", "6.6.9"));
     let out = f.fetch(&served.url, &["--lts", "4.4", "--keyring", keyring.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no longterm series 4.4"), "{}", stderr(&out));
@@ -210,7 +217,7 @@ fn lts_series_and_exact_version() {
     std::fs::remove_dir_all(f.dir.join("artifacts")).unwrap();
     let out = f.fetch(&served.url, &["--version", "6.6.9", "--keyring", keyring.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), "# Linux 6.6.9\n");
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), makefile("Linux", "6.6.9"));
     assert!(!f.src("6.12.117").exists());
     let lock = std::fs::read_to_string(f.dir.join("recipes/lts.lock")).unwrap();
     assert!(lock.contains("\"version\": \"6.6.9\"") && lock.contains("v6.x/linux-6.6.9.tar.xz"), "{lock}");
@@ -237,7 +244,7 @@ fn exact_version_not_in_releases_json_falls_back_to_the_signed_sums() {
 
     let out = f.fetch(&served.url, &["--version", "6.6.9", "--keyring", k]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), "# Linux 6.6.9\n");
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), makefile("Linux", "6.6.9"));
     let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(f.dir.join("recipes/lts.lock")).unwrap()).unwrap();
     let kernel = &lock["kernel"];
     assert_eq!(kernel["path"], "pub/linux/kernel/v6.x/linux-6.6.9.tar.xz", "{lock}");
@@ -460,7 +467,7 @@ impl Fixture {
     fn evil_busybox(&self) -> PathBuf {
         let src = self.dir.join("evil-src/busybox-1.35.0");
         std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("Makefile"), "# evil busybox\n").unwrap();
+        std::fs::write(src.join("Makefile"), makefile("evil busybox", "1.35.0")).unwrap();
         let out = self.dir.join("evil-bb.tar.bz2");
         assert!(Command::new("tar")
             .arg("-C")
