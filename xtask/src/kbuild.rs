@@ -12,12 +12,13 @@ use xshell::{cmd, Shell};
 
 use crate::hash::{self, sha256_file};
 use crate::kconfig;
+use crate::kexplain;
 use crate::layout;
 use crate::progress;
 use crate::recipe::{ConfigBase, Nic};
 
 /// Options generated from the kernel version (see `kconfig::debug_info_options`), merged last.
-const GENERATED_FRAGMENT: &str = "kernel-lab-generated.config";
+pub(crate) const GENERATED_FRAGMENT: &str = "kernel-lab-generated.config";
 /// Written after a successful configure: what produced the current `.config`.
 const CONFIGURE_STAMP: &str = ".kernel-lab-configure";
 /// Written after a successful build: everything the kernel image depends on.
@@ -125,16 +126,28 @@ pub fn configure(sh: &Shell, src: &Path, build: &Path, base: ConfigBase, fragmen
     run_logged(cmd!(sh, "make -C {src} {o} olddefconfig"), &mut log, &log_path, "olddefconfig")?;
 
     bar.set_message("check requested options");
-    let index = kconfig::index(src, Some(build))?;
     let mut requested = Vec::new();
     for f in &all_fragments {
         requested.extend(kconfig::parse_file(f)?);
     }
     let final_config = kconfig::parse_file(&config)?;
-    kconfig::check(&requested, &final_config, &index)
+    check(sh, src, build, &requested, &final_config)
         .with_context(|| format!("configure {} ({base_target} + {} fragments)", build.display(), all_fragments.len()))?;
     layout::write_atomic(&build.join(CONFIGURE_STAMP), with_config_hash(&stamp, &config)?.as_bytes())?;
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// Fails when a requested option did not survive into `final_config`, explaining each one and
+/// printing a fragment verified with olddefconfig in a scratch copy of `build`.
+pub fn check(sh: &Shell, src: &Path, build: &Path, requested: &[kconfig::Entry], final_config: &[kconfig::Entry]) -> Result<()> {
+    let index = kconfig::index(src, Some(build))?;
+    let tree = kexplain::load(src, kexplain::SRCARCH)?;
+    let scratch = layout::scratch_sibling(build, "verify");
+    let mut run = |assign: &[kexplain::Assign]| kexplain::olddefconfig_with(sh, src, build, &scratch, assign);
+    if let Some(report) = kexplain::failure_report(&tree, &index, final_config, requested, &mut run)? {
+        bail!("{}", report.trim_end());
+    }
     Ok(())
 }
 

@@ -237,7 +237,7 @@ enum Current {
     Block,
 }
 
-fn indent_width(line: &str) -> usize {
+pub(crate) fn indent_width(line: &str) -> usize {
     let mut w = 0;
     for c in line.chars() {
         match c {

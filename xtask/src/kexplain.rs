@@ -1,0 +1,1448 @@
+//! Explains why requested Kconfig options did not survive and finds a fragment, verified by olddefconfig, that makes them survive.
+//!
+//! The flat index in `kconfig` only knows each symbol's own lines. Here the tree is read the way
+//! Kconfig reads it: from the top-level `Kconfig`, following `source` lines with the `if`, `menu`
+//! and `choice` blocks still open, so a driver inherits the `if SCSI` of the file that sources
+//! its directory. Besides dependencies the model keeps prompts, `select`/`imply` edges, defaults,
+//! ranges and choice membership: everything needed to name why a value was dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::kconfig::{self, Entry, SymbolIndex, Value};
+
+/// The architecture the labs build for (`SRCARCH` in `source "arch/$(SRCARCH)/Kconfig"`).
+pub const SRCARCH: &str = "x86";
+
+// ---------------------------------------------------------------------------------------------
+// Expressions
+
+/// A Kconfig expression. Comparison operands stay as written (symbol names or literals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Sym(String),
+    /// `y`, `m` or `n` as a constant.
+    Const(u8),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Cmp(CmpOp, String, String),
+    /// `$(...)` evaluated by Kconfig's preprocessor; we cannot, so it counts as met.
+    Macro(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+const N: u8 = 0;
+const M: u8 = 1;
+const Y: u8 = 2;
+
+fn tokenize(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i] as char;
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '"' || c == '\'' {
+            let start = i;
+            i += 1;
+            while i < b.len() && b[i] as char != c {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+            out.push(s[start..i].to_string());
+        } else if c == '$' && b.get(i + 1) == Some(&b'(') {
+            let start = i;
+            let mut depth = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'(' => depth += 1,
+                    b')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            i += 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            out.push(s[start..i].to_string());
+        } else if let Some(op) = ["&&", "||", "!=", "<=", ">="].iter().find(|op| s[i..].starts_with(**op)) {
+            out.push(op.to_string());
+            i += 2;
+        } else if "!()=<>".contains(c) {
+            out.push(c.to_string());
+            i += 1;
+        } else {
+            let start = i;
+            while i < b.len() && !(b[i] as char).is_whitespace() && !"!()=<>&|\"'".contains(b[i] as char) {
+                i += 1;
+            }
+            if i == start {
+                i += 1;
+                continue;
+            }
+            out.push(s[start..i].to_string());
+        }
+    }
+    out
+}
+
+/// Parses a Kconfig expression; `None` when it is malformed (the entry then keeps no condition).
+pub fn parse_expr(s: &str) -> Option<Expr> {
+    let toks = tokenize(s);
+    let mut pos = 0;
+    let e = parse_or(&toks, &mut pos)?;
+    (pos == toks.len()).then_some(e)
+}
+
+fn parse_or(t: &[String], pos: &mut usize) -> Option<Expr> {
+    let mut l = parse_and(t, pos)?;
+    while t.get(*pos).map(String::as_str) == Some("||") {
+        *pos += 1;
+        l = Expr::Or(Box::new(l), Box::new(parse_and(t, pos)?));
+    }
+    Some(l)
+}
+
+fn parse_and(t: &[String], pos: &mut usize) -> Option<Expr> {
+    let mut l = parse_unary(t, pos)?;
+    while t.get(*pos).map(String::as_str) == Some("&&") {
+        *pos += 1;
+        l = Expr::And(Box::new(l), Box::new(parse_unary(t, pos)?));
+    }
+    Some(l)
+}
+
+fn parse_unary(t: &[String], pos: &mut usize) -> Option<Expr> {
+    let tok = t.get(*pos)?.as_str();
+    *pos += 1;
+    match tok {
+        "!" => Some(Expr::Not(Box::new(parse_unary(t, pos)?))),
+        "(" => {
+            let e = parse_or(t, pos)?;
+            (t.get(*pos).map(String::as_str) == Some(")")).then(|| *pos += 1)?;
+            Some(e)
+        }
+        _ => {
+            let op = match t.get(*pos).map(String::as_str) {
+                Some("=") => Some(CmpOp::Eq),
+                Some("!=") => Some(CmpOp::Ne),
+                Some("<") => Some(CmpOp::Lt),
+                Some("<=") => Some(CmpOp::Le),
+                Some(">") => Some(CmpOp::Gt),
+                Some(">=") => Some(CmpOp::Ge),
+                _ => None,
+            };
+            if let Some(op) = op {
+                *pos += 1;
+                let rhs = t.get(*pos)?.clone();
+                *pos += 1;
+                return Some(Expr::Cmp(op, tok.to_string(), rhs));
+            }
+            Some(atom(tok))
+        }
+    }
+}
+
+fn atom(tok: &str) -> Expr {
+    match tok.trim_matches(|c| c == '"' || c == '\'') {
+        _ if tok.starts_with("$(") => Expr::Macro(tok.to_string()),
+        "y" => Expr::Const(Y),
+        "m" => Expr::Const(M),
+        "n" => Expr::Const(N),
+        // Kconfig treats any other literal in a boolean position as n.
+        _ if tok.starts_with('"') || tok.starts_with('\'') => Expr::Const(N),
+        _ => Expr::Sym(tok.to_string()),
+    }
+}
+
+/// The top-level `&&` operands of `e`.
+fn conjuncts(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::And(a, b) => {
+            let mut v = conjuncts(a);
+            v.extend(conjuncts(b));
+            v
+        }
+        e => vec![e],
+    }
+}
+
+fn alternatives(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::Or(a, b) => {
+            let mut v = alternatives(a);
+            v.extend(alternatives(b));
+            v
+        }
+        e => vec![e],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tree model
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Bool,
+    Tristate,
+    Int,
+    Hex,
+    Str,
+    Unknown,
+}
+
+/// Where a condition came from: the symbol's own `depends on`, or an enclosing block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    /// `depends on`, `if`, `menu "..." depends on`, `choice depends on`.
+    pub origin: &'static str,
+    pub expr: Expr,
+    /// `file:line` of the `depends on` or the block.
+    pub at: String,
+}
+
+/// One definition of a symbol (a symbol may be defined in several places).
+#[derive(Debug, Clone)]
+pub struct SymDef {
+    pub file: PathBuf,
+    pub line: usize,
+    pub ty: Type,
+    /// The prompt text and its `if` condition, if the symbol is user-visible.
+    pub prompt: Option<(String, Option<Expr>)>,
+    /// Own `depends on`, then the enclosing blocks from the innermost out.
+    pub deps: Vec<Cond>,
+    /// `default value [if cond]`, including `def_bool`/`def_tristate`.
+    pub defaults: Vec<(Expr, Option<Expr>)>,
+    /// `range min max [if cond]`.
+    pub ranges: Vec<(String, String, Option<Expr>)>,
+    /// Index into `Tree::choices` when the symbol is a choice member.
+    pub choice: Option<usize>,
+}
+
+/// A `select` (or `imply`) edge: `selector` selects `target` when `cond` holds.
+#[derive(Debug, Clone)]
+pub struct Select {
+    pub selector: String,
+    pub cond: Option<Expr>,
+    pub imply: bool,
+    pub at: String,
+}
+
+/// A `choice` block: its members in order.
+#[derive(Debug, Clone, Default)]
+pub struct Choice {
+    pub at: String,
+    pub members: Vec<String>,
+}
+
+/// The Kconfig tree as Kconfig itself reads it for `SRCARCH`.
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub symbols: HashMap<String, Vec<SymDef>>,
+    /// Target symbol -> the edges that select or imply it.
+    pub selected_by: HashMap<String, Vec<Select>>,
+    pub choices: Vec<Choice>,
+    pub files: usize,
+}
+
+enum Block {
+    If(Cond),
+    Menu(Vec<Cond>),
+    Choice(usize, Vec<Cond>),
+}
+
+enum Cur {
+    None,
+    Sym(String),
+    Menu,
+    Choice,
+}
+
+/// Reads the tree rooted at `src/Kconfig` for `arch`, following `source` lines.
+pub fn load(src: &Path, arch: &str) -> Result<Tree> {
+    let mut tree = Tree::default();
+    let mut blocks = Vec::new();
+    let mut seen = HashSet::new();
+    read_file(src, Path::new("Kconfig"), arch, &mut blocks, &mut tree, &mut seen, 0)
+        .with_context(|| format!("read the Kconfig tree of {} (is it a kernel source tree?)", src.display()))?;
+    Ok(tree)
+}
+
+fn read_file(
+    src: &Path,
+    rel: &Path,
+    arch: &str,
+    blocks: &mut Vec<Block>,
+    tree: &mut Tree,
+    seen: &mut HashSet<PathBuf>,
+    depth: usize,
+) -> Result<()> {
+    if depth > 40 {
+        bail!("{}: `source` nested more than 40 deep: is there a cycle?", rel.display());
+    }
+    let path = src.join(rel);
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    seen.insert(rel.to_path_buf());
+    tree.files += 1;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let base_depth = blocks.len();
+    let mut cur = Cur::None;
+    let mut in_help = false;
+    let mut help_indent: Option<usize> = None;
+    let mut i = 0;
+    while i < lines.len() {
+        let lineno = i + 1;
+        let mut line = std::borrow::Cow::Borrowed(lines[i]);
+        i += 1;
+        if in_help {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let w = kconfig::indent_width(&line);
+            match help_indent {
+                None if w > 0 => {
+                    help_indent = Some(w);
+                    continue;
+                }
+                Some(h) if w >= h => continue,
+                _ => in_help = false,
+            }
+        }
+        while line.ends_with('\\') && i < lines.len() {
+            let joined = line.to_mut();
+            joined.pop();
+            joined.push_str(lines[i]);
+            i += 1;
+        }
+        let stripped = strip_comment(&line);
+        let (kw, rest) = match stripped.split_once(char::is_whitespace) {
+            Some((k, r)) => (k, r.trim()),
+            None => (stripped, ""),
+        };
+        let at = format!("{}:{lineno}", rel.display());
+        let (body, cond) = split_if(rest);
+        match kw {
+            "config" | "menuconfig" => {
+                let name = rest.split_whitespace().next().unwrap_or("").to_string();
+                let mut deps = Vec::new();
+                let mut choice = None;
+                for b in blocks.iter().rev() {
+                    match b {
+                        Block::If(c) => deps.push(c.clone()),
+                        Block::Menu(cs) => deps.extend(cs.iter().cloned()),
+                        Block::Choice(idx, cs) => {
+                            choice.get_or_insert(*idx);
+                            deps.extend(cs.iter().cloned())
+                        }
+                    }
+                }
+                if let Some(idx) = choice {
+                    tree.choices[idx].members.push(name.clone());
+                }
+                let def = SymDef {
+                    file: rel.to_path_buf(),
+                    line: lineno,
+                    ty: Type::Unknown,
+                    prompt: None,
+                    deps,
+                    defaults: Vec::new(),
+                    ranges: Vec::new(),
+                    choice,
+                };
+                tree.symbols.entry(name.clone()).or_default().push(def);
+                cur = Cur::Sym(name);
+            }
+            "bool" | "tristate" | "int" | "hex" | "string" | "def_bool" | "def_tristate" | "prompt" => {
+                if let Cur::Sym(name) = &cur {
+                    let def = tree.symbols.get_mut(name).and_then(|v| v.last_mut()).expect("current symbol");
+                    let ty = match kw {
+                        "bool" | "def_bool" => Type::Bool,
+                        "tristate" | "def_tristate" => Type::Tristate,
+                        "int" => Type::Int,
+                        "hex" => Type::Hex,
+                        "string" => Type::Str,
+                        _ => def.ty,
+                    };
+                    def.ty = ty;
+                    let cond = cond.as_deref().and_then(parse_expr);
+                    if kw.starts_with("def_") {
+                        if let Some(v) = parse_expr(body) {
+                            def.defaults.push((v, cond));
+                        }
+                    } else if !body.is_empty() {
+                        def.prompt = Some((body.trim_matches('"').to_string(), cond));
+                    }
+                }
+            }
+            "default" => {
+                if let (Cur::Sym(name), Some(v)) = (&cur, parse_expr(body)) {
+                    let def = tree.symbols.get_mut(name).and_then(|v| v.last_mut()).expect("current symbol");
+                    def.defaults.push((v, cond.as_deref().and_then(parse_expr)));
+                }
+            }
+            "range" => {
+                if let Cur::Sym(name) = &cur {
+                    let mut parts = body.split_whitespace();
+                    if let (Some(lo), Some(hi)) = (parts.next(), parts.next()) {
+                        let def = tree.symbols.get_mut(name).and_then(|v| v.last_mut()).expect("current symbol");
+                        def.ranges.push((lo.to_string(), hi.to_string(), cond.as_deref().and_then(parse_expr)));
+                    }
+                }
+            }
+            "select" | "imply" => {
+                if let Cur::Sym(name) = &cur {
+                    let target = body.split_whitespace().next().unwrap_or("").to_string();
+                    let edge = Select { selector: name.clone(), cond: cond.as_deref().and_then(parse_expr), imply: kw == "imply", at };
+                    tree.selected_by.entry(target).or_default().push(edge);
+                }
+            }
+            "depends" => {
+                let expr = rest.strip_prefix("on").map(str::trim).unwrap_or(rest);
+                if let Some(expr) = parse_expr(expr) {
+                    let c = Cond { origin: "depends on", expr, at };
+                    match &cur {
+                        Cur::Sym(name) => {
+                            let def = tree.symbols.get_mut(name).and_then(|v| v.last_mut()).expect("current symbol");
+                            // Own dependencies come first, before the inherited ones.
+                            let own = def.deps.iter().take_while(|d| d.origin == "depends on").count();
+                            def.deps.insert(own, c);
+                        }
+                        Cur::Menu | Cur::Choice => match blocks.last_mut() {
+                            Some(Block::Menu(cs)) => cs.push(Cond { origin: "menu depends on", ..c }),
+                            Some(Block::Choice(_, cs)) => cs.push(Cond { origin: "choice depends on", ..c }),
+                            _ => {}
+                        },
+                        Cur::None => {}
+                    }
+                }
+            }
+            "visible" => {
+                // `visible if` hides prompts of a menu; for dependencies it is irrelevant.
+            }
+            "if" => {
+                let expr = parse_expr(rest).unwrap_or(Expr::Const(Y));
+                blocks.push(Block::If(Cond { origin: "if", expr, at }));
+                cur = Cur::None;
+            }
+            "menu" => {
+                blocks.push(Block::Menu(Vec::new()));
+                cur = Cur::Menu;
+            }
+            "choice" => {
+                tree.choices.push(Choice { at, members: Vec::new() });
+                blocks.push(Block::Choice(tree.choices.len() - 1, Vec::new()));
+                cur = Cur::Choice;
+            }
+            "endif" | "endmenu" | "endchoice" => {
+                if blocks.len() > base_depth {
+                    blocks.pop();
+                }
+                cur = Cur::None;
+            }
+            "source" | "rsource" | "osource" | "orsource" => {
+                cur = Cur::None;
+                let name = rest.trim_matches('"').replace("$(SRCARCH)", arch).replace("$(HEADER_ARCH)", arch);
+                let target = if kw.starts_with("or") || kw == "rsource" {
+                    rel.parent().unwrap_or(Path::new("")).join(&name)
+                } else {
+                    PathBuf::from(&name)
+                };
+                if name.contains("$(") || (kw.starts_with('o') && !src.join(&target).is_file()) {
+                    continue;
+                }
+                read_file(src, &target, arch, blocks, tree, seen, depth + 1).with_context(|| format!("sourced at {at}"))?;
+            }
+            "comment" | "mainmenu" => cur = Cur::None,
+            "help" | "---help---" => {
+                in_help = true;
+                help_indent = None;
+            }
+            _ => {}
+        }
+    }
+    // A file that leaves blocks open (a syntax error Kconfig would report) must not leak them.
+    blocks.truncate(base_depth);
+    Ok(())
+}
+
+/// Strips a `#` comment that is not inside quotes.
+fn strip_comment(line: &str) -> &str {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (c, quote) {
+            ('"' | '\'', None) => quote = Some(c),
+            (q, Some(open)) if q == open => quote = None,
+            ('#', None) => return line[..i].trim(),
+            _ => {}
+        }
+    }
+    line.trim()
+}
+
+/// Splits `value if cond` at a top-level ` if ` outside quotes.
+fn split_if(rest: &str) -> (&str, Option<String>) {
+    let mut quote = None;
+    let b = rest.as_bytes();
+    for (i, c) in rest.char_indices() {
+        match (c, quote) {
+            ('"' | '\'', None) => quote = Some(c),
+            (q, Some(open)) if q == open => quote = None,
+            (_, None)
+                if rest[i..].starts_with("if")
+                    && (i == 0 || b[i - 1].is_ascii_whitespace())
+                    && b.get(i + 2).is_some_and(|c| c.is_ascii_whitespace()) =>
+            {
+                return (rest[..i].trim(), Some(rest[i + 2..].trim().to_string()));
+            }
+            _ => {}
+        }
+    }
+    (rest.trim(), None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation against a configuration
+
+/// A tree together with the values of one `.config` and the flat index of every Kconfig file.
+pub struct Analysis<'a> {
+    pub tree: &'a Tree,
+    pub flat: &'a SymbolIndex,
+    pub values: HashMap<String, Value>,
+}
+
+impl<'a> Analysis<'a> {
+    pub fn new(tree: &'a Tree, flat: &'a SymbolIndex, config: &[Entry]) -> Analysis<'a> {
+        Analysis { tree, flat, values: config.iter().map(|e| (e.symbol.clone(), e.value.clone())).collect() }
+    }
+
+    fn tri(&self, sym: &str) -> u8 {
+        let v = match self.values.get(sym) {
+            Some(Value::Yes) => Y,
+            Some(Value::Module) => M,
+            _ => N,
+        };
+        // Without MODULES every `m` reads as `y`, as in Kconfig's sym_calc_value.
+        if v == M && !self.modules() {
+            Y
+        } else {
+            v
+        }
+    }
+
+    fn modules(&self) -> bool {
+        self.values.get("MODULES") == Some(&Value::Yes)
+    }
+
+    fn shown(&self, sym: &str) -> String {
+        match self.values.get(sym) {
+            Some(Value::No) | None => "n".into(),
+            Some(v) => v.to_string(),
+        }
+    }
+
+    fn operand(&self, tok: &str) -> String {
+        if tok.starts_with('"') || tok.starts_with('\'') {
+            tok.trim_matches(|c| c == '"' || c == '\'').to_string()
+        } else if self.tree.symbols.contains_key(tok) {
+            match self.values.get(tok) {
+                Some(Value::Str(s)) => s.clone(),
+                Some(Value::No) | None => "n".into(),
+                Some(v) => v.to_string(),
+            }
+        } else {
+            tok.to_string()
+        }
+    }
+
+    pub fn eval(&self, e: &Expr) -> u8 {
+        match e {
+            Expr::Sym(s) => self.tri(s),
+            Expr::Const(v) => *v,
+            Expr::Not(a) => Y - self.eval(a),
+            Expr::And(a, b) => self.eval(a).min(self.eval(b)),
+            Expr::Or(a, b) => self.eval(a).max(self.eval(b)),
+            Expr::Macro(_) => Y,
+            Expr::Cmp(op, l, r) => {
+                let (a, b) = (self.operand(l), self.operand(r));
+                let num = |s: &str| s.strip_prefix("0x").map_or_else(|| s.parse::<i64>().ok(), |h| i64::from_str_radix(h, 16).ok());
+                let ord = match (num(&a), num(&b)) {
+                    (Some(x), Some(y)) => x.cmp(&y),
+                    _ => tri_rank(&a).cmp(&tri_rank(&b)).then_with(|| a.cmp(&b)),
+                };
+                let holds = match op {
+                    CmpOp::Eq => ord.is_eq(),
+                    CmpOp::Ne => !ord.is_eq(),
+                    CmpOp::Lt => ord.is_lt(),
+                    CmpOp::Le => ord.is_le(),
+                    CmpOp::Gt => ord.is_gt(),
+                    CmpOp::Ge => ord.is_ge(),
+                };
+                if holds {
+                    Y
+                } else {
+                    N
+                }
+            }
+        }
+    }
+
+    /// `e` with every symbol's current value: `SCSI [=n] && (PCI [=y] || ACPI [=n])`.
+    pub fn show(&self, e: &Expr) -> String {
+        self.show_prec(e, 0)
+    }
+
+    fn show_prec(&self, e: &Expr, prec: u8) -> String {
+        match e {
+            Expr::Sym(s) => format!("{s} [={}]", self.shown(s)),
+            Expr::Const(v) => ["n", "m", "y"][*v as usize].to_string(),
+            Expr::Macro(m) => m.clone(),
+            Expr::Not(a) => format!("!{}", self.show_prec(a, 3)),
+            Expr::Cmp(op, l, r) => {
+                let side = |t: &str| if self.tree.symbols.contains_key(t) { format!("{t} [={}]", self.shown(t)) } else { t.to_string() };
+                format!("{} {} {}", side(l), op.as_str(), side(r))
+            }
+            Expr::And(a, b) => {
+                let s = format!("{} && {}", self.show_prec(a, 2), self.show_prec(b, 2));
+                if prec > 2 {
+                    format!("({s})")
+                } else {
+                    s
+                }
+            }
+            Expr::Or(a, b) => {
+                let s = format!("{} || {}", self.show_prec(a, 1), self.show_prec(b, 1));
+                if prec > 1 {
+                    format!("({s})")
+                } else {
+                    s
+                }
+            }
+        }
+    }
+
+    /// The definitions Kconfig uses for `SRCARCH`, or none.
+    fn defs(&self, sym: &str) -> &'a [SymDef] {
+        self.tree.symbols.get(sym).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// The effective dependency of one definition: every condition, own and inherited.
+    fn deps_value(&self, def: &SymDef) -> u8 {
+        def.deps.iter().map(|c| self.eval(&c.expr)).min().unwrap_or(Y)
+    }
+
+    fn prompt_visible(&self, def: &SymDef) -> bool {
+        match &def.prompt {
+            Some((_, None)) => true,
+            Some((_, Some(c))) => self.eval(c) > N,
+            None => false,
+        }
+    }
+
+    /// Selectors of `sym` that currently force it on (value and condition both hold).
+    fn active_selectors(&self, sym: &str) -> Vec<&'a Select> {
+        self.tree
+            .selected_by
+            .get(sym)
+            .map(|v| {
+                v.iter().filter(|s| !s.imply && self.tri(&s.selector) > N && s.cond.as_ref().is_none_or(|c| self.eval(c) > N)).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn tri_rank(s: &str) -> u8 {
+    match s {
+        "y" => Y,
+        "m" => M,
+        _ => N,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problems
+
+/// Why a requested value did not survive, named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// No Kconfig file defines the symbol; maybe a typo of `suggest`.
+    Undefined { suggest: Option<String> },
+    /// Only other architectures define it.
+    OtherArch { arches: Vec<String>, at: Vec<String> },
+    /// Some conjunct of the effective dependency is not met.
+    UnmetDependency,
+    /// No prompt (or its `if` is false): only `select` or a default can set it.
+    NoPrompt,
+    /// Asked `m` but MODULES is off, so the option was built in (or dropped).
+    ModuleWithoutModules,
+    /// An `int`/`hex` value outside the range in force.
+    OutOfRange { lo: String, hi: String },
+    /// Another member of the same `choice` is selected.
+    ChoiceLost { winner: String },
+    /// A `select` elsewhere forces it higher than asked.
+    ForcedBySelect { selectors: Vec<String> },
+    /// None of the above explains it.
+    Unknown,
+}
+
+/// A request that did not survive and everything known about why.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    pub request: Entry,
+    /// What the final `.config` says, `None` when the option is absent.
+    pub got: Option<Value>,
+    pub problems: Vec<Problem>,
+}
+
+/// Whether the request survived into `fin` (last request of a symbol counts; absent means `n`).
+pub fn survived(want: &Value, fin: Option<&Value>) -> bool {
+    match (want, fin) {
+        (Value::No, None | Some(Value::No)) => true,
+        (want, Some(got)) => want == got,
+        (_, None) => false,
+    }
+}
+
+/// The last request of each symbol, in fragment order.
+pub fn effective_requests(requested: &[Entry]) -> Vec<Entry> {
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, e) in requested.iter().enumerate() {
+        last.insert(e.symbol.as_str(), i);
+    }
+    requested.iter().enumerate().filter(|(i, e)| last[e.symbol.as_str()] == *i).map(|(_, e)| e.clone()).collect()
+}
+
+/// Every request that did not survive into the analysed configuration, with its problems.
+pub fn lost(an: &Analysis<'_>, requested: &[Entry]) -> Vec<Lost> {
+    let mut out = Vec::new();
+    for req in effective_requests(requested) {
+        let got = an.values.get(&req.symbol).cloned();
+        if an.tree.symbols.contains_key(&req.symbol) && survived(&req.value, got.as_ref()) {
+            continue;
+        }
+        // Asking `m` of a bool gives `y`, which Kconfig has always done and nobody means to catch.
+        if req.value == Value::Module && got == Some(Value::Yes) && an.modules() && an.defs(&req.symbol).iter().all(|d| d.ty == Type::Bool)
+        {
+            continue;
+        }
+        let problems = diagnose(an, &req.symbol, &req.value, got.as_ref());
+        out.push(Lost { request: req, got, problems });
+    }
+    out
+}
+
+/// Names what keeps `sym` from being `want`, given its current value `got`.
+pub fn diagnose(an: &Analysis<'_>, sym: &str, want: &Value, got: Option<&Value>) -> Vec<Problem> {
+    let defs = an.defs(sym);
+    if defs.is_empty() {
+        return match an.flat.get(sym) {
+            Some(flat) => {
+                let at: Vec<String> = flat.iter().map(|d| format!("{}:{}", d.file.display(), d.line)).collect();
+                let mut arches: Vec<String> = flat.iter().filter_map(|d| arch_of(&d.file)).collect();
+                arches.sort();
+                arches.dedup();
+                if arches.is_empty() {
+                    // Defined in a file nothing sources (dead Kconfig); as good as undefined.
+                    vec![Problem::Undefined { suggest: None }]
+                } else {
+                    vec![Problem::OtherArch { arches, at }]
+                }
+            }
+            None => vec![Problem::Undefined { suggest: an.flat.suggest(sym).map(str::to_string) }],
+        };
+    }
+    let mut out = Vec::new();
+    let got_tri = match got {
+        Some(Value::Yes) => Y,
+        Some(Value::Module) => M,
+        _ => N,
+    };
+    let want_tri = match want {
+        Value::Yes => Y,
+        Value::Module => M,
+        _ => N,
+    };
+    if *want == Value::Module && !an.modules() {
+        out.push(Problem::ModuleWithoutModules);
+    }
+    let selectors = an.active_selectors(sym);
+    if want_tri < got_tri && !selectors.is_empty() {
+        let mut names: Vec<String> = selectors.iter().map(|s| s.selector.clone()).collect();
+        names.dedup();
+        out.push(Problem::ForcedBySelect { selectors: names });
+    }
+    let deps_met = defs.iter().any(|d| an.deps_value(d) >= want_tri.max(M));
+    if want_tri > N && !deps_met {
+        out.push(Problem::UnmetDependency);
+    }
+    let visible = defs.iter().any(|d| an.prompt_visible(d));
+    let wrong_value = match want {
+        Value::No => got_tri > N,
+        Value::Yes | Value::Module => got_tri < want_tri,
+        _ => got != Some(want),
+    };
+    if !visible && wrong_value && !matches!(out.last(), Some(Problem::ForcedBySelect { .. })) && (deps_met || want_tri == N) {
+        out.push(Problem::NoPrompt);
+    }
+    if let Value::Num(n) = want {
+        for d in defs {
+            if let Some((lo, hi, _)) = d.ranges.iter().find(|(_, _, c)| c.as_ref().is_none_or(|c| an.eval(c) > N)) {
+                let val = |s: &str| {
+                    let s = an.operand(s);
+                    s.strip_prefix("0x").map_or_else(|| s.parse::<i64>().ok(), |h| i64::from_str_radix(h, 16).ok())
+                };
+                if let (Some(v), Some(l), Some(h)) = (val(n), val(lo), val(hi)) {
+                    if v < l || v > h {
+                        out.push(Problem::OutOfRange { lo: an.operand(lo), hi: an.operand(hi) });
+                    }
+                }
+            }
+        }
+    }
+    if want_tri == Y && got_tri < Y && deps_met {
+        if let Some(idx) = defs.iter().find_map(|d| d.choice) {
+            if let Some(w) = an.tree.choices[idx].members.iter().find(|m| *m != sym && an.tri(m) == Y) {
+                out.push(Problem::ChoiceLost { winner: w.clone() });
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(Problem::Unknown);
+    }
+    out
+}
+
+/// `Some("arm64")` for a path under `arch/arm64/`, unless it is `SRCARCH`'s own directory.
+fn arch_of(file: &Path) -> Option<String> {
+    let mut parts = file.components().map(|c| c.as_os_str().to_string_lossy().into_owned());
+    if parts.next().as_deref() != Some("arch") {
+        return None;
+    }
+    parts.next().filter(|a| a != SRCARCH)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fix search
+
+/// One `CONFIG_X=v` line of a suggested fragment.
+pub type Assign = (String, Value);
+
+/// Searches the smallest set of assignments that lets requests survive, following unmet
+/// dependencies, `select`-only symbols and MODULES recursively.
+pub struct Solver<'s, 'a> {
+    an: &'s Analysis<'a>,
+    /// What the user asked for: a fix never contradicts a request.
+    requested: HashMap<String, Value>,
+    memo: HashMap<(String, u8), Result<Vec<Assign>, String>>,
+    visiting: HashSet<String>,
+}
+
+const MAX_DEPTH: usize = 10;
+
+impl<'s, 'a> Solver<'s, 'a> {
+    pub fn new(an: &'s Analysis<'a>, requested: &[Entry]) -> Self {
+        let requested = effective_requests(requested).into_iter().map(|e| (e.symbol, e.value)).collect();
+        Solver { an, requested, memo: HashMap::new(), visiting: HashSet::new() }
+    }
+
+    /// Assignments that make `sym` take `want`; `Err` says why no fix exists.
+    pub fn fix_request(&mut self, sym: &str, want: &Value) -> Result<Vec<Assign>, String> {
+        let an = self.an;
+        match want {
+            Value::Yes | Value::Module => {
+                let mut out = Vec::new();
+                if *want == Value::Module && !an.modules() {
+                    out = self.enable("MODULES", Y, 0)?;
+                }
+                let need = if *want == Value::Module { M } else { Y };
+                let mut rest = self.enable_inner(sym, need, 0, true)?;
+                rest.retain(|(s, _)| s != sym);
+                Ok(merge(out, rest))
+            }
+            Value::No => {
+                let sels = an.active_selectors(sym);
+                if sels.is_empty() {
+                    return if an.defs(sym).iter().any(|d| an.prompt_visible(d)) {
+                        Ok(Vec::new())
+                    } else {
+                        Err(format!("{sym} has no prompt and its default turns it on; nothing can turn it off"))
+                    };
+                }
+                let mut out = Vec::new();
+                for s in sels {
+                    out = merge(out, self.disable(&s.selector, 0)?);
+                }
+                Ok(out)
+            }
+            Value::Num(_) | Value::Str(_) => {
+                let defs = an.defs(sym);
+                let mut best: Option<Vec<Assign>> = None;
+                let mut why = String::new();
+                for d in defs {
+                    let mut fix = Vec::new();
+                    for c in &d.deps {
+                        match self.satisfy(&c.expr, true, M, 0) {
+                            Ok(f) => fix = merge(fix, f),
+                            Err(e) => {
+                                why = e;
+                                fix.clear();
+                                break;
+                            }
+                        }
+                    }
+                    if let (Value::Num(n), true) = (want, why.is_empty()) {
+                        // A value outside the range in force may fit another range whose condition we can meet.
+                        if !d.ranges.is_empty() && !d.ranges.iter().any(|(lo, hi, c)| in_range(an, n, lo, hi) && c.is_none()) {
+                            match d.ranges.iter().find(|(lo, hi, _)| in_range(an, n, lo, hi)) {
+                                Some((_, _, Some(c))) => fix = merge(fix, self.satisfy(c, true, Y, 0)?),
+                                Some((_, _, None)) => {}
+                                None => {
+                                    let (lo, hi, _) = &d.ranges[0];
+                                    return Err(format!(
+                                        "{n} is outside every range of {sym} (first: {}..{}); pick a value in range",
+                                        an.operand(lo),
+                                        an.operand(hi)
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    if why.is_empty() && best.as_ref().is_none_or(|b| fix.len() < b.len()) {
+                        best = Some(fix);
+                    }
+                }
+                best.ok_or(why)
+            }
+        }
+    }
+
+    fn enable(&mut self, sym: &str, want: u8, depth: usize) -> Result<Vec<Assign>, String> {
+        self.enable_inner(sym, want, depth, false)
+    }
+
+    /// Assignments that make `sym` at least `want`. `requested` is true for the user's own
+    /// request, which is already in the fragment and must not be refused as a conflict.
+    fn enable_inner(&mut self, sym: &str, want: u8, depth: usize, requested: bool) -> Result<Vec<Assign>, String> {
+        let an = self.an;
+        if an.tri(sym) >= want && !requested {
+            return Ok(Vec::new());
+        }
+        if !requested && self.requested.get(sym) == Some(&Value::No) {
+            return Err(format!("needs {sym}, which the fragments ask to be off (conflicting requests)"));
+        }
+        if depth > MAX_DEPTH {
+            return Err(format!("dependency chain through {sym} is longer than {MAX_DEPTH}"));
+        }
+        let key = (sym.to_string(), want);
+        if let Some(r) = self.memo.get(&key) {
+            return r.clone();
+        }
+        if !self.visiting.insert(sym.to_string()) {
+            return Err(format!("{sym} depends on itself through the chain"));
+        }
+        let r = self.enable_uncached(sym, want, depth);
+        self.visiting.remove(sym);
+        self.memo.insert(key, r.clone());
+        r
+    }
+
+    fn enable_uncached(&mut self, sym: &str, want: u8, depth: usize) -> Result<Vec<Assign>, String> {
+        let an = self.an;
+        let defs = an.defs(sym);
+        if defs.is_empty() {
+            return Err(match diagnose(an, sym, &Value::Yes, None).first() {
+                Some(Problem::OtherArch { arches, .. }) => format!("{sym} exists only on {}", arches.join(", ")),
+                _ => format!("{sym} is not defined in this kernel"),
+            });
+        }
+        let mut best: Option<Vec<Assign>> = None;
+        let mut why = String::new();
+        for d in defs {
+            let mut fix = Vec::new();
+            let mut ok = true;
+            for c in &d.deps {
+                match self.satisfy(&c.expr, true, want.min(M).max(M), depth + 1) {
+                    Ok(f) => fix = merge(fix, f),
+                    Err(e) => {
+                        why = e;
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let value = if want == M && d.ty == Type::Tristate && an.modules() { Value::Module } else { Value::Yes };
+            // Ways to set it: its prompt, a default, or a selector; take the cheapest.
+            let mut ways: Vec<Vec<Assign>> = Vec::new();
+            let assign = vec![(sym.to_string(), value.clone())];
+            if let Some((_, cond)) = &d.prompt {
+                match cond.as_ref().map(|c| self.satisfy(c, true, Y, depth + 1)).unwrap_or(Ok(Vec::new())) {
+                    Ok(f) => ways.push(merge(f, assign.clone())),
+                    Err(e) => why = e,
+                }
+            }
+            // A default decides only while no prompt is visible: a `# CONFIG_X is not set` written
+            // under a visible prompt (tinyconfig writes many) beats `default y`. The explicit line
+            // stays in the fragment so a later visible prompt keeps the value too.
+            if !an.prompt_visible(d) {
+                for (v, cond) in &d.defaults {
+                    if matches!(v, Expr::Const(N)) {
+                        continue;
+                    }
+                    let f = self.satisfy(v, true, want, depth + 1).and_then(|f| match cond {
+                        Some(c) => Ok(merge(f, self.satisfy(c, true, want, depth + 1)?)),
+                        None => Ok(f),
+                    });
+                    match f {
+                        Ok(f) if d.prompt.is_some() => ways.push(merge(f, assign.clone())),
+                        Ok(f) => ways.push(f),
+                        Err(e) => why = e,
+                    }
+                }
+            }
+            if ways.iter().all(|w| !w.is_empty()) {
+                let mut edges: Vec<Select> = an.tree.selected_by.get(sym).cloned().unwrap_or_default();
+                edges.retain(|e| !e.imply);
+                // Selectors named like the symbol (VIRTIO_PCI for VIRTIO) are its natural
+                // providers; try them first, then alphabetically.
+                edges.sort_by_key(|e| (!e.selector.starts_with(sym), e.selector.clone()));
+                for e in edges {
+                    let f = self.enable(&e.selector, Y, depth + 1).and_then(|f| match &e.cond {
+                        Some(c) => Ok(merge(f, self.satisfy(c, true, Y, depth + 1)?)),
+                        None => Ok(f),
+                    });
+                    // An already-active selector forcing it on would have made it survive.
+                    match f {
+                        Ok(f) if !f.is_empty() => ways.push(f),
+                        Ok(_) => {}
+                        Err(e) => {
+                            if why.is_empty() {
+                                why = e
+                            }
+                        }
+                    }
+                    // A one-line fix cannot be beaten; stop scanning hundreds of selectors.
+                    if ways.iter().any(|w| w.len() == 1) {
+                        break;
+                    }
+                }
+                if d.prompt.is_none() && ways.is_empty() && why.is_empty() {
+                    why = format!("{sym} has no prompt and nothing that selects it can be turned on");
+                }
+            }
+            if let Some(w) = ways.into_iter().min_by_key(|w| w.len()) {
+                let full = merge(fix, w);
+                if best.as_ref().is_none_or(|b| full.len() < b.len()) {
+                    best = Some(full);
+                }
+            }
+        }
+        best.ok_or_else(|| if why.is_empty() { format!("nothing can turn {sym} on") } else { why })
+    }
+
+    fn disable(&mut self, sym: &str, depth: usize) -> Result<Vec<Assign>, String> {
+        let an = self.an;
+        if an.tri(sym) == N {
+            return Ok(Vec::new());
+        }
+        if matches!(self.requested.get(sym), Some(Value::Yes | Value::Module)) {
+            return Err(format!("needs {sym} off, which the fragments ask to be on (conflicting requests)"));
+        }
+        if depth > MAX_DEPTH {
+            return Err(format!("chain through {sym} is longer than {MAX_DEPTH}"));
+        }
+        let mut out = Vec::new();
+        for s in an.active_selectors(sym) {
+            if s.selector == sym {
+                continue;
+            }
+            out = merge(out, self.disable(&s.selector, depth + 1)?);
+        }
+        if an.defs(sym).iter().any(|d| an.prompt_visible(d)) {
+            out = merge(out, vec![(sym.to_string(), Value::No)]);
+            Ok(out)
+        } else if !out.is_empty() {
+            Ok(out)
+        } else {
+            Err(format!("{sym} has no prompt; its default keeps it on"))
+        }
+    }
+
+    /// Assignments that make `e` at least `want` (`positive`) or `n` (not `positive`).
+    fn satisfy(&mut self, e: &Expr, positive: bool, want: u8, depth: usize) -> Result<Vec<Assign>, String> {
+        let an = self.an;
+        let v = an.eval(e);
+        if (positive && v >= want) || (!positive && v == N) {
+            return Ok(Vec::new());
+        }
+        match (e, positive) {
+            (Expr::Sym(s), true) => self.enable(s, want, depth),
+            (Expr::Sym(s), false) => self.disable(s, depth),
+            (Expr::Not(a), p) => self.satisfy(a, !p, Y, depth),
+            (Expr::And(a, b), true) | (Expr::Or(a, b), false) => {
+                let fa = self.satisfy(a, positive, want, depth)?;
+                let fb = self.satisfy(b, positive, want, depth)?;
+                Ok(merge(fa, fb))
+            }
+            (Expr::Or(_, _), true) | (Expr::And(_, _), false) => {
+                let parts = if positive { alternatives(e) } else { conjuncts(e) };
+                let mut best: Option<Vec<Assign>> = None;
+                let mut why = String::new();
+                for p in parts {
+                    match self.satisfy(p, positive, want, depth) {
+                        Ok(f) if best.as_ref().is_none_or(|b| f.len() < b.len()) => best = Some(f),
+                        Ok(_) => {}
+                        Err(e) => why = e,
+                    }
+                }
+                best.ok_or(why)
+            }
+            (Expr::Const(c), _) => Err(format!("the condition is the constant {}", ["n", "m", "y"][*c as usize])),
+            (Expr::Macro(m), _) => Err(format!("{m} is decided by the compiler or host, not by a fragment")),
+            (Expr::Cmp(op, l, r), p) => {
+                let sym_side = [l, r].into_iter().find(|t| an.tree.symbols.contains_key(t.as_str()));
+                let lit = if sym_side == Some(l) { r } else { l };
+                let (target, eq) = match (op, p) {
+                    (CmpOp::Eq, true) | (CmpOp::Ne, false) => (lit.trim_matches('"'), true),
+                    (CmpOp::Ne, true) | (CmpOp::Eq, false) => (lit.trim_matches('"'), false),
+                    _ => return Err(format!("{} needs a numeric value we do not choose", an.show(e))),
+                };
+                let Some(s) = sym_side else { return Err(format!("{} compares constants", an.show(e))) };
+                match (target, eq) {
+                    ("y", true) | ("n", false) => self.enable(s, Y, depth),
+                    ("m", true) => self.enable(s, M, depth),
+                    ("n", true) | ("y", false) => self.disable(s, depth),
+                    _ => Err(format!("{} needs a value we do not choose", an.show(e))),
+                }
+            }
+        }
+    }
+}
+
+fn in_range(an: &Analysis<'_>, n: &str, lo: &str, hi: &str) -> bool {
+    let val = |s: &str| {
+        let s = an.operand(s);
+        s.strip_prefix("0x").map_or_else(|| s.parse::<i64>().ok(), |h| i64::from_str_radix(h, 16).ok())
+    };
+    matches!((val(n), val(lo), val(hi)), (Some(v), Some(l), Some(h)) if l <= v && v <= h)
+}
+
+/// Appends `b` to `a`, keeping the first assignment of each symbol except that `y` beats `m`.
+fn merge(mut a: Vec<Assign>, b: Vec<Assign>) -> Vec<Assign> {
+    for (s, v) in b {
+        match a.iter_mut().find(|(x, _)| *x == s) {
+            Some((_, old)) if *old == Value::Module && v == Value::Yes => *old = v,
+            Some(_) => {}
+            None => a.push((s, v)),
+        }
+    }
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+/// The suggested fragment for a set of lost requests, and which requests it cannot save.
+#[derive(Debug, Clone, Default)]
+pub struct Suggestion {
+    /// Extra assignments, dependencies first.
+    pub fragment: Vec<Assign>,
+    /// Requests no fragment can save, with the reason.
+    pub unfixable: Vec<(String, String)>,
+}
+
+/// Finds the fix for every lost request.
+pub fn suggest(an: &Analysis<'_>, requested: &[Entry], lost: &[Lost]) -> Suggestion {
+    let mut solver = Solver::new(an, requested);
+    let mut s = Suggestion::default();
+    for l in lost {
+        let r = &l.request;
+        let fix = match l.problems.first() {
+            Some(Problem::Undefined { suggest: Some(t) }) => Err(format!("not defined; did you mean CONFIG_{t}?")),
+            Some(Problem::Undefined { suggest: None }) => Err("not defined in this kernel".to_string()),
+            Some(Problem::OtherArch { arches, .. }) => Err(format!("exists only on {}, the labs build {SRCARCH}", arches.join(", "))),
+            _ => solver.fix_request(&r.symbol, &r.value),
+        };
+        match fix {
+            Ok(f) => {
+                let f = f.into_iter().filter(|(sym, _)| !solver.requested.contains_key(sym)).collect();
+                s.fragment = merge(std::mem::take(&mut s.fragment), f);
+            }
+            Err(why) => s.unfixable.push((r.symbol.clone(), why)),
+        }
+    }
+    s
+}
+
+/// Text for one lost request: where it was asked, its definition, the named problems and the
+/// effective dependency with every symbol's value.
+pub fn explain(an: &Analysis<'_>, l: &Lost) -> String {
+    let r = &l.request;
+    let got = match &l.got {
+        Some(Value::No) => "not set".to_string(),
+        Some(v) => v.to_string(),
+        None => "absent".to_string(),
+    };
+    let mut out = format!("CONFIG_{}: asked {} ({}:{}), final {got}\n", r.symbol, r.value, r.file.display(), r.line);
+    out.push_str(&describe(an, &r.symbol, &l.problems));
+    out
+}
+
+/// The analysis of one symbol (without a request): definitions, problems and dependencies.
+pub fn describe(an: &Analysis<'_>, sym: &str, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for p in problems {
+        let _ = writeln!(out, "    problem: {}", problem_text(an, sym, p));
+    }
+    for d in an.defs(sym) {
+        let ty = format!("{:?}", d.ty).to_lowercase();
+        let prompt = match &d.prompt {
+            Some((t, None)) => format!("prompt \"{t}\""),
+            Some((t, Some(c))) => format!("prompt \"{t}\" if {}", an.show(c)),
+            None => "no prompt".to_string(),
+        };
+        let _ = writeln!(out, "    defined at {}:{} ({ty}, {prompt})", d.file.display(), d.line);
+        if d.deps.is_empty() {
+            out.push_str("      no dependencies\n");
+        } else {
+            let _ = writeln!(out, "      effective dependency [={}]:", ["n", "m", "y"][an.deps_value(d) as usize]);
+        }
+        for c in &d.deps {
+            for part in conjuncts(&c.expr) {
+                let v = an.eval(part);
+                let mark = if v == N { "UNMET" } else { "ok   " };
+                let alts = alternatives(part);
+                let text = if alts.len() > 1 {
+                    format!("one of: {}", alts.iter().map(|a| an.show(a)).collect::<Vec<_>>().join("  |  "))
+                } else {
+                    an.show(part)
+                };
+                let _ = writeln!(out, "      {mark} {text}   ({} {})", c.origin, c.at);
+            }
+        }
+        for (lo, hi, cond) in &d.ranges {
+            let c = cond.as_ref().map(|c| format!(" if {}", an.show(c))).unwrap_or_default();
+            let _ = writeln!(out, "      range {lo} {hi}{c}");
+        }
+    }
+    let sels = an.tree.selected_by.get(sym).map(Vec::as_slice).unwrap_or(&[]);
+    if !sels.is_empty() && problems.iter().any(|p| matches!(p, Problem::NoPrompt | Problem::ForcedBySelect { .. })) {
+        let _ = writeln!(out, "    selected by ({}):", sels.len());
+        let mut solver = Solver::new(an, &[]);
+        for s in sels.iter().filter(|s| !s.imply).take(12) {
+            let cond = s.cond.as_ref().map(|c| format!(" if {}", an.show(c))).unwrap_or_default();
+            let can = if an.tri(&s.selector) > N {
+                "on".to_string()
+            } else {
+                match solver.enable(&s.selector, Y, 0) {
+                    Ok(f) => format!("can be turned on with {} assignment(s)", f.len()),
+                    Err(e) => format!("cannot be turned on: {e}"),
+                }
+            };
+            let _ = writeln!(out, "      {} [={}]{cond} ({}): {can}", s.selector, an.shown(&s.selector), s.at);
+        }
+        if sels.len() > 12 {
+            let _ = writeln!(out, "      ... and {} more", sels.len() - 12);
+        }
+    }
+    out
+}
+
+fn problem_text(an: &Analysis<'_>, sym: &str, p: &Problem) -> String {
+    match p {
+        Problem::Undefined { suggest: Some(s) } => format!("no Kconfig file defines {sym}; did you mean CONFIG_{s}? fix the name"),
+        Problem::Undefined { suggest: None } => format!("no Kconfig file defines {sym}; remove the line or check the kernel version"),
+        Problem::OtherArch { arches, at } => format!(
+            "other architecture: {sym} is defined only for {} ({}); the labs build {SRCARCH}, drop the line",
+            arches.join(", "),
+            at.join(", ")
+        ),
+        Problem::UnmetDependency => "unmet dependency (conjuncts marked UNMET below)".to_string(),
+        Problem::NoPrompt => format!("no prompt: {sym} cannot be set by a fragment, only by a `select` or its default"),
+        Problem::ModuleWithoutModules => {
+            format!("asked m but MODULES [={}]: without modules Kconfig builds it in or drops it", an.shown("MODULES"))
+        }
+        Problem::OutOfRange { lo, hi } => format!("value out of range: the range in force is {lo}..{hi}"),
+        Problem::ChoiceLost { winner } => format!("choice member lost: {winner} [=y] is the selected member of the same choice"),
+        Problem::ForcedBySelect { selectors } => format!("forced on by select from {}", selectors.join(", ")),
+        Problem::Unknown => "Kconfig changed the value for a reason this analysis does not model".to_string(),
+    }
+}
+
+/// The outcome of a fix verified with the real Kconfig tool.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub suggestion: Suggestion,
+    /// Requests still lost after olddefconfig with the fragment, empty when verified.
+    pub still_lost: Vec<String>,
+    pub rounds: usize,
+}
+
+/// Suggests a fragment and verifies it with `olddefconfig`: `run` applies assignments to a
+/// copy of the configured tree and returns the resulting `.config`. When the result still
+/// loses fixable requests, the analysis runs again on it (dependencies of dependencies that
+/// only show once the first ones are on), up to three rounds.
+pub fn verified_fix(
+    tree: &Tree,
+    flat: &SymbolIndex,
+    config: &[Entry],
+    requested: &[Entry],
+    run: &mut dyn FnMut(&[Assign]) -> Result<Vec<Entry>>,
+) -> Result<Verified> {
+    let an = Analysis::new(tree, flat, config);
+    let first_lost = lost(&an, requested);
+    let mut sug = suggest(&an, requested, &first_lost);
+    let reqs: Vec<Assign> = effective_requests(requested).into_iter().map(|e| (e.symbol, e.value)).collect();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let mut all = reqs.clone();
+        all.extend(sug.fragment.iter().cloned());
+        let result = run(&all)?;
+        let an = Analysis::new(tree, flat, &result);
+        let unfixable: HashSet<&str> = sug.unfixable.iter().map(|(s, _)| s.as_str()).collect();
+        let again: Vec<Lost> = lost(&an, requested).into_iter().filter(|l| !unfixable.contains(l.request.symbol.as_str())).collect();
+        if again.is_empty() || rounds == 3 {
+            return Ok(Verified { still_lost: again.iter().map(|l| l.request.symbol.clone()).collect(), suggestion: sug, rounds });
+        }
+        let more = suggest(&an, requested, &again);
+        let before = sug.fragment.len();
+        sug.fragment = merge(std::mem::take(&mut sug.fragment), more.fragment);
+        for u in more.unfixable {
+            if !sug.unfixable.iter().any(|(s, _)| *s == u.0) {
+                sug.unfixable.push(u);
+            }
+        }
+        if sug.fragment.len() == before {
+            let still: Vec<String> = again.iter().map(|l| l.request.symbol.clone()).collect();
+            return Ok(Verified { still_lost: still, suggestion: sug, rounds });
+        }
+    }
+}
+
+/// Renders the verified fix: the fragment ready to paste, and what no fragment can save.
+pub fn render_fix(v: &Verified) -> String {
+    let mut out = String::new();
+    let s = &v.suggestion;
+    if s.fragment.is_empty() && s.unfixable.is_empty() && v.still_lost.is_empty() {
+        return out;
+    }
+    if !s.fragment.is_empty() {
+        let mark = if v.still_lost.is_empty() {
+            "verified with olddefconfig: every fixable request survives".to_string()
+        } else {
+            format!("NOT verified: olddefconfig still drops {}", v.still_lost.join(", "))
+        };
+        let _ = writeln!(out, "suggested fragment ({mark}):");
+        out.push_str(&format!("# Added by `cargo xtask config fix` ({mark}).\n"));
+        out.push_str(&kconfig::render(&s.fragment));
+    } else if !v.still_lost.is_empty() {
+        let _ = writeln!(out, "no fragment found: olddefconfig still drops {}", v.still_lost.join(", "));
+    }
+    for (sym, why) in &s.unfixable {
+        let _ = writeln!(out, "no fix for CONFIG_{sym}: {why}");
+    }
+    out
+}
+
+/// Applies `assign` to a copy of `build/.config` in `scratch` and runs the kernel's own
+/// `olddefconfig` there; returns the resulting `.config`. `scratch` is removed afterwards.
+pub fn olddefconfig_with(sh: &Shell, src: &Path, build: &Path, scratch: &Path, assign: &[Assign]) -> Result<Vec<Entry>> {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).with_context(|| format!("create scratch directory {}", scratch.display()))?;
+    let result = (|| {
+        let config = build.join(".config");
+        let mut text = std::fs::read_to_string(&config)
+            .with_context(|| format!("read {} (configure the tree first: cargo xtask kernel)", config.display()))?;
+        text.push_str("\n# kernel-lab: requests and suggested fix, verified below\n");
+        text.push_str(&kconfig::render(assign));
+        std::fs::write(scratch.join(".config"), text).with_context(|| format!("write {}/.config", scratch.display()))?;
+        let o = crate::kbuild::make_out_arg(scratch);
+        let out = cmd!(sh, "make -C {src} {o} olddefconfig").quiet().ignore_status().output().context("run make olddefconfig")?;
+        if !out.status.success() {
+            bail!(
+                "make olddefconfig in {} failed ({}): {}",
+                scratch.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).lines().take(10).collect::<Vec<_>>().join("\n")
+            );
+        }
+        kconfig::parse_file(&scratch.join(".config"))
+    })();
+    let _ = std::fs::remove_dir_all(scratch);
+    result
+}
+
+/// Everything `configure` prints when options were lost: each explanation, then the verified fix.
+pub fn failure_report(
+    tree: &Tree,
+    flat: &SymbolIndex,
+    config: &[Entry],
+    requested: &[Entry],
+    run: &mut dyn FnMut(&[Assign]) -> Result<Vec<Entry>>,
+) -> Result<Option<String>> {
+    let an = Analysis::new(tree, flat, config);
+    let lost = lost(&an, requested);
+    if lost.is_empty() {
+        return Ok(None);
+    }
+    let mut out =
+        format!("{} requested option(s) did not survive olddefconfig; Kconfig drops options whose dependencies are unmet:\n", lost.len());
+    for l in &lost {
+        out.push_str("  ");
+        out.push_str(&explain(&an, l));
+    }
+    let v = verified_fix(tree, flat, config, requested, run)?;
+    out.push_str(&render_fix(&v));
+    Ok(Some(out))
+}
+
+/// Parses `SYMBOL`, `CONFIG_SYMBOL` or `SYMBOL=value` from the command line (default `y`).
+pub fn parse_request(arg: &str) -> Result<Entry> {
+    let line = if arg.contains('=') { arg.to_string() } else { format!("{arg}=y") };
+    let line = if line.starts_with("CONFIG_") { line } else { format!("CONFIG_{line}") };
+    let mut e = kconfig::parse(&line, Path::new("command line"))
+        .with_context(|| format!("symbol argument {arg:?}: write SYMBOL or SYMBOL=value"))?;
+    e.pop().with_context(|| format!("symbol argument {arg:?} is empty: write SYMBOL or SYMBOL=value"))
+}
+
+/// A symbol's value in `config` as `config explain` prints it.
+pub fn current_value(config: &[Entry], sym: &str) -> String {
+    match config.iter().rev().find(|e| e.symbol == sym).map(|e| &e.value) {
+        Some(Value::No) | None => "n (not set)".to_string(),
+        Some(v) => v.to_string(),
+    }
+}
