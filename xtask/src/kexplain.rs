@@ -992,7 +992,7 @@ impl<'s, 'a> Solver<'s, 'a> {
             let mut fix = Vec::new();
             let mut ok = true;
             for c in &d.deps {
-                match self.satisfy(&c.expr, true, want.min(M).max(M), depth + 1) {
+                match self.satisfy(&c.expr, true, want, depth + 1) {
                     Ok(f) => fix = merge(fix, f),
                     Err(e) => {
                         why = e;
@@ -1296,7 +1296,10 @@ fn problem_text(an: &Analysis<'_>, sym: &str, p: &Problem) -> String {
             format!("asked m but MODULES [={}]: without modules Kconfig builds it in or drops it", an.shown("MODULES"))
         }
         Problem::OutOfRange { lo, hi } => format!("value out of range: the range in force is {lo}..{hi}"),
-        Problem::ChoiceLost { winner } => format!("choice member lost: {winner} [=y] is the selected member of the same choice"),
+        Problem::ChoiceLost { winner } => {
+            let at = an.defs(sym).iter().find_map(|d| d.choice).map(|i| an.tree.choices[i].at.clone()).unwrap_or_default();
+            format!("choice member lost: {winner} [=y] is the selected member of the same choice ({at}); request only one of them")
+        }
         Problem::ForcedBySelect { selectors } => format!("forced on by select from {}", selectors.join(", ")),
         Problem::Unknown => "Kconfig changed the value for a reason this analysis does not model".to_string(),
     }
@@ -1362,7 +1365,7 @@ pub fn render_fix(v: &Verified) -> String {
     }
     if !s.fragment.is_empty() {
         let mark = if v.still_lost.is_empty() {
-            "verified with olddefconfig: every fixable request survives".to_string()
+            format!("verified with olddefconfig in {} round(s): every fixable request survives", v.rounds)
         } else {
             format!("NOT verified: olddefconfig still drops {}", v.still_lost.join(", "))
         };
@@ -1444,5 +1447,314 @@ pub fn current_value(config: &[Entry], sym: &str) -> String {
     match config.iter().rev().find(|e| e.symbol == sym).map(|e| &e.value) {
         Some(Value::No) | None => "n (not set)".to_string(),
         Some(v) => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch kernel tree from `(path, text)` pairs, loaded both ways.
+    struct Fixture {
+        dir: PathBuf,
+        tree: Tree,
+        flat: SymbolIndex,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(files: &[(&str, &str)]) -> Fixture {
+        let dir = crate::testutil::scratch("kexplain");
+        for (path, text) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let tree = load(&dir, SRCARCH).unwrap();
+        let flat = kconfig::index(&dir, None).unwrap();
+        Fixture { dir, tree, flat }
+    }
+
+    fn entries(file: &str, text: &str) -> Vec<Entry> {
+        kconfig::parse(text, Path::new(file)).unwrap()
+    }
+
+    /// Explanation and unverified suggestion for `requests` against `config`.
+    fn analyse(f: &Fixture, config: &str, requests: &str) -> (Vec<Lost>, String, Suggestion) {
+        let config = entries(".config", config);
+        let req = entries("lab.config", requests);
+        let an = Analysis::new(&f.tree, &f.flat, &config);
+        let lost = lost(&an, &req);
+        let text: String = lost.iter().map(|l| explain(&an, l)).collect();
+        let sug = suggest(&an, &req, &lost);
+        (lost, text, sug)
+    }
+
+    fn assigns(pairs: &[(&str, Value)]) -> Vec<Assign> {
+        pairs.iter().map(|(s, v)| (s.to_string(), v.clone())).collect()
+    }
+
+    const DRIVERS: &str = "\
+menu \"SCSI device support\"
+config SCSI
+\ttristate \"SCSI device support\"
+\tdepends on BLOCK
+\thelp
+\t  if you are unsure
+\t  config lines in help are prose
+menuconfig SCSI_LOWLEVEL
+\tbool \"SCSI low-level drivers\"
+\tdepends on SCSI
+\tdefault y
+if SCSI_LOWLEVEL && SCSI
+config SCSI_VIRTIO
+\ttristate \"virtio-scsi support\"
+\tdepends on VIRTIO
+endif
+endmenu
+";
+
+    const ROOT: &str = "\
+mainmenu \"Fixture\"
+config BLOCK
+\tbool \"Block layer\"
+config MODULES
+\tbool \"Modules\"
+config BROKEN
+\tbool
+config PCI
+\tbool \"PCI\"
+config VIRTIO
+\ttristate
+config VIRTIO_PCI
+\ttristate \"virtio pci\"
+\tdepends on PCI
+\tselect VIRTIO
+config RPROC_DSP
+\tbool \"remote DSP\"
+\tdepends on BROKEN
+\tselect VIRTIO
+source \"drivers/Kconfig\"
+source \"arch/$(SRCARCH)/Kconfig\"
+";
+
+    fn tree_with_drivers() -> Fixture {
+        fixture(&[
+            ("Kconfig", ROOT),
+            ("drivers/Kconfig", "if BLOCK\nsource \"drivers/scsi/Kconfig\"\nendif\n"),
+            ("drivers/scsi/Kconfig", DRIVERS),
+            ("arch/x86/Kconfig", "config X86\n\tdef_bool y\n"),
+            ("arch/arm64/Kconfig", "config ARM64_VA_BITS_48\n\tbool \"48-bit\"\n"),
+        ])
+    }
+
+    #[test]
+    fn expressions_parse_and_evaluate_with_values() {
+        let e = parse_expr("A && (B || !C) && D != \"x\" && $(cc-option,-foo)").unwrap();
+        assert_eq!(conjuncts(&e).len(), 4);
+        assert!(matches!(conjuncts(&e)[3], Expr::Macro(_)));
+        let f = fixture(&[(
+            "Kconfig",
+            "config A\n\tbool \"a\"\nconfig B\n\ttristate \"b\"\nconfig C\n\tbool \"c\"\nconfig D\n\tstring \"d\"\n",
+        )]);
+        let cfg = entries(".config", "CONFIG_A=y\nCONFIG_B=m\nCONFIG_MODULES=y\nCONFIG_C=y\nCONFIG_D=\"x\"\n");
+        let an = Analysis::new(&f.tree, &f.flat, &cfg);
+        // B=m, so B || !C is m; D != "x" is false.
+        assert_eq!(an.eval(&parse_expr("A && (B || !C)").unwrap()), M);
+        assert_eq!(an.eval(&e), N);
+        assert_eq!(an.show(&parse_expr("A && (B || !C)").unwrap()), "A [=y] && (B [=m] || !C [=y])");
+        assert_eq!(parse_expr("A && && B"), None);
+    }
+
+    #[test]
+    fn nested_if_across_source_is_inherited_with_values_and_fixed() {
+        let f = tree_with_drivers();
+        let def = &f.tree.symbols["SCSI_VIRTIO"][0];
+        let origins: Vec<(&str, &str)> = def.deps.iter().map(|c| (c.origin, c.at.as_str())).collect();
+        assert_eq!(origins, [("depends on", "drivers/scsi/Kconfig:15"), ("if", "drivers/scsi/Kconfig:12"), ("if", "drivers/Kconfig:1"),]);
+        // The help text's "if"/"config" prose opened no block and defined no symbol.
+        assert!(!f.tree.symbols.contains_key("lines"));
+        let (lost, text, sug) = analyse(&f, "CONFIG_PCI=y\n# CONFIG_BLOCK is not set\n", "CONFIG_SCSI_VIRTIO=y\n");
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].problems, [Problem::UnmetDependency]);
+        assert!(text.contains("CONFIG_SCSI_VIRTIO: asked y (lab.config:1), final absent"), "{text}");
+        assert!(text.contains("UNMET VIRTIO [=n]   (depends on drivers/scsi/Kconfig:15)"), "{text}");
+        assert!(text.contains("UNMET SCSI_LOWLEVEL [=n]   (if drivers/scsi/Kconfig:12)"), "{text}");
+        assert!(text.contains("UNMET BLOCK [=n]   (if drivers/Kconfig:1)"), "{text}");
+        // VIRTIO has no prompt, so its provider VIRTIO_PCI is turned on; SCSI_LOWLEVEL is default y
+        // once SCSI is on, but kept explicit.
+        assert_eq!(
+            sug.fragment,
+            assigns(&[("VIRTIO_PCI", Value::Yes), ("BLOCK", Value::Yes), ("SCSI", Value::Yes), ("SCSI_LOWLEVEL", Value::Yes)])
+        );
+        assert!(sug.unfixable.is_empty());
+    }
+
+    #[test]
+    fn select_only_symbol_lists_selectors_and_which_can_be_turned_on() {
+        let f = tree_with_drivers();
+        let (lost, text, sug) = analyse(&f, "CONFIG_PCI=y\n", "CONFIG_VIRTIO=y\n");
+        assert_eq!(lost[0].problems, [Problem::NoPrompt]);
+        assert!(text.contains("no prompt: VIRTIO cannot be set by a fragment"), "{text}");
+        assert!(text.contains("VIRTIO_PCI [=n] (Kconfig:15): can be turned on with 1 assignment(s)"), "{text}");
+        assert!(text.contains("RPROC_DSP [=n] (Kconfig:19): cannot be turned on: BROKEN has no prompt"), "{text}");
+        assert_eq!(sug.fragment, assigns(&[("VIRTIO_PCI", Value::Yes)]));
+    }
+
+    #[test]
+    fn depends_on_broken_has_no_fix() {
+        let f = tree_with_drivers();
+        let (lost, _, sug) = analyse(&f, "", "CONFIG_RPROC_DSP=y\n");
+        assert_eq!(lost[0].problems, [Problem::UnmetDependency]);
+        assert!(sug.fragment.is_empty());
+        assert_eq!(sug.unfixable.len(), 1);
+        assert!(sug.unfixable[0].1.contains("BROKEN"), "{:?}", sug.unfixable);
+    }
+
+    #[test]
+    fn other_architecture_is_named_and_unfixable() {
+        let f = tree_with_drivers();
+        let (lost, text, sug) = analyse(&f, "", "CONFIG_ARM64_VA_BITS_48=y\nCONFIG_SCSI_VIRTUO=y\n");
+        assert_eq!(lost[0].problems, [Problem::OtherArch { arches: vec!["arm64".into()], at: vec!["arch/arm64/Kconfig:1".into()] }]);
+        assert!(text.contains("other architecture: ARM64_VA_BITS_48 is defined only for arm64 (arch/arm64/Kconfig:1)"), "{text}");
+        // A typo is still told apart from another architecture.
+        assert!(text.contains("did you mean CONFIG_SCSI_VIRTIO?"), "{text}");
+        assert_eq!(sug.unfixable.len(), 2);
+        assert!(sug.unfixable[0].1.contains("only on arm64"), "{:?}", sug.unfixable);
+        // x86's own symbols come from the sourced arch/x86 file.
+        assert!(f.tree.symbols.contains_key("X86"));
+    }
+
+    #[test]
+    fn module_without_modules_is_reported_and_fixed_by_modules() {
+        let f = tree_with_drivers();
+        let (lost, text, sug) = analyse(&f, "CONFIG_PCI=y\nCONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO=y\n", "CONFIG_VIRTIO_PCI=m\n");
+        assert_eq!(lost[0].problems, [Problem::ModuleWithoutModules]);
+        assert!(text.contains("asked m but MODULES [=n]"), "{text}");
+        assert_eq!(sug.fragment, assigns(&[("MODULES", Value::Yes)]));
+        // With MODULES on, m -> y of a bool is what everyone expects and is not reported.
+        let (lost, _, _) = analyse(&f, "CONFIG_MODULES=y\nCONFIG_PCI=y\n", "CONFIG_PCI=m\n");
+        assert!(lost.is_empty(), "{lost:?}");
+    }
+
+    #[test]
+    fn or_alternatives_are_shown_and_the_cheapest_is_chosen() {
+        let f = fixture(&[(
+            "Kconfig",
+            "config PCI\n\tbool \"PCI\"\nconfig EXPERT\n\tbool \"expert\"\nconfig ACPI\n\tbool \"ACPI\"\n\tdepends on EXPERT\nconfig NIC\n\tbool \"nic\"\n\tdepends on ACPI || PCI\n",
+        )]);
+        let (lost, text, sug) = analyse(&f, "", "CONFIG_NIC=y\n");
+        assert_eq!(lost[0].problems, [Problem::UnmetDependency]);
+        assert!(text.contains("UNMET one of: ACPI [=n]  |  PCI [=n]"), "{text}");
+        assert_eq!(sug.fragment, assigns(&[("PCI", Value::Yes)]));
+        // A request for PCI off rules that alternative out and the other one is taken.
+        let (_, _, sug) = analyse(&f, "", "CONFIG_NIC=y\n# CONFIG_PCI is not set\n");
+        assert_eq!(sug.fragment, assigns(&[("EXPERT", Value::Yes), ("ACPI", Value::Yes)]));
+    }
+
+    #[test]
+    fn choice_member_that_lost_names_the_winner() {
+        let f = fixture(&[(
+            "Kconfig",
+            "config DEBUG_KERNEL\n\tbool \"debug\"\nchoice\n\tprompt \"Debug info\"\n\tdepends on DEBUG_KERNEL\nconfig DWARF4\n\tbool \"dwarf4\"\nconfig DWARF5\n\tbool \"dwarf5\"\nendchoice\n",
+        )]);
+        assert_eq!(f.tree.choices[0].members, ["DWARF4", "DWARF5"]);
+        let def = &f.tree.symbols["DWARF5"][0];
+        assert_eq!((def.deps[0].origin, def.deps[0].at.as_str()), ("choice depends on", "Kconfig:5"));
+        let (lost, text, _) = analyse(&f, "CONFIG_DEBUG_KERNEL=y\nCONFIG_DWARF4=y\n", "CONFIG_DWARF5=y\n");
+        assert_eq!(lost[0].problems, [Problem::ChoiceLost { winner: "DWARF4".into() }]);
+        assert!(text.contains("DWARF4 [=y] is the selected member of the same choice (Kconfig:3)"), "{text}");
+        // Without DEBUG_KERNEL the choice itself is hidden: an unmet dependency, fixed by it.
+        let (lost, _, sug) = analyse(&f, "", "CONFIG_DWARF5=y\n");
+        assert_eq!(lost[0].problems, [Problem::UnmetDependency]);
+        assert_eq!(sug.fragment, assigns(&[("DEBUG_KERNEL", Value::Yes)]));
+    }
+
+    #[test]
+    fn value_out_of_range_finds_the_range_that_allows_it() {
+        let f = fixture(&[(
+            "Kconfig",
+            "config BIGSMP\n\tbool \"big\"\nconfig NR_CPUS\n\tint \"cpus\"\n\trange 2 8 if !BIGSMP\n\trange 2 512 if BIGSMP\n\tdefault 8\n",
+        )]);
+        let (lost, text, sug) = analyse(&f, "CONFIG_NR_CPUS=8\n", "CONFIG_NR_CPUS=64\n");
+        assert_eq!(lost[0].problems, [Problem::OutOfRange { lo: "2".into(), hi: "8".into() }]);
+        assert!(text.contains("value out of range: the range in force is 2..8"), "{text}");
+        assert!(text.contains("range 2 512 if BIGSMP [=n]"), "{text}");
+        assert_eq!(sug.fragment, assigns(&[("BIGSMP", Value::Yes)]));
+        let (_, _, sug) = analyse(&f, "CONFIG_NR_CPUS=8\n", "CONFIG_NR_CPUS=4096\n");
+        assert!(sug.fragment.is_empty());
+        assert!(sug.unfixable[0].1.contains("outside every range"), "{:?}", sug.unfixable);
+    }
+
+    #[test]
+    fn forced_by_select_names_the_selector_and_turns_it_off() {
+        let f = tree_with_drivers();
+        let cfg = "CONFIG_PCI=y\nCONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO=y\n";
+        let (lost, text, sug) = analyse(&f, cfg, "# CONFIG_VIRTIO is not set\n");
+        assert_eq!(lost[0].problems, [Problem::ForcedBySelect { selectors: vec!["VIRTIO_PCI".into()] }]);
+        assert!(text.contains("forced on by select from VIRTIO_PCI"), "{text}");
+        assert_eq!(sug.fragment, assigns(&[("VIRTIO_PCI", Value::No)]));
+        // Unless the selector is requested too: conflicting requests, no fix.
+        let (_, _, sug) = analyse(&f, cfg, "CONFIG_VIRTIO_PCI=y\n# CONFIG_VIRTIO is not set\n");
+        assert!(sug.unfixable[0].1.contains("conflicting requests"), "{:?}", sug.unfixable);
+    }
+
+    #[test]
+    fn survivors_and_overridden_requests_are_not_reported() {
+        let f = tree_with_drivers();
+        let cfg = "CONFIG_PCI=y\nCONFIG_BLOCK=y\n";
+        // The later request (n) overrides the earlier one (y), as in merge_config.sh.
+        let (lost, _, _) = analyse(&f, cfg, "CONFIG_PCI=y\nCONFIG_SCSI=y\n# CONFIG_SCSI is not set\n# CONFIG_MODULES is not set\n");
+        assert!(lost.is_empty(), "{lost:?}");
+        // Even a final config that happens to contain an undefined symbol does not pass it.
+        let (lost, _, _) = analyse(&f, "CONFIG_NO_SUCH=y\n", "CONFIG_NO_SUCH=y\n");
+        assert_eq!(lost[0].problems, [Problem::Undefined { suggest: None }]);
+    }
+
+    #[test]
+    fn fix_is_verified_and_rerun_on_what_olddefconfig_gives() {
+        let f = tree_with_drivers();
+        let config = entries(".config", "CONFIG_PCI=y\n");
+        let req = entries("lab.config", "CONFIG_SCSI_VIRTIO=y\nCONFIG_ARM64_VA_BITS_48=y\n");
+        // Round 1 pretends olddefconfig turned PCI off (say, through a choice we do not model), which
+        // hides VIRTIO_PCI; round 2 must see that in the new .config and add PCI.
+        let mut calls = Vec::new();
+        let mut run = |a: &[Assign]| -> Result<Vec<Entry>> {
+            calls.push(a.to_vec());
+            let text = if a.iter().any(|(s, _)| s == "PCI") {
+                "CONFIG_PCI=y\nCONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO=y\nCONFIG_BLOCK=y\nCONFIG_SCSI=y\nCONFIG_SCSI_LOWLEVEL=y\nCONFIG_SCSI_VIRTIO=y\n"
+            } else {
+                "# CONFIG_PCI is not set\nCONFIG_BLOCK=y\nCONFIG_SCSI=y\nCONFIG_SCSI_LOWLEVEL=y\n"
+            };
+            Ok(entries(".config", text))
+        };
+        let v = verified_fix(&f.tree, &f.flat, &config, &req, &mut run).unwrap();
+        assert_eq!(calls.len(), 2);
+        // Each run gets the requests first, then the fix.
+        assert_eq!(calls[0][0], ("SCSI_VIRTIO".to_string(), Value::Yes));
+        assert!(v.still_lost.is_empty(), "{v:?}");
+        assert_eq!(v.rounds, 2);
+        let text = render_fix(&v);
+        assert!(text.contains("verified with olddefconfig in 2 round(s)"), "{text}");
+        assert!(text.contains("CONFIG_VIRTIO_PCI=y\n") && text.contains("CONFIG_PCI=y\n"), "{text}");
+        assert!(text.contains("no fix for CONFIG_ARM64_VA_BITS_48: exists only on arm64"), "{text}");
+        // A tool that never keeps the option: reported as not verified, naming it.
+        let mut never = |_: &[Assign]| -> Result<Vec<Entry>> { Ok(entries(".config", "CONFIG_PCI=y\n")) };
+        let v = verified_fix(&f.tree, &f.flat, &config, &req, &mut never).unwrap();
+        assert_eq!(v.still_lost, ["SCSI_VIRTIO"]);
+        assert!(render_fix(&v).contains("NOT verified: olddefconfig still drops SCSI_VIRTIO"), "{}", render_fix(&v));
+    }
+
+    #[test]
+    fn command_line_requests_default_to_y() {
+        let e = parse_request("SCSI").unwrap();
+        assert_eq!((e.symbol.as_str(), e.value), ("SCSI", Value::Yes));
+        let e = parse_request("CONFIG_E1000=m").unwrap();
+        assert_eq!((e.symbol.as_str(), e.value), ("E1000", Value::Module));
+        assert!(format!("{:#}", parse_request("A B").unwrap_err()).contains("SYMBOL or SYMBOL=value"));
     }
 }
