@@ -929,8 +929,23 @@ impl<'s, 'a> Solver<'s, 'a> {
                                 Some((_, _, None)) => {}
                                 None => {
                                     let (lo, hi, _) = &d.ranges[0];
+                                    // Bounds that are symbols (NR_CPUS_RANGE_END) come from their own defaults.
+                                    let computed: Vec<&str> = [lo, hi]
+                                        .into_iter()
+                                        .filter(|b| an.tree.symbols.contains_key(b.as_str()))
+                                        .map(|b| b.as_str())
+                                        .collect();
+                                    let how = if computed.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!(
+                                            ", bounds computed by {}: see `cargo xtask config explain {}`",
+                                            computed.join(" and "),
+                                            computed.join(" ")
+                                        )
+                                    };
                                     return Err(format!(
-                                        "{n} is outside every range of {sym} (first: {}..{}); pick a value in range",
+                                        "{n} is outside the range {}..{} of {sym}{how}; pick a value in range",
                                         an.operand(lo),
                                         an.operand(hi)
                                     ));
@@ -1255,7 +1270,8 @@ pub fn describe(an: &Analysis<'_>, sym: &str, problems: &[Problem]) -> String {
         }
         for (lo, hi, cond) in &d.ranges {
             let c = cond.as_ref().map(|c| format!(" if {}", an.show(c))).unwrap_or_default();
-            let _ = writeln!(out, "      range {lo} {hi}{c}");
+            let bound = |b: &str| if an.tree.symbols.contains_key(b) { format!("{b} [={}]", an.operand(b)) } else { b.to_string() };
+            let _ = writeln!(out, "      range {} {}{c}", bound(lo), bound(hi));
         }
     }
     let sels = an.tree.selected_by.get(sym).map(Vec::as_slice).unwrap_or(&[]);
@@ -1687,7 +1703,7 @@ source \"arch/$(SRCARCH)/Kconfig\"
         assert_eq!(sug.fragment, assigns(&[("BIGSMP", Value::Yes)]));
         let (_, _, sug) = analyse(&f, "CONFIG_NR_CPUS=8\n", "CONFIG_NR_CPUS=4096\n");
         assert!(sug.fragment.is_empty());
-        assert!(sug.unfixable[0].1.contains("outside every range"), "{:?}", sug.unfixable);
+        assert!(sug.unfixable[0].1.contains("4096 is outside the range 2..8 of NR_CPUS; pick"), "{:?}", sug.unfixable);
     }
 
     #[test]
