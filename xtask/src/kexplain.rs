@@ -802,6 +802,7 @@ pub fn diagnose(an: &Analysis<'_>, sym: &str, want: &Value, got: Option<&Value>)
         names.dedup();
         out.push(Problem::ForcedBySelect { selectors: names });
     }
+    // A dependency at `m` caps a tristate at `m`: asking `y` needs every conjunct at `y`.
     let deps_met = defs.iter().any(|d| an.deps_value(d) >= want_tri.max(M));
     if want_tri > N && !deps_met {
         out.push(Problem::UnmetDependency);
@@ -1258,7 +1259,8 @@ pub fn describe(an: &Analysis<'_>, sym: &str, problems: &[Problem]) -> String {
         for c in &d.deps {
             for part in conjuncts(&c.expr) {
                 let v = an.eval(part);
-                let mark = if v == N { "UNMET" } else { "ok   " };
+                // `m` satisfies the dependency of a module but caps the symbol at `m`.
+                let mark = ["UNMET", "m-cap", "ok   "][v as usize];
                 let alts = alternatives(part);
                 let text = if alts.len() > 1 {
                     format!("one of: {}", alts.iter().map(|a| an.show(a)).collect::<Vec<_>>().join("  |  "))
@@ -1274,24 +1276,36 @@ pub fn describe(an: &Analysis<'_>, sym: &str, problems: &[Problem]) -> String {
             let _ = writeln!(out, "      range {} {}{c}", bound(lo), bound(hi));
         }
     }
-    let sels = an.tree.selected_by.get(sym).map(Vec::as_slice).unwrap_or(&[]);
-    if !sels.is_empty() && problems.iter().any(|p| matches!(p, Problem::NoPrompt | Problem::ForcedBySelect { .. })) {
-        let _ = writeln!(out, "    selected by ({}):", sels.len());
+    let sels: Vec<&Select> = an.tree.selected_by.get(sym).map(|v| v.iter().filter(|s| !s.imply).collect()).unwrap_or_default();
+    let forced = problems.iter().any(|p| matches!(p, Problem::ForcedBySelect { .. }));
+    if !sels.is_empty() && (forced || problems.iter().any(|p| matches!(p, Problem::NoPrompt))) {
+        // Those that are on come first, then the cheapest to turn on; the rest are summarised.
         let mut solver = Solver::new(an, &[]);
-        for s in sels.iter().filter(|s| !s.imply).take(12) {
-            let cond = s.cond.as_ref().map(|c| format!(" if {}", an.show(c))).unwrap_or_default();
-            let can = if an.tri(&s.selector) > N {
-                "on".to_string()
-            } else {
-                match solver.enable(&s.selector, Y, 0) {
-                    Ok(f) => format!("can be turned on with {} assignment(s)", f.len()),
-                    Err(e) => format!("cannot be turned on: {e}"),
-                }
-            };
-            let _ = writeln!(out, "      {} [={}]{cond} ({}): {can}", s.selector, an.shown(&s.selector), s.at);
+        let mut rows: Vec<(u8, usize, String)> = sels
+            .iter()
+            .map(|s| {
+                let cond = s.cond.as_ref().map(|c| format!(" if {}", an.show(c))).unwrap_or_default();
+                let active = an.tri(&s.selector) > N && s.cond.as_ref().is_none_or(|c| an.eval(c) > N);
+                let (rank, cost, can) = if active {
+                    (0, 0, "on, forces it".to_string())
+                } else if an.tri(&s.selector) > N {
+                    (1, 0, "on, but its condition is not".to_string())
+                } else {
+                    match solver.enable(&s.selector, Y, 0) {
+                        Ok(f) => (2, f.len(), format!("can be turned on with {} assignment(s)", f.len())),
+                        Err(e) => (3, 0, format!("cannot be turned on: {e}")),
+                    }
+                };
+                (rank, cost, format!("      {} [={}]{cond} ({}): {can}", s.selector, an.shown(&s.selector), s.at))
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let _ = writeln!(out, "    selected by ({}):", sels.len());
+        for (_, _, row) in rows.iter().take(12) {
+            let _ = writeln!(out, "{row}");
         }
-        if sels.len() > 12 {
-            let _ = writeln!(out, "      ... and {} more", sels.len() - 12);
+        if rows.len() > 12 {
+            let _ = writeln!(out, "      ... and {} more", rows.len() - 12);
         }
     }
     out
@@ -1307,7 +1321,12 @@ fn problem_text(an: &Analysis<'_>, sym: &str, p: &Problem) -> String {
             at.join(", ")
         ),
         Problem::UnmetDependency => "unmet dependency (conjuncts marked UNMET below)".to_string(),
-        Problem::NoPrompt => format!("no prompt: {sym} cannot be set by a fragment, only by a `select` or its default"),
+        Problem::NoPrompt => match an.defs(sym).iter().find_map(|d| d.prompt.as_ref().and_then(|(_, c)| c.as_ref())) {
+            Some(c) => {
+                format!("prompt hidden: {sym}'s prompt is conditional on {} and only a `select` or its default sets it now", an.show(c))
+            }
+            None => format!("no prompt: {sym} cannot be set by a fragment, only by a `select` or its default"),
+        },
         Problem::ModuleWithoutModules => {
             format!("asked m but MODULES [={}]: without modules Kconfig builds it in or drops it", an.shown("MODULES"))
         }
@@ -1343,6 +1362,9 @@ pub fn verified_fix(
 ) -> Result<Verified> {
     let an = Analysis::new(tree, flat, config);
     let first_lost = lost(&an, requested);
+    if first_lost.is_empty() {
+        return Ok(Verified { suggestion: Suggestion::default(), still_lost: Vec::new(), rounds: 0 });
+    }
     let mut sug = suggest(&an, requested, &first_lost);
     let reqs: Vec<Assign> = effective_requests(requested).into_iter().map(|e| (e.symbol, e.value)).collect();
     let mut rounds = 0;
@@ -1446,6 +1468,9 @@ pub fn failure_report(
     }
     let v = verified_fix(tree, flat, config, requested, run)?;
     out.push_str(&render_fix(&v));
+    if !v.suggestion.fragment.is_empty() {
+        out.push_str("save it with `cargo xtask config fix --recipe <recipe> --out FILE` and add FILE to the recipe's config.fragments\n");
+    }
     Ok(Some(out))
 }
 
@@ -1611,12 +1636,25 @@ source \"arch/$(SRCARCH)/Kconfig\"
     }
 
     #[test]
+    fn a_module_dependency_caps_a_request_for_y() {
+        let f = tree_with_drivers();
+        let cfg = "CONFIG_MODULES=y\nCONFIG_BLOCK=y\nCONFIG_PCI=y\nCONFIG_SCSI=m\nCONFIG_SCSI_LOWLEVEL=y\nCONFIG_VIRTIO=y\nCONFIG_VIRTIO_PCI=y\nCONFIG_SCSI_VIRTIO=m\n";
+        let (lost, text, sug) = analyse(&f, cfg, "CONFIG_SCSI_VIRTIO=y\n");
+        assert_eq!(lost[0].problems, [Problem::UnmetDependency]);
+        assert!(text.contains("m-cap SCSI [=m]   (if drivers/scsi/Kconfig:12)"), "{text}");
+        assert_eq!(sug.fragment, assigns(&[("SCSI", Value::Yes)]));
+        // Asking m is satisfied by the same tree.
+        let (lost, _, _) = analyse(&f, cfg, "CONFIG_SCSI_VIRTIO=m\n");
+        assert!(lost.is_empty(), "{lost:?}");
+    }
+
+    #[test]
     fn select_only_symbol_lists_selectors_and_which_can_be_turned_on() {
         let f = tree_with_drivers();
         let (lost, text, sug) = analyse(&f, "CONFIG_PCI=y\n", "CONFIG_VIRTIO=y\n");
         assert_eq!(lost[0].problems, [Problem::NoPrompt]);
         assert!(text.contains("no prompt: VIRTIO cannot be set by a fragment"), "{text}");
-        assert!(text.contains("VIRTIO_PCI [=n] (Kconfig:15): can be turned on with 1 assignment(s)"), "{text}");
+        assert!(text.contains("VIRTIO_PCI [=n] (Kconfig:15): can be turned on with 1 assignment(s)\n      RPROC_DSP"), "{text}");
         assert!(text.contains("RPROC_DSP [=n] (Kconfig:19): cannot be turned on: BROKEN has no prompt"), "{text}");
         assert_eq!(sug.fragment, assigns(&[("VIRTIO_PCI", Value::Yes)]));
     }
@@ -1713,6 +1751,7 @@ source \"arch/$(SRCARCH)/Kconfig\"
         let (lost, text, sug) = analyse(&f, cfg, "# CONFIG_VIRTIO is not set\n");
         assert_eq!(lost[0].problems, [Problem::ForcedBySelect { selectors: vec!["VIRTIO_PCI".into()] }]);
         assert!(text.contains("forced on by select from VIRTIO_PCI"), "{text}");
+        assert!(text.contains("selected by (2):\n      VIRTIO_PCI [=y] (Kconfig:15): on, forces it\n"), "{text}");
         assert_eq!(sug.fragment, assigns(&[("VIRTIO_PCI", Value::No)]));
         // Unless the selector is requested too: conflicting requests, no fix.
         let (_, _, sug) = analyse(&f, cfg, "CONFIG_VIRTIO_PCI=y\n# CONFIG_VIRTIO is not set\n");
