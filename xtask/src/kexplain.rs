@@ -1299,7 +1299,7 @@ pub fn describe(an: &Analysis<'_>, sym: &str, problems: &[Problem]) -> String {
                 (rank, cost, format!("      {} [={}]{cond} ({}): {can}", s.selector, an.shown(&s.selector), s.at))
             })
             .collect();
-        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        rows.sort_by_key(|r| (r.0, r.1));
         let _ = writeln!(out, "    selected by ({}):", sels.len());
         for (_, _, row) in rows.iter().take(12) {
             let _ = writeln!(out, "{row}");
