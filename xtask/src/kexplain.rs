@@ -274,6 +274,8 @@ pub struct Tree {
     pub selected_by: HashMap<String, Vec<Select>>,
     pub choices: Vec<Choice>,
     pub files: usize,
+    /// The source tree it was read from.
+    pub root: PathBuf,
 }
 
 enum Block {
@@ -291,7 +293,7 @@ enum Cur {
 
 /// Reads the tree rooted at `src/Kconfig` for `arch`, following `source` lines.
 pub fn load(src: &Path, arch: &str) -> Result<Tree> {
-    let mut tree = Tree::default();
+    let mut tree = Tree { root: src.to_path_buf(), ..Tree::default() };
     let mut blocks = Vec::new();
     let mut seen = HashSet::new();
     read_file(src, Path::new("Kconfig"), arch, &mut blocks, &mut tree, &mut seen, 0)
@@ -700,6 +702,8 @@ pub enum Problem {
     Undefined { suggest: Option<String> },
     /// Only other architectures define it.
     OtherArch { arches: Vec<String>, at: Vec<String> },
+    /// Defined only in Kconfig files no architecture's tree sources.
+    NotSourced { at: Vec<String> },
     /// Some conjunct of the effective dependency is not met.
     UnmetDependency,
     /// No prompt (or its `if` is false): only `select` or a default can set it.
@@ -769,12 +773,17 @@ pub fn diagnose(an: &Analysis<'_>, sym: &str, want: &Value, got: Option<&Value>)
         return match an.flat.get(sym) {
             Some(flat) => {
                 let at: Vec<String> = flat.iter().map(|d| format!("{}:{}", d.file.display(), d.line)).collect();
-                let mut arches: Vec<String> = flat.iter().filter_map(|d| arch_of(&d.file)).collect();
+                // A driver directory outside arch/ may still belong to other architectures: only
+                // their Kconfig sources it (coresight from arch/arm64/Kconfig.debug).
+                let mut arches: Vec<String> = flat
+                    .iter()
+                    .flat_map(|d| arch_of(&d.file).map(|a| vec![a]).unwrap_or_else(|| sourced_by_arches(&an.tree.root, &d.file)))
+                    .collect();
                 arches.sort();
                 arches.dedup();
                 if arches.is_empty() {
-                    // Defined in a file nothing sources (dead Kconfig); as good as undefined.
-                    vec![Problem::Undefined { suggest: None }]
+                    // Defined in a file nothing sources for any architecture (kconfig's own tests, docs).
+                    vec![Problem::NotSourced { at }]
                 } else {
                     vec![Problem::OtherArch { arches, at }]
                 }
@@ -844,13 +853,70 @@ pub fn diagnose(an: &Analysis<'_>, sym: &str, want: &Value, got: Option<&Value>)
     out
 }
 
+/// The architectures (other than `SRCARCH`) whose Kconfig tree reaches `file` through `source`
+/// lines, directly (coresight from arch/arm64/Kconfig.debug) or through other files
+/// (drivers/sh/intc from drivers/sh/Kconfig from arch/sh/Kconfig). Walks every Kconfig file, so
+/// it only runs for a symbol the tree does not define.
+fn sourced_by_arches(root: &Path, file: &Path) -> Vec<String> {
+    let mut parents: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if e.file_name() != ".git" {
+                    stack.push(p);
+                }
+                continue;
+            }
+            if !e.file_name().to_string_lossy().starts_with("Kconfig") {
+                continue;
+            }
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+            for line in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+                let line = line.trim();
+                if let Some(rest) = ["source", "osource", "rsource", "orsource"].iter().find_map(|k| line.strip_prefix(k)) {
+                    let target = rest.trim().trim_matches('"');
+                    let target = if line.starts_with("rsource") || line.starts_with("orsource") {
+                        rel.parent().unwrap_or(Path::new("")).join(target)
+                    } else {
+                        PathBuf::from(target)
+                    };
+                    parents.entry(target).or_default().push(rel.clone());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut queue = vec![file.to_path_buf()];
+    while let Some(f) = queue.pop() {
+        for p in parents.get(&f).into_iter().flatten() {
+            if !seen.insert(p.clone()) {
+                continue;
+            }
+            match arch_of(p) {
+                Some(a) => out.push(a),
+                None => queue.push(p.clone()),
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// `Some("arm64")` for a path under `arch/arm64/`, unless it is `SRCARCH`'s own directory.
 fn arch_of(file: &Path) -> Option<String> {
     let mut parts = file.components().map(|c| c.as_os_str().to_string_lossy().into_owned());
     if parts.next().as_deref() != Some("arch") {
         return None;
     }
-    parts.next().filter(|a| a != SRCARCH)
+    match parts.next() {
+        // arch/x86/um/ is User-Mode Linux's x86 part, sourced only by arch/um.
+        Some(a) if a == SRCARCH => (parts.next().as_deref() == Some("um")).then(|| "um".to_string()),
+        a => a,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1210,6 +1276,7 @@ pub fn suggest(an: &Analysis<'_>, requested: &[Entry], lost: &[Lost]) -> Suggest
             Some(Problem::Undefined { suggest: Some(t) }) => Err(format!("not defined; did you mean CONFIG_{t}?")),
             Some(Problem::Undefined { suggest: None }) => Err("not defined in this kernel".to_string()),
             Some(Problem::OtherArch { arches, .. }) => Err(format!("exists only on {}, the labs build {SRCARCH}", arches.join(", "))),
+            Some(Problem::NotSourced { .. }) => Err("defined only in a file no architecture sources".to_string()),
             _ => solver.fix_request(&r.symbol, &r.value),
         };
         match fix {
@@ -1318,6 +1385,10 @@ fn problem_text(an: &Analysis<'_>, sym: &str, p: &Problem) -> String {
         Problem::OtherArch { arches, at } => format!(
             "other architecture: {sym} is defined only for {} ({}); the labs build {SRCARCH}, drop the line",
             arches.join(", "),
+            at.join(", ")
+        ),
+        Problem::NotSourced { at } => format!(
+            "{sym} is defined only in {}, which no architecture's Kconfig sources (a test or documentation file); drop the line",
             at.join(", ")
         ),
         Problem::UnmetDependency => "unmet dependency (conjuncts marked UNMET below)".to_string(),
@@ -1589,7 +1660,9 @@ source \"arch/$(SRCARCH)/Kconfig\"
             ("drivers/Kconfig", "if BLOCK\nsource \"drivers/scsi/Kconfig\"\nendif\n"),
             ("drivers/scsi/Kconfig", DRIVERS),
             ("arch/x86/Kconfig", "config X86\n\tdef_bool y\n"),
-            ("arch/arm64/Kconfig", "config ARM64_VA_BITS_48\n\tbool \"48-bit\"\n"),
+            ("arch/arm64/Kconfig", "config ARM64_VA_BITS_48\n\tbool \"48-bit\"\nsource \"drivers/coresight/Kconfig\"\n"),
+            ("drivers/coresight/Kconfig", "config CORESIGHT\n\tbool \"coresight\"\n"),
+            ("scripts/kconfig/tests/Kconfig", "config TEST_ONLY\n\tbool \"t\"\n"),
         ])
     }
 
@@ -1679,6 +1752,12 @@ source \"arch/$(SRCARCH)/Kconfig\"
         assert!(text.contains("did you mean CONFIG_SCSI_VIRTIO?"), "{text}");
         assert_eq!(sug.unfixable.len(), 2);
         assert!(sug.unfixable[0].1.contains("only on arm64"), "{:?}", sug.unfixable);
+        // A driver outside arch/ that only arm64 sources belongs to arm64; a file nobody sources is named.
+        let (lost, text, sug) = analyse(&f, "", "CONFIG_CORESIGHT=y\nCONFIG_TEST_ONLY=y\n");
+        assert_eq!(lost[0].problems, [Problem::OtherArch { arches: vec!["arm64".into()], at: vec!["drivers/coresight/Kconfig:1".into()] }]);
+        assert_eq!(lost[1].problems, [Problem::NotSourced { at: vec!["scripts/kconfig/tests/Kconfig:1".into()] }]);
+        assert!(text.contains("no architecture's Kconfig sources"), "{text}");
+        assert_eq!(sug.unfixable.len(), 2);
         // x86's own symbols come from the sourced arch/x86 file.
         assert!(f.tree.symbols.contains_key("X86"));
     }
@@ -1802,6 +1881,41 @@ source \"arch/$(SRCARCH)/Kconfig\"
         let v = verified_fix(&f.tree, &f.flat, &config, &req, &mut never).unwrap();
         assert_eq!(v.still_lost, ["SCSI_VIRTIO"]);
         assert!(render_fix(&v).contains("NOT verified: olddefconfig still drops SCSI_VIRTIO"), "{}", render_fix(&v));
+    }
+
+    /// The tree read through `source` (for x86) against the flat walk of every Kconfig file: every
+    /// symbol outside `arch/` that some file defines is reached, and the SCSI driver inherits the
+    /// `if` of its sourcing file. KERNEL_LAB_LINUX_SRC overrides the tree.
+    #[test]
+    #[ignore]
+    fn real_tree_model_reaches_every_symbol_outside_arch() {
+        let src =
+            PathBuf::from(std::env::var("KERNEL_LAB_LINUX_SRC").unwrap_or_else(|_| "/work/main/artifacts/src/linux-6.12.118".to_string()));
+        let t = std::time::Instant::now();
+        let tree = load(&src, SRCARCH).unwrap();
+        eprintln!("tree: {} files, {} symbols, {} choices in {:?}", tree.files, tree.symbols.len(), tree.choices.len(), t.elapsed());
+        let flat = kconfig::index(&src, None).unwrap();
+        let mut missing: Vec<String> = flat
+            .symbols
+            .iter()
+            .filter(|(name, defs)| !tree.symbols.contains_key(*name) && defs.iter().any(|d| arch_of(&d.file).is_none()))
+            .map(|(name, defs)| format!("{name} ({})", defs[0].file.display()))
+            .collect();
+        missing.sort();
+        eprintln!("{} symbols outside arch/ not reached: {missing:?}", missing.len());
+        // Kconfig files nothing sources for x86 (other architectures' helpers, um) are all that is allowed.
+        let flat_at = |m: &String| {
+            let file = m.split(" (").nth(1).unwrap().trim_end_matches(')');
+            arch_of(Path::new(file)).is_some()
+                || !sourced_by_arches(&src, Path::new(file)).is_empty()
+                || file.starts_with("scripts/kconfig/tests/")
+                || file.starts_with("Documentation/")
+        };
+        let unexplained: Vec<&String> = missing.iter().filter(|m| !flat_at(m)).collect();
+        assert!(unexplained.is_empty(), "reached by no source line and not another architecture's: {unexplained:?}");
+        let deps: Vec<&str> = tree.symbols["SCSI_VIRTIO"][0].deps.iter().map(|c| c.at.as_str()).collect();
+        assert!(deps.iter().any(|d| d.starts_with("drivers/scsi/Kconfig:")), "{deps:?}");
+        assert!(tree.selected_by["VIRTIO"].iter().any(|s| s.selector == "VIRTIO_PCI"));
     }
 
     #[test]
