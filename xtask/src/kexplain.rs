@@ -5,6 +5,10 @@
 //! and `choice` blocks still open, so a driver inherits the `if SCSI` of the file that sources
 //! its directory. Besides dependencies the model keeps prompts, `select`/`imply` edges, defaults,
 //! ranges and choice membership: everything needed to name why a value was dropped.
+//!
+//! This is our own parser rather than kconfiglib: no Python on the host, and the check runs
+//! inside every configure. What the model simplifies (int defaults, `visible if`, macros) the
+//! kernel's own `olddefconfig` catches: a fragment is only called verified after it ran.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -475,13 +479,16 @@ fn read_file(
             }
             "source" | "rsource" | "osource" | "orsource" => {
                 cur = Cur::None;
-                let name = rest.trim_matches('"').replace("$(SRCARCH)", arch).replace("$(HEADER_ARCH)", arch);
+                // `$SRCARCH` is how kernels before 4.18 spelled it.
+                let name = rest.trim_matches('"').replace("$(SRCARCH)", arch).replace("$(HEADER_ARCH)", arch).replace("$SRCARCH", arch);
                 let target = if kw.starts_with("or") || kw == "rsource" {
                     rel.parent().unwrap_or(Path::new("")).join(&name)
                 } else {
                     PathBuf::from(&name)
                 };
-                if name.contains("$(") || (kw.starts_with('o') && !src.join(&target).is_file()) {
+                // Kconfig itself fails on a missing non-optional file, and olddefconfig ran before
+                // this: what is missing here is a macro we do not expand, so it is skipped.
+                if name.contains('$') || !src.join(&target).is_file() {
                     continue;
                 }
                 read_file(src, &target, arch, blocks, tree, seen, depth + 1).with_context(|| format!("sourced at {at}"))?;
@@ -1479,7 +1486,6 @@ pub fn render_fix(v: &Verified) -> String {
             format!("NOT verified: olddefconfig still drops {}", v.still_lost.join(", "))
         };
         let _ = writeln!(out, "suggested fragment ({mark}):");
-        out.push_str(&format!("# Added by `cargo xtask config fix` ({mark}).\n"));
         out.push_str(&kconfig::render(&s.fragment));
     } else if !v.still_lost.is_empty() {
         let _ = writeln!(out, "no fragment found: olddefconfig still drops {}", v.still_lost.join(", "));
