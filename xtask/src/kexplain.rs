@@ -1284,6 +1284,13 @@ pub fn suggest(an: &Analysis<'_>, requested: &[Entry], lost: &[Lost]) -> Suggest
             Some(Problem::Undefined { suggest: None }) => Err("not defined in this kernel".to_string()),
             Some(Problem::OtherArch { arches, .. }) => Err(format!("exists only on {}, the labs build {SRCARCH}", arches.join(", "))),
             Some(Problem::NotSourced { .. }) => Err("defined only in a file no architecture sources".to_string()),
+            _ if l
+                .problems
+                .iter()
+                .any(|p| matches!(p, Problem::ChoiceLost { winner } if solver.requested.get(winner) == Some(&Value::Yes))) =>
+            {
+                Err("conflicting requests: another member of the same choice is requested too; keep one".to_string())
+            }
             _ => solver.fix_request(&r.symbol, &r.value),
         };
         match fix {
@@ -1807,6 +1814,9 @@ source \"arch/$(SRCARCH)/Kconfig\"
         let (lost, text, _) = analyse(&f, "CONFIG_DEBUG_KERNEL=y\nCONFIG_DWARF4=y\n", "CONFIG_DWARF5=y\n");
         assert_eq!(lost[0].problems, [Problem::ChoiceLost { winner: "DWARF4".into() }]);
         assert!(text.contains("DWARF4 [=y] is the selected member of the same choice (Kconfig:3)"), "{text}");
+        // Asking for both members is a conflict no fragment can solve.
+        let (_, _, sug) = analyse(&f, "CONFIG_DEBUG_KERNEL=y\nCONFIG_DWARF4=y\n", "CONFIG_DWARF5=y\nCONFIG_DWARF4=y\n");
+        assert!(sug.unfixable[0].1.contains("conflicting requests"), "{:?}", sug.unfixable);
         // Without DEBUG_KERNEL the choice itself is hidden: an unmet dependency, fixed by it.
         let (lost, _, sug) = analyse(&f, "", "CONFIG_DWARF5=y\n");
         assert_eq!(lost[0].problems, [Problem::UnmetDependency]);
