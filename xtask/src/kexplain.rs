@@ -1935,6 +1935,38 @@ source \"arch/$(SRCARCH)/Kconfig\"
     }
 
     #[test]
+    fn failure_report_explains_every_lost_request_then_the_fix() {
+        let f = tree_with_drivers();
+        let config = entries(".config", "CONFIG_PCI=y\nCONFIG_VIRTIO=y\nCONFIG_VIRTIO_PCI=y\n");
+        let mut req = entries("configs/lab.config", "CONFIG_PCI=y\nCONFIG_SCSI=y\nCONFIG_VIRTIO_PCI=m\n");
+        req.extend(entries("configs/arm.config", "CONFIG_ARM64_VA_BITS_48=y\n"));
+        let mut runs = 0;
+        let mut run = |a: &[Assign]| -> Result<Vec<Entry>> {
+            runs += 1;
+            Ok(entries(".config", &kconfig::render(a)))
+        };
+        let text = failure_report(&f.tree, &f.flat, &config, &req, &mut run).unwrap().unwrap();
+        assert_eq!(runs, 1);
+        assert!(text.starts_with("3 requested option(s) did not survive"), "{text}");
+        for line in [
+            "CONFIG_SCSI: asked y (configs/lab.config:2), final absent",
+            "CONFIG_VIRTIO_PCI: asked m (configs/lab.config:3), final y",
+            "CONFIG_ARM64_VA_BITS_48: asked y (configs/arm.config:1), final absent",
+            "suggested fragment (verified with olddefconfig in 1 round(s)",
+            "\nCONFIG_BLOCK=y\nCONFIG_MODULES=y\n",
+            "no fix for CONFIG_ARM64_VA_BITS_48",
+            "cargo xtask config fix",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("CONFIG_PCI:"), "{text}");
+        // Nothing lost: no report and no olddefconfig run.
+        let fine = entries("configs/lab.config", "CONFIG_PCI=y\n");
+        let mut never = |_: &[Assign]| -> Result<Vec<Entry>> { panic!("olddefconfig must not run when nothing was lost") };
+        assert!(failure_report(&f.tree, &f.flat, &config, &fine, &mut never).unwrap().is_none());
+    }
+
+    #[test]
     fn command_line_requests_default_to_y() {
         let e = parse_request("SCSI").unwrap();
         assert_eq!((e.symbol.as_str(), e.value), ("SCSI", Value::Yes));
