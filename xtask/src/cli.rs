@@ -36,6 +36,47 @@ pub enum Command {
     Doctor,
     /// End-to-end check: mirror from Debian's sources on loopback, build, boot, gdb, repro
     E2e(E2eArgs),
+    /// Explain dropped Kconfig options and write a verified fix, against a configured tree (no build)
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Why SYMBOL has (or would lose) a value: effective dependency with values, the problem, a fix
+    /// verified with olddefconfig
+    Explain {
+        /// Symbols as NAME, CONFIG_NAME or NAME=value (default value y)
+        #[arg(required = true, value_name = "SYMBOL")]
+        symbols: Vec<String>,
+        #[command(flatten)]
+        tree: ConfigTreeArgs,
+    },
+    /// Write the fragment, verified with olddefconfig, that makes every requested option of the
+    /// recipe survive (add it to the recipe's config.fragments)
+    Fix {
+        #[command(flatten)]
+        tree: ConfigTreeArgs,
+        /// Fragment file to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// Which configured tree: artifacts/build/linux-<version>-<recipe>.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigTreeArgs {
+    /// Recipe name in recipes/ or a path
+    #[arg(long, value_name = "NAME|PATH", default_value = "lts")]
+    pub recipe: String,
+    /// Kernel version of the configured tree (default: the version in the recipe's lock)
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
 }
 
 /// Which kernel: overrides the recipe's channel.

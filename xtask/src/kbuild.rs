@@ -12,12 +12,13 @@ use xshell::{cmd, Shell};
 
 use crate::hash::{self, sha256_file};
 use crate::kconfig;
+use crate::kexplain;
 use crate::layout;
 use crate::progress;
 use crate::recipe::{ConfigBase, Nic};
 
 /// Options generated from the kernel version (see `kconfig::debug_info_options`), merged last.
-const GENERATED_FRAGMENT: &str = "kernel-lab-generated.config";
+pub(crate) const GENERATED_FRAGMENT: &str = "kernel-lab-generated.config";
 /// Written after a successful configure: what produced the current `.config`.
 const CONFIGURE_STAMP: &str = ".kernel-lab-configure";
 /// Written after a successful build: everything the kernel image depends on.
@@ -125,16 +126,28 @@ pub fn configure(sh: &Shell, src: &Path, build: &Path, base: ConfigBase, fragmen
     run_logged(cmd!(sh, "make -C {src} {o} olddefconfig"), &mut log, &log_path, "olddefconfig")?;
 
     bar.set_message("check requested options");
-    let index = kconfig::index(src, Some(build))?;
     let mut requested = Vec::new();
     for f in &all_fragments {
         requested.extend(kconfig::parse_file(f)?);
     }
     let final_config = kconfig::parse_file(&config)?;
-    kconfig::check(&requested, &final_config, &index)
+    check(sh, src, build, &requested, &final_config)
         .with_context(|| format!("configure {} ({base_target} + {} fragments)", build.display(), all_fragments.len()))?;
     layout::write_atomic(&build.join(CONFIGURE_STAMP), with_config_hash(&stamp, &config)?.as_bytes())?;
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// Fails when a requested option did not survive into `final_config`, explaining each one and
+/// printing a fragment verified with olddefconfig in a scratch copy of `build`.
+pub fn check(sh: &Shell, src: &Path, build: &Path, requested: &[kconfig::Entry], final_config: &[kconfig::Entry]) -> Result<()> {
+    let index = kconfig::index(src, Some(build))?;
+    let tree = kexplain::load(src, kexplain::SRCARCH)?;
+    let scratch = layout::scratch_sibling(build, "verify");
+    let mut run = |assign: &[kexplain::Assign]| kexplain::olddefconfig_with(sh, src, build, &scratch, assign);
+    if let Some(report) = kexplain::failure_report(&tree, &index, final_config, requested, &mut run)? {
+        bail!("{}", report.trim_end());
+    }
     Ok(())
 }
 
@@ -557,6 +570,72 @@ mod tests {
         eprintln!("{e}");
         assert!(e.contains("did you mean CONFIG_NET_NS?"), "{e}");
         assert!(e.contains("CONFIG_KVM_GUEST: asked y") && e.contains("HYPERVISOR_GUEST"), "{e}");
+    }
+
+    /// One configure on the real tree with several broken requests reports every one of them with
+    /// its named problem, and the fragment it suggests really works: applied with olddefconfig to
+    /// a scratch copy of the build tree, and as a fragment in a fresh configure. Kconfig tools
+    /// only, no compilation. KERNEL_LAB_LINUX_SRC overrides the tree.
+    #[test]
+    #[ignore]
+    fn real_tree_explains_every_lost_request_and_its_fix_survives() {
+        let src =
+            PathBuf::from(std::env::var("KERNEL_LAB_LINUX_SRC").unwrap_or_else(|_| "/work/main/artifacts/src/linux-6.12.118".to_string()));
+        let dir = crate::testutil::scratch("real-explain");
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut fragments: Vec<PathBuf> =
+            ["lab.config", "smp.config", "netns.config", "debug.config"].iter().map(|f| configs.join(f)).collect();
+        let bad = dir.join("broken.config");
+        let fixable = "# Broken on purpose.\nCONFIG_SCSI_VIRTIO=y\nCONFIG_E1000E=m\nCONFIG_VIRTIO=y\n";
+        std::fs::write(&bad, format!("{fixable}CONFIG_ARM64_VA_BITS_48=y\n")).unwrap();
+        fragments.push(bad.clone());
+        let sh = Shell::new().unwrap();
+        let build = dir.join("build");
+        let t = Instant::now();
+        let e = format!("{:#}", configure(&sh, &src, &build, ConfigBase::Tinyconfig, &fragments, "6.12.118", Nic::E1000).unwrap_err());
+        eprintln!("failing configure with explanation and verified fix: {:?}\n{e}", t.elapsed());
+        assert!(e.contains("4 requested option(s) did not survive"), "{e}");
+        assert!(e.contains("CONFIG_SCSI_VIRTIO: asked y") && e.contains("UNMET SCSI [=n]"), "{e}");
+        assert!(e.contains("UNMET VIRTIO [=n]   (depends on drivers/scsi/Kconfig:"), "{e}");
+        assert!(e.contains("CONFIG_E1000E: asked m") && e.contains("asked m but MODULES [=n]"), "{e}");
+        assert!(e.contains("other architecture: ARM64_VA_BITS_48 is defined only for arm64"), "{e}");
+        assert!(e.contains("no prompt: VIRTIO cannot be set by a fragment") && e.contains("VIRTIO_PCI [=n]"), "{e}");
+        assert!(e.contains("no fix for CONFIG_ARM64_VA_BITS_48: exists only on arm64"), "{e}");
+        assert!(e.contains("suggested fragment (verified with olddefconfig"), "{e}");
+        // The fragment as printed, ready to paste.
+        let fix: String = e
+            .lines()
+            .skip_while(|l| !l.starts_with("suggested fragment"))
+            .skip(1)
+            .take_while(|l| l.starts_with("CONFIG_") || l.starts_with("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        eprintln!("fix:\n{fix}");
+        let fix_entries = kconfig::parse(&fix, Path::new("fix.config")).unwrap();
+        assert!(fix_entries.iter().any(|e| e.symbol == "MODULES" && e.value == kconfig::Value::Yes), "{fix}");
+        assert!(fix_entries.iter().any(|e| e.symbol == "BLOCK"), "{fix}");
+
+        // Applied with olddefconfig to a scratch copy of the configured tree, every fixable request survives.
+        let requested = kconfig::parse(fixable, Path::new("broken.config")).unwrap();
+        let mut assign: Vec<kexplain::Assign> = requested.iter().map(|e| (e.symbol.clone(), e.value.clone())).collect();
+        assign.extend(fix_entries.iter().map(|e| (e.symbol.clone(), e.value.clone())));
+        let t = Instant::now();
+        let out = kexplain::olddefconfig_with(&sh, &src, &build, &dir.join("verify"), &assign).unwrap();
+        eprintln!("olddefconfig in a scratch copy: {:?}", t.elapsed());
+        for r in &requested {
+            let got = out.iter().rev().find(|e| e.symbol == r.symbol).map(|e| &e.value);
+            assert!(kexplain::survived(&r.value, got), "CONFIG_{} asked {} got {got:?}", r.symbol, r.value);
+        }
+
+        // And as a fragment: without the other architecture's line, a fresh configure passes.
+        std::fs::write(&bad, fixable).unwrap();
+        let fix_path = dir.join("fix.config");
+        std::fs::write(&fix_path, &fix).unwrap();
+        fragments.push(fix_path);
+        let t = Instant::now();
+        configure(&sh, &src, &dir.join("build-fixed"), ConfigBase::Tinyconfig, &fragments, "6.12.118", Nic::E1000).unwrap();
+        eprintln!("configure with the fix: {:?}", t.elapsed());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// The slow end-to-end check on a real tree: configure (tinyconfig + every fragment), build

@@ -1,4 +1,4 @@
-//! Kconfig fragments and `.config` files: parsing, a symbol index of a source tree, and the check that every requested option survived.
+//! Kconfig fragments and `.config` files: parsing, and a flat symbol index of every Kconfig file (typos, other architectures).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,12 +49,6 @@ pub struct Entry {
     pub file: PathBuf,
     /// 1-based line number.
     pub line: usize,
-}
-
-impl Entry {
-    fn location(&self) -> String {
-        format!("{}:{}", self.file.display(), self.line)
-    }
 }
 
 /// Reads and parses a fragment or `.config` file.
@@ -163,7 +157,7 @@ pub struct Definition {
     /// `depends on` expressions of its own block.
     pub depends: Vec<String>,
     /// Conditions inherited from enclosing `if`, `menu` and `choice` blocks of the same file
-    /// (an `if` around a `source` line in another file is not followed).
+    /// (an `if` around a `source` line in another file is not followed; `kexplain` follows it).
     pub inherited: Vec<String>,
 }
 
@@ -237,7 +231,7 @@ enum Current {
     Block,
 }
 
-fn indent_width(line: &str) -> usize {
+pub(crate) fn indent_width(line: &str) -> usize {
     let mut w = 0;
     for c in line.chars() {
         match c {
@@ -348,23 +342,6 @@ fn index_file(text: &str, rel: &Path, symbols: &mut HashMap<String, Vec<Definiti
     }
 }
 
-/// The labs are x86_64 only (bzImage, QEMU x86): another architecture's definition of a symbol
-/// says nothing about why it was dropped here, so it is hidden unless it is the only one.
-const ARCH_DIR: &str = "arch/x86/";
-
-fn relevant(defs: &[Definition]) -> Vec<&Definition> {
-    let ours = |d: &&Definition| {
-        let f = d.file.to_string_lossy();
-        !f.starts_with("arch/") || f.starts_with(ARCH_DIR)
-    };
-    let filtered: Vec<&Definition> = defs.iter().filter(ours).collect();
-    if filtered.is_empty() {
-        defs.iter().collect()
-    } else {
-        filtered
-    }
-}
-
 /// Levenshtein distance over bytes (symbol names are ASCII).
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -379,73 +356,6 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
-}
-
-/// Checks that every requested option survived into `final_config`; fails listing each one that did not.
-///
-/// When a symbol is requested more than once, the last request counts, as in merge_config.sh.
-pub fn check(requested: &[Entry], final_config: &[Entry], index: &SymbolIndex) -> Result<()> {
-    let finals: HashMap<&str, &Value> = final_config.iter().map(|e| (e.symbol.as_str(), &e.value)).collect();
-    let mut last: HashMap<&str, usize> = HashMap::new();
-    for (i, e) in requested.iter().enumerate() {
-        last.insert(e.symbol.as_str(), i);
-    }
-    let mut problems = Vec::new();
-    for (i, req) in requested.iter().enumerate() {
-        if last[req.symbol.as_str()] != i {
-            continue;
-        }
-        let Some(defs) = index.get(&req.symbol) else {
-            let hint = match index.suggest(&req.symbol) {
-                Some(s) => format!("did you mean CONFIG_{s}? fix the name"),
-                None => "remove the line or check the kernel version".to_string(),
-            };
-            problems.push(format!(
-                "CONFIG_{}={} ({}): no Kconfig file of this kernel defines {}; {hint}",
-                req.symbol,
-                req.value,
-                req.location(),
-                req.symbol
-            ));
-            continue;
-        };
-        let fin = finals.get(req.symbol.as_str()).copied();
-        let survived = match (&req.value, fin) {
-            // Kconfig does not write an unset (or invisible) option, so absent means `n`.
-            (Value::No, None | Some(Value::No)) => true,
-            // Without MODULES Kconfig turns `m` into `y`; the code is still in the kernel.
-            (Value::Module, Some(Value::Yes)) => true,
-            (want, Some(got)) => want == got,
-            (_, None) => false,
-        };
-        if survived {
-            continue;
-        }
-        let got = match fin {
-            Some(Value::No) => "not set".to_string(),
-            Some(v) => v.to_string(),
-            None => "absent".to_string(),
-        };
-        let mut msg = format!("CONFIG_{}: asked {} ({}), final {got}", req.symbol, req.value, req.location());
-        for d in relevant(defs) {
-            msg.push_str(&format!("\n    defined at {}:{}", d.file.display(), d.line));
-            for dep in &d.depends {
-                msg.push_str(&format!("\n      depends on {dep}"));
-            }
-            for dep in &d.inherited {
-                msg.push_str(&format!("\n      {dep}"));
-            }
-        }
-        problems.push(msg);
-    }
-    if !problems.is_empty() {
-        bail!(
-            "{} requested option(s) did not survive olddefconfig; Kconfig drops options whose dependencies are unmet, so add the dependencies to a fragment or drop the request:\n  {}",
-            problems.len(),
-            problems.join("\n  ")
-        );
-    }
-    Ok(())
 }
 
 /// Options every lab kernel gets, depending on the kernel version: debug info at the right
@@ -563,83 +473,6 @@ mod tests {
         assert!(idx.get("NR_CPUS").unwrap()[0].depends[0].contains("64BIT"));
         // The second definition after the help text was not mistaken for part of it.
         assert_eq!(idx.get("NAMESPACES").unwrap()[0].line, 11);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    fn entries(file: &str, text: &str) -> Vec<Entry> {
-        parse(text, Path::new(file)).unwrap()
-    }
-
-    #[test]
-    fn check_passes_when_everything_survived() {
-        let (dir, idx) = fixture();
-        let req = entries(
-            "configs/netns.config",
-            "CONFIG_NET=y\nCONFIG_NET_NS=y\n# CONFIG_E1000 is not set\nCONFIG_NR_CPUS=64\nCONFIG_NAMESPACES=m\n",
-        );
-        let fin = entries(".config", "CONFIG_NET=y\nCONFIG_NET_NS=y\nCONFIG_NR_CPUS=64\nCONFIG_NAMESPACES=y\n");
-        check(&req, &fin, &idx).unwrap();
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn check_lists_each_lost_option_with_origin_and_dependencies() {
-        let (dir, idx) = fixture();
-        let req = entries(
-            "configs/lab.config",
-            "CONFIG_NET=y\nCONFIG_NET_NS=y\nCONFIG_E1000=y\nCONFIG_NR_CPUS=64\n# CONFIG_NAMESPACES is not set\n",
-        );
-        let fin = entries(".config", "CONFIG_NET=y\n# CONFIG_NET_NS is not set\nCONFIG_NR_CPUS=8\nCONFIG_NAMESPACES=y\n");
-        let e = format!("{:#}", check(&req, &fin, &idx).unwrap_err());
-        assert!(e.contains("4 requested option(s)"), "{e}");
-        assert!(e.contains("CONFIG_NET_NS: asked y (configs/lab.config:2), final not set"), "{e}");
-        assert!(e.contains("defined at net/Kconfig.ns:3"), "{e}");
-        assert!(e.contains("depends on !BROKEN"), "{e}");
-        assert!(e.contains("if NAMESPACES"), "{e}");
-        assert!(e.contains("CONFIG_E1000: asked y (configs/lab.config:3), final absent"), "{e}");
-        assert!(e.contains("menu depends on PCI"), "{e}");
-        assert!(e.contains("CONFIG_NR_CPUS: asked 64 (configs/lab.config:4), final 8"), "{e}");
-        assert!(e.contains("CONFIG_NAMESPACES: asked n (configs/lab.config:5), final y"), "{e}");
-        assert!(!e.contains("CONFIG_NET:"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn typo_fails_and_suggests_the_real_symbol() {
-        let (dir, idx) = fixture();
-        let req = entries("configs/netns.config", "CONFIG_NET_NSS=y\n");
-        // Even a final config that happens to contain the typo must not pass.
-        let fin = entries(".config", "CONFIG_NET_NSS=y\nCONFIG_NET_NS=y\n");
-        let e = format!("{:#}", check(&req, &fin, &idx).unwrap_err());
-        assert!(e.contains("configs/netns.config:1"), "{e}");
-        assert!(e.contains("did you mean CONFIG_NET_NS?"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn later_request_overrides_earlier_one() {
-        let (dir, idx) = fixture();
-        let mut req = entries("configs/lab.config", "CONFIG_E1000=y\n");
-        req.extend(entries("configs/debug.config", "# CONFIG_E1000 is not set\n"));
-        check(&req, &[], &idx).unwrap();
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn other_architectures_definitions_are_hidden() {
-        let dir = crate::testutil::scratch("kconfig-arch");
-        for a in ["x86", "powerpc"] {
-            std::fs::create_dir_all(dir.join("arch").join(a)).unwrap();
-        }
-        std::fs::write(dir.join("arch/x86/Kconfig"), "config KVM_GUEST\n\tbool\n\tdepends on PARAVIRT\n").unwrap();
-        std::fs::write(dir.join("arch/powerpc/Kconfig"), "config KVM_GUEST\n\tbool\n\tdepends on PPC\nconfig PPC_ONLY\n\tbool\n").unwrap();
-        let idx = index(&dir, None).unwrap();
-        let req = entries("lab.config", "CONFIG_KVM_GUEST=y\nCONFIG_PPC_ONLY=y\n");
-        let e = format!("{:#}", check(&req, &[], &idx).unwrap_err());
-        assert!(e.contains("arch/x86/Kconfig:1") && e.contains("depends on PARAVIRT"), "{e}");
-        assert!(!e.contains("arch/powerpc/Kconfig:1") && !e.contains("depends on PPC"), "{e}");
-        // A symbol only another architecture defines still shows where it lives.
-        assert!(e.contains("arch/powerpc/Kconfig:4"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -90,6 +90,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// `dir/.name.<tag>-<pid>`: a scratch directory next to `path` (under the same artifacts
+/// directory), for work like verifying a Kconfig fix in a copy of a build tree.
+pub fn scratch_sibling(path: &Path, tag: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+}
+
 /// `dir/.name.tmp-<pid>`: a temporary name next to `path` (same filesystem, so rename is atomic).
 pub fn tmp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -14,6 +14,7 @@ mod golden;
 mod hash;
 mod kbuild;
 mod kconfig;
+mod kexplain;
 mod lab;
 mod labscripts;
 mod layout;
@@ -80,5 +81,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::BootTest(args) => pipeline::boot_test_command(&layout, &args),
         Command::Doctor => doctor::run(),
         Command::E2e(args) => e2e::run(&sh, &layout, &args),
+        Command::Config(args) => pipeline::config_command(&sh, &layout, &args.action),
     }
 }

@@ -9,13 +9,15 @@ use xshell::Shell;
 use crate::{
     boottest::{self, BootReport},
     busybox,
-    cli::{BootTestArgs, FetchArgs, KernelArgs, RootfsBuildArgs},
+    cli::{BootTestArgs, ConfigAction, ConfigTreeArgs, FetchArgs, KernelArgs, RootfsBuildArgs},
     cpio, doctor,
     fetch::{self, FetchPlan, Sources},
     kbuild::{self, KernelBuild, MakePlan},
+    kconfig, kexplain,
     lab::{self, Lab},
     labscripts,
-    layout::Layout,
+    layout::{self, Layout},
+    lock,
     recipe::{self, LoadedRecipe},
     releases::Request,
     rootfs,
@@ -288,5 +290,101 @@ pub fn rootfs_command(sh: &Shell, layout: &Layout, args: &RootfsBuildArgs) -> Re
     let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join(lab::ROOTFS);
     crate::layout::write_atomic(&out, &bytes)?;
     println!("rootfs: {}", out.display());
+    Ok(())
+}
+
+/// A recipe's configured tree, as `config explain` and `config fix` read it.
+struct ConfiguredTree {
+    src: PathBuf,
+    build: PathBuf,
+    recipe: LoadedRecipe,
+    config: Vec<kconfig::Entry>,
+}
+
+fn configured_tree(layout: &Layout, args: &ConfigTreeArgs) -> Result<ConfiguredTree> {
+    let recipe = recipe::load(&recipe::find(&layout.recipes_dir(), &args.recipe))?;
+    let version = match &args.version {
+        Some(v) => v.clone(),
+        None => match lock::read(&recipe.lock_path())? {
+            Some(l) => l.kernel.version,
+            None => bail!(
+                "recipe {} has no lock {}: pass --version, or run `cargo xtask kernel --recipe {}` to fetch and configure first",
+                recipe.name,
+                recipe.lock_path().display(),
+                recipe.name
+            ),
+        },
+    };
+    let src = layout.kernel_src(&version);
+    let build = layout.kernel_build(&recipe.name, &version);
+    let config_path = build.join(".config");
+    if !config_path.is_file() {
+        bail!(
+            "{} is missing: the recipe {} has no configured tree for linux-{version}; run `cargo xtask kernel --recipe {}` (it stops after configure when options are lost)",
+            config_path.display(),
+            recipe.name,
+            recipe.name
+        );
+    }
+    let config = kconfig::parse_file(&config_path)?;
+    Ok(ConfiguredTree { src, build, recipe, config })
+}
+
+/// `cargo xtask config explain|fix`: the Kconfig analysis against a configured tree, without building.
+pub fn config_command(sh: &Shell, layout: &Layout, action: &ConfigAction) -> Result<()> {
+    let (tree_args, symbols, out) = match action {
+        ConfigAction::Explain { symbols, tree } => (tree, Some(symbols), None),
+        ConfigAction::Fix { tree, out } => (tree, None, Some(out)),
+    };
+    let t = configured_tree(layout, tree_args)?;
+    let index = kconfig::index(&t.src, None)?;
+    let tree = kexplain::load(&t.src, kexplain::SRCARCH)?;
+    let scratch = layout::scratch_sibling(&t.build, "verify");
+    let mut run = |assign: &[kexplain::Assign]| kexplain::olddefconfig_with(sh, &t.src, &t.build, &scratch, assign);
+    let an = kexplain::Analysis::new(&tree, &index, &t.config);
+    if let Some(symbols) = symbols {
+        let requested: Vec<kconfig::Entry> = symbols.iter().map(|s| kexplain::parse_request(s)).collect::<Result<_>>()?;
+        for r in &requested {
+            let now = kexplain::current_value(&t.config, &r.symbol);
+            println!("CONFIG_{}: asked {}, now {now} in {}", r.symbol, r.value, t.build.join(".config").display());
+            let lost = kexplain::lost(&an, std::slice::from_ref(r));
+            let problems = lost.first().map(|l| l.problems.clone()).unwrap_or_default();
+            if problems.is_empty() {
+                println!("    survives: nothing to fix");
+            }
+            print!("{}", kexplain::describe(&an, &r.symbol, &problems));
+        }
+        let v = kexplain::verified_fix(&tree, &index, &t.config, &requested, &mut run)?;
+        print!("{}", kexplain::render_fix(&v));
+        return Ok(());
+    }
+    let out = out.expect("fix has --out");
+    let mut fragments: Vec<PathBuf> =
+        t.recipe.recipe.config.fragments.iter().map(|f| fragment_path(layout, &t.recipe.path, f)).collect::<Result<_>>()?;
+    fragments.push(t.build.join(kbuild::GENERATED_FRAGMENT));
+    let mut requested = Vec::new();
+    for f in &fragments {
+        requested.extend(kconfig::parse_file(f)?);
+    }
+    let lost = kexplain::lost(&an, &requested);
+    for l in &lost {
+        print!("{}", kexplain::explain(&an, l));
+    }
+    let v = kexplain::verified_fix(&tree, &index, &t.config, &requested, &mut run)?;
+    print!("{}", kexplain::render_fix(&v));
+    let header = if lost.is_empty() {
+        "# kernel-lab: every requested option survives; nothing to add.\n".to_string()
+    } else if v.still_lost.is_empty() {
+        format!("# kernel-lab fix for recipe {}: verified with olddefconfig.\n", t.recipe.name)
+    } else {
+        format!("# kernel-lab fix for recipe {}: NOT verified, olddefconfig still drops {}.\n", t.recipe.name, v.still_lost.join(", "))
+    };
+    let mut text = header;
+    for (sym, why) in &v.suggestion.unfixable {
+        text.push_str(&format!("# no fix for CONFIG_{sym}: {why}\n"));
+    }
+    text.push_str(&kconfig::render(&v.suggestion.fragment));
+    std::fs::write(out, text).with_context(|| format!("write the fragment to {}", out.display()))?;
+    println!("wrote {}", out.display());
     Ok(())
 }
