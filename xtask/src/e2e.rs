@@ -14,7 +14,7 @@ use crate::{
     layout::Layout,
     mirror,
     pipeline::{self, BuildPlan, Built},
-    recipe::LoadedRecipe,
+    recipe::{ConfigBase, LoadedRecipe},
     serve,
     source::Mirror,
 };
@@ -83,6 +83,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
 
     if args.negative {
         negative(layout, &first.lab)?;
+        kconfig_explained(sh, layout, &first.lab)?;
         without_net_ns(sh, layout, &plan, &build)?;
     }
     if args.repro {
@@ -112,6 +113,57 @@ fn negative(layout: &Layout, lab: &Lab) -> Result<()> {
         }
         eprintln!("    verdict {}: as expected", report.verdict);
     }
+    Ok(())
+}
+
+/// One configure of the real tree with several broken requests reports every one of them with
+/// its kind, and the fragment it suggests (ready to paste) makes a second configure pass.
+fn kconfig_explained(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
+    eprintln!("==> kconfig: broken requests explained, the suggested fragment verified");
+    let version = &lab.desc.kernel_version;
+    let src = layout.kernel_src(version);
+    let dir = layout.artifacts.join("e2e/kconfig");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut fragments: Vec<std::path::PathBuf> =
+        ["lab.config", "smp.config", "netns.config", "debug.config"].iter().map(|f| layout.configs_dir().join(f)).collect();
+    let fixable = "# e2e: broken on purpose\nCONFIG_SCSI_VIRTIO=y\nCONFIG_E1000E=m\nCONFIG_VIRTIO=y\n";
+    let broken = dir.join("broken.config");
+    std::fs::write(&broken, format!("{fixable}CONFIG_ARM64_VA_BITS_48=y\n"))?;
+    fragments.push(broken.clone());
+    let nic = lab.desc.nic;
+    let err = match crate::kbuild::configure(sh, &src, &dir.join("build"), ConfigBase::Tinyconfig, &fragments, version, nic) {
+        Ok(()) => bail!("a configure with four impossible requests passed"),
+        Err(e) => format!("{e:#}"),
+    };
+    let wanted = [
+        "4 requested option(s) did not survive",
+        "CONFIG_SCSI_VIRTIO: asked y",
+        "UNMET SCSI [=n]",
+        "asked m but MODULES [=n]",
+        "other architecture: ARM64_VA_BITS_48 is defined only for arm64",
+        "no prompt: VIRTIO cannot be set by a fragment",
+        "suggested fragment (verified with olddefconfig",
+    ];
+    let missing: Vec<&str> = wanted.iter().copied().filter(|w| !err.contains(w)).collect();
+    if !missing.is_empty() {
+        bail!("the configure error lacks {missing:?}:\n{err}");
+    }
+    // The suggested fragment, as a user would paste it, with the impossible request dropped.
+    let fix: String = err
+        .lines()
+        .skip_while(|l| !l.starts_with("suggested fragment"))
+        .skip(1)
+        .take_while(|l| l.starts_with("CONFIG_") || l.starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&broken, fixable)?;
+    let fix_path = dir.join("fix.config");
+    std::fs::write(&fix_path, &fix)?;
+    fragments.push(fix_path);
+    crate::kbuild::configure(sh, &src, &dir.join("build-fixed"), ConfigBase::Tinyconfig, &fragments, version, nic)
+        .with_context(|| format!("configure with the suggested fragment:\n{fix}"))?;
+    eprintln!("    all four explained; the suggested fragment ({} lines) makes every fixable request survive", fix.lines().count());
     Ok(())
 }
 
