@@ -180,6 +180,8 @@ impl SymbolIndex {
         let max = (symbol.len() / 3).max(2);
         self.symbols
             .keys()
+            // The distance is at least the length difference: skip the quadratic work for those.
+            .filter(|k| k.len().abs_diff(symbol.len()) <= max)
             .map(|k| (edit_distance(symbol, k), k))
             .filter(|(d, _)| *d <= max)
             .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)))

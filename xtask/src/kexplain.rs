@@ -762,6 +762,10 @@ pub fn lost(an: &Analysis<'_>, requested: &[Entry]) -> Vec<Lost> {
         if an.tree.symbols.contains_key(&req.symbol) && survived(&req.value, got.as_ref()) {
             continue;
         }
+        // `n` for a symbol this architecture does not have is what it gets: nothing to report.
+        if req.value == Value::No && got.is_none() && !an.tree.symbols.contains_key(&req.symbol) {
+            continue;
+        }
         // Asking `m` of a bool gives `y`, which Kconfig has always done and nobody means to catch.
         if req.value == Value::Module && got == Some(Value::Yes) && an.modules() && an.defs(&req.symbol).iter().all(|d| d.ty == Type::Bool)
         {
@@ -1506,6 +1510,7 @@ pub fn render_fix(v: &Verified) -> String {
 /// Applies `assign` to a copy of `build/.config` in `scratch` and runs the kernel's own
 /// `olddefconfig` there; returns the resulting `.config`. `scratch` is removed afterwards.
 pub fn olddefconfig_with(sh: &Shell, src: &Path, build: &Path, scratch: &Path, assign: &[Assign]) -> Result<Vec<Entry>> {
+    remove_dead_scratch(scratch);
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch).with_context(|| format!("create scratch directory {}", scratch.display()))?;
     let result = (|| {
@@ -1560,11 +1565,29 @@ pub fn failure_report(
 
 /// Parses `SYMBOL`, `CONFIG_SYMBOL` or `SYMBOL=value` from the command line (default `y`).
 pub fn parse_request(arg: &str) -> Result<Entry> {
+    let name = arg.split('=').next().unwrap_or(arg);
+    if name.len() > 100 || arg.contains(|c: char| c.is_control()) {
+        bail!("symbol argument {:?}...: not a Kconfig symbol (at most 100 characters, one line)", arg.chars().take(40).collect::<String>());
+    }
     let line = if arg.contains('=') { arg.to_string() } else { format!("{arg}=y") };
     let line = if line.starts_with("CONFIG_") { line } else { format!("CONFIG_{line}") };
     let mut e = kconfig::parse(&line, Path::new("command line"))
         .with_context(|| format!("symbol argument {arg:?}: write SYMBOL or SYMBOL=value"))?;
     e.pop().with_context(|| format!("symbol argument {arg:?} is empty: write SYMBOL or SYMBOL=value"))
+}
+
+/// Removes `.NAME.verify-PID` siblings of `scratch` whose run was killed (its pid is gone).
+fn remove_dead_scratch(scratch: &Path) {
+    let (Some(parent), Some(name)) = (scratch.parent(), scratch.file_name().and_then(|n| n.to_str())) else { return };
+    let Some((prefix, _)) = name.rsplit_once('-') else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = file.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A symbol's value in `config` as `config explain` prints it.
@@ -1578,6 +1601,17 @@ pub fn current_value(config: &[Entry], sym: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_argument_is_one_short_symbol() {
+        assert_eq!(parse_request("NET_NS").unwrap().symbol, "NET_NS");
+        assert_eq!(parse_request("CONFIG_E1000=m").unwrap().value, Value::Module);
+        let long = "A".repeat(20_000);
+        let t = std::time::Instant::now();
+        assert!(format!("{:#}", parse_request(&long).unwrap_err()).contains("at most 100 characters"));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert!(parse_request("NET_NS\nMODULES").is_err());
+    }
 
     /// A scratch kernel tree from `(path, text)` pairs, loaded both ways.
     struct Fixture {

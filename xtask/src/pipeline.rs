@@ -342,9 +342,17 @@ pub fn config_command(sh: &Shell, layout: &Layout, action: &ConfigAction) -> Res
     let scratch = layout::scratch_sibling(&t.build, "verify");
     let mut run = |assign: &[kexplain::Assign]| kexplain::olddefconfig_with(sh, &t.src, &t.build, &scratch, assign);
     let an = kexplain::Analysis::new(&tree, &index, &t.config);
+    // What the recipe asks for (its fragments and the generated one): a fix must keep all of it.
+    let mut fragments: Vec<PathBuf> =
+        t.recipe.recipe.config.fragments.iter().map(|f| fragment_path(layout, &t.recipe.path, f)).collect::<Result<_>>()?;
+    fragments.push(t.build.join(kbuild::GENERATED_FRAGMENT));
+    let mut recipe_requests = Vec::new();
+    for f in &fragments {
+        recipe_requests.extend(kconfig::parse_file(f)?);
+    }
     if let Some(symbols) = symbols {
-        let requested: Vec<kconfig::Entry> = symbols.iter().map(|s| kexplain::parse_request(s)).collect::<Result<_>>()?;
-        for r in &requested {
+        let asked: Vec<kconfig::Entry> = symbols.iter().map(|s| kexplain::parse_request(s)).collect::<Result<_>>()?;
+        for r in &asked {
             let now = kexplain::current_value(&t.config, &r.symbol);
             println!("CONFIG_{}: asked {}, now {now} in {}", r.symbol, r.value, t.build.join(".config").display());
             let lost = kexplain::lost(&an, std::slice::from_ref(r));
@@ -354,18 +362,15 @@ pub fn config_command(sh: &Shell, layout: &Layout, action: &ConfigAction) -> Res
             }
             print!("{}", kexplain::describe(&an, &r.symbol, &problems));
         }
+        // The recipe's requests come first, so the ones asked here win where they differ, and a
+        // fix that would drop one of the recipe's options is a conflict, not "verified".
+        let requested: Vec<kconfig::Entry> = recipe_requests.into_iter().chain(asked).collect();
         let v = kexplain::verified_fix(&tree, &index, &t.config, &requested, &mut run)?;
         print!("{}", kexplain::render_fix(&v));
         return Ok(());
     }
     let out = out.expect("fix has --out");
-    let mut fragments: Vec<PathBuf> =
-        t.recipe.recipe.config.fragments.iter().map(|f| fragment_path(layout, &t.recipe.path, f)).collect::<Result<_>>()?;
-    fragments.push(t.build.join(kbuild::GENERATED_FRAGMENT));
-    let mut requested = Vec::new();
-    for f in &fragments {
-        requested.extend(kconfig::parse_file(f)?);
-    }
+    let requested = recipe_requests;
     let lost = kexplain::lost(&an, &requested);
     for l in &lost {
         print!("{}", kexplain::explain(&an, l));
