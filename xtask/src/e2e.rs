@@ -150,13 +150,7 @@ fn kconfig_explained(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
         bail!("the configure error lacks {missing:?}:\n{err}");
     }
     // The suggested fragment, as a user would paste it, with the impossible request dropped.
-    let fix: String = err
-        .lines()
-        .skip_while(|l| !l.starts_with("suggested fragment"))
-        .skip(1)
-        .take_while(|l| l.starts_with("CONFIG_") || l.starts_with("# "))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let fix = crate::kexplain::fragment_in(&err);
     std::fs::write(&broken, fixable)?;
     let fix_path = dir.join("fix.config");
     std::fs::write(&fix_path, &fix)?;

@@ -603,13 +603,7 @@ mod tests {
         assert!(e.contains("no fix for CONFIG_ARM64_VA_BITS_48: exists only on arm64"), "{e}");
         assert!(e.contains("suggested fragment (verified with olddefconfig"), "{e}");
         // The fragment as printed, ready to paste.
-        let fix: String = e
-            .lines()
-            .skip_while(|l| !l.starts_with("suggested fragment"))
-            .skip(1)
-            .take_while(|l| l.starts_with("CONFIG_") || l.starts_with("# "))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let fix = kexplain::fragment_in(&e);
         eprintln!("fix:\n{fix}");
         let fix_entries = kconfig::parse(&fix, Path::new("fix.config")).unwrap();
         assert!(fix_entries.iter().any(|e| e.symbol == "MODULES" && e.value == kconfig::Value::Yes), "{fix}");
@@ -661,27 +655,12 @@ mod tests {
             patches: &[],
             base: ConfigBase::Tinyconfig,
         };
-        let out = build(
-            &sh,
-            &src,
-            &build_dir,
-            &inputs,
-            &MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None },
-            1761782400,
-        )
-        .unwrap();
+        let make = MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None };
+        let out = build(&sh, &src, &build_dir, &inputs, &make, 1761782400).unwrap();
         eprintln!("build: up_to_date={} objects={} {:?}", out.up_to_date, out.objects, out.elapsed);
         let t = Instant::now();
         configure(&sh, &src, &build_dir, ConfigBase::Tinyconfig, &fragments, "6.12.117", Nic::E1000).unwrap();
-        let again = build(
-            &sh,
-            &src,
-            &build_dir,
-            &inputs,
-            &MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None },
-            1761782400,
-        )
-        .unwrap();
+        let again = build(&sh, &src, &build_dir, &inputs, &make, 1761782400).unwrap();
         eprintln!("no-op configure+build: {:?}", t.elapsed());
         assert!(again.up_to_date);
         assert!(t.elapsed() < Duration::from_secs(1));

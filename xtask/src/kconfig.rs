@@ -245,40 +245,66 @@ pub(crate) fn indent_width(line: &str) -> usize {
     w
 }
 
+/// The logical lines of a Kconfig file with their 1-based numbers: backslash continuations
+/// joined, and help texts skipped (their prose often starts lines with "if" or "config"). Both
+/// the flat index here and kexplain's tree read Kconfig through it.
+pub(crate) struct LogicalLines<'a> {
+    lines: Vec<&'a str>,
+    i: usize,
+    in_help: bool,
+    help_indent: Option<usize>,
+}
+
+pub(crate) fn logical_lines(text: &str) -> LogicalLines<'_> {
+    LogicalLines { lines: text.lines().collect(), i: 0, in_help: false, help_indent: None }
+}
+
+impl<'a> Iterator for LogicalLines<'a> {
+    type Item = (usize, std::borrow::Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.i < self.lines.len() {
+            let lineno = self.i + 1;
+            let mut line = std::borrow::Cow::Borrowed(self.lines[self.i]);
+            self.i += 1;
+            if self.in_help {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let w = indent_width(&line);
+                match self.help_indent {
+                    None if w > 0 => {
+                        self.help_indent = Some(w);
+                        continue;
+                    }
+                    Some(h) if w >= h => continue,
+                    _ => self.in_help = false,
+                }
+            }
+            while line.ends_with('\\') && self.i < self.lines.len() {
+                let joined = line.to_mut();
+                joined.pop();
+                joined.push_str(self.lines[self.i]);
+                self.i += 1;
+            }
+            let keyword = line.split('#').next().unwrap_or("").split_whitespace().next();
+            if matches!(keyword, Some("help" | "---help---")) {
+                self.in_help = true;
+                self.help_indent = None;
+            }
+            return Some((lineno, line));
+        }
+        None
+    }
+}
+
 /// Indexes one Kconfig file. A full Kconfig parser is not needed: only entry starts, block
 /// boundaries and `depends on` matter, but help texts must be skipped because their prose often
 /// starts lines with "if" or "config".
 fn index_file(text: &str, rel: &Path, symbols: &mut HashMap<String, Vec<Definition>>) {
     let mut blocks: Vec<Block> = Vec::new();
     let mut current = Current::None;
-    let mut help_indent: Option<usize> = None;
-    let mut in_help = false;
-    let lines: Vec<&str> = text.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
-        let lineno = i + 1;
-        let mut line = std::borrow::Cow::Borrowed(lines[i]);
-        i += 1;
-        if in_help {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let w = indent_width(&line);
-            match help_indent {
-                None if w > 0 => {
-                    help_indent = Some(w);
-                    continue;
-                }
-                Some(h) if w >= h => continue,
-                _ => in_help = false,
-            }
-        }
-        while line.ends_with('\\') && i < lines.len() {
-            let joined = line.to_mut();
-            joined.pop();
-            joined.push_str(lines[i]);
-            i += 1;
-        }
+    for (lineno, line) in logical_lines(text) {
         let stripped = line.split('#').next().unwrap_or("").trim();
         let (kw, rest) = match stripped.split_once(|c: char| c.is_whitespace()) {
             Some((k, r)) => (k, r.trim()),
@@ -335,10 +361,6 @@ fn index_file(text: &str, rel: &Path, symbols: &mut HashMap<String, Vec<Definiti
                 current = Current::None;
             }
             "comment" | "source" | "rsource" | "osource" | "orsource" | "mainmenu" => current = Current::None,
-            "help" | "---help---" => {
-                in_help = true;
-                help_indent = None;
-            }
             _ => {}
         }
     }

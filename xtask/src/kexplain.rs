@@ -322,36 +322,9 @@ fn read_file(
     seen.insert(rel.to_path_buf());
     tree.files += 1;
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
     let base_depth = blocks.len();
     let mut cur = Cur::None;
-    let mut in_help = false;
-    let mut help_indent: Option<usize> = None;
-    let mut i = 0;
-    while i < lines.len() {
-        let lineno = i + 1;
-        let mut line = std::borrow::Cow::Borrowed(lines[i]);
-        i += 1;
-        if in_help {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let w = kconfig::indent_width(&line);
-            match help_indent {
-                None if w > 0 => {
-                    help_indent = Some(w);
-                    continue;
-                }
-                Some(h) if w >= h => continue,
-                _ => in_help = false,
-            }
-        }
-        while line.ends_with('\\') && i < lines.len() {
-            let joined = line.to_mut();
-            joined.pop();
-            joined.push_str(lines[i]);
-            i += 1;
-        }
+    for (lineno, line) in kconfig::logical_lines(&text) {
         let stripped = strip_comment(&line);
         let (kw, rest) = match stripped.split_once(char::is_whitespace) {
             Some((k, r)) => (k, r.trim()),
@@ -494,10 +467,6 @@ fn read_file(
                 read_file(src, &target, arch, blocks, tree, seen, depth + 1).with_context(|| format!("sourced at {at}"))?;
             }
             "comment" | "mainmenu" => cur = Cur::None,
-            "help" | "---help---" => {
-                in_help = true;
-                help_indent = None;
-            }
             _ => {}
         }
     }
@@ -1505,6 +1474,17 @@ pub fn render_fix(v: &Verified) -> String {
         let _ = writeln!(out, "no fix for CONFIG_{sym}: {why}");
     }
     out
+}
+
+/// The suggested fragment in a rendered report (`render_fix`), exactly as a user would paste it.
+pub fn fragment_in(report: &str) -> String {
+    report
+        .lines()
+        .skip_while(|l| !l.starts_with("suggested fragment"))
+        .skip(1)
+        .take_while(|l| l.starts_with("CONFIG_") || l.starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Applies `assign` to a copy of `build/.config` in `scratch` and runs the kernel's own
