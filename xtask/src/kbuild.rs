@@ -579,8 +579,10 @@ mod tests {
     #[test]
     #[ignore]
     fn real_tree_explains_every_lost_request_and_its_fix_survives() {
-        let src =
-            PathBuf::from(std::env::var("KERNEL_LAB_LINUX_SRC").unwrap_or_else(|_| "/work/main/artifacts/src/linux-6.12.118".to_string()));
+        let src = PathBuf::from(
+            std::env::var("KERNEL_LAB_LINUX_SRC")
+                .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../artifacts/src/linux-6.12.118").to_string()),
+        );
         let dir = crate::testutil::scratch("real-explain");
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let mut fragments: Vec<PathBuf> =

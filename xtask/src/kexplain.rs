@@ -1919,8 +1919,10 @@ source \"arch/$(SRCARCH)/Kconfig\"
     #[test]
     #[ignore]
     fn real_tree_model_reaches_every_symbol_outside_arch() {
-        let src =
-            PathBuf::from(std::env::var("KERNEL_LAB_LINUX_SRC").unwrap_or_else(|_| "/work/main/artifacts/src/linux-6.12.118".to_string()));
+        let src = PathBuf::from(
+            std::env::var("KERNEL_LAB_LINUX_SRC")
+                .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../artifacts/src/linux-6.12.118").to_string()),
+        );
         let t = std::time::Instant::now();
         let tree = load(&src, SRCARCH).unwrap();
         eprintln!("tree: {} files, {} symbols, {} choices in {:?}", tree.files, tree.symbols.len(), tree.choices.len(), t.elapsed());
