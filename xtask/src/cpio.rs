@@ -314,8 +314,8 @@ pub fn to_bytes(archive: &Archive, mtime: u32, gzip: bool) -> Result<Vec<u8>> {
 
 /// Writes to a temporary sibling and renames it over `path`, so a reader never sees half an archive.
 pub fn write_file(archive: &Archive, mtime: u32, gzip: bool, path: &Path) -> Result<()> {
-    let name = path.file_name().with_context(|| format!("cpio output path {} has no file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    path.file_name().with_context(|| format!("cpio output path {} has no file name", path.display()))?;
+    let tmp = crate::layout::tmp_sibling(path);
     let result = (|| -> Result<()> {
         let file = fs::File::create(&tmp).with_context(|| format!("create {} (does its directory exist?)", tmp.display()))?;
         let mut out = std::io::BufWriter::new(file);

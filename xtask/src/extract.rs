@@ -38,17 +38,16 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
         return Ok(());
     }
     let parent = dest.parent().with_context(|| format!("{} has no parent directory", dest.display()))?;
-    let name = dest.file_name().with_context(|| format!("{} has no file name", dest.display()))?;
-    let name = name.to_string_lossy();
+    dest.file_name().with_context(|| format!("{} has no file name", dest.display()))?;
     fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    let lock = parent.join(format!(".{name}.lock"));
+    let lock = layout::hidden_sibling(dest, "lock");
     let _lock = download::lock_path(&lock, &format!("extracting {label} into {}", dest.display()))?;
     // The run we waited for may have just extracted the same tarball.
     if stamped() {
         return Ok(());
     }
     // Only the holder of the lock makes temporaries of `dest`, so any found now are a killed run's.
-    remove_stale_siblings(parent, &name)?;
+    layout::remove_abandoned_siblings(dest)?;
 
     let tmp = layout::tmp_sibling(dest);
     fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
@@ -59,30 +58,7 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
     // The stamp goes in last: a tree without it is never trusted.
     fs::write(tmp.join(STAMP), format!("{sha256}\n")).with_context(|| format!("write the stamp in {}", tmp.display()))?;
 
-    if fs::symlink_metadata(dest).is_ok() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        fs::rename(dest, &old).with_context(|| format!("move the old {} aside", dest.display()))?;
-        fs::rename(&tmp, dest).with_context(|| format!("rename {} -> {}", tmp.display(), dest.display()))?;
-        fs::remove_dir_all(&old).with_context(|| format!("remove the old tree {}", old.display()))?;
-    } else {
-        fs::rename(&tmp, dest).with_context(|| format!("rename {} -> {}", tmp.display(), dest.display()))?;
-    }
-    Ok(())
-}
-
-/// Removes `.name.tmp-*` and `.name.old-*` left by an interrupted run; call it holding the lock.
-fn remove_stale_siblings(parent: &Path, name: &str) -> Result<()> {
-    let prefixes = [format!(".{name}.tmp-"), format!(".{name}.old-")];
-    let entries = fs::read_dir(parent).with_context(|| format!("list {}", parent.display()))?;
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        if prefixes.iter().any(|p| file_name.starts_with(p.as_str())) {
-            let path = entry.path();
-            fs::remove_dir_all(&path).with_context(|| format!("remove the leftover of an interrupted extraction {}", path.display()))?;
-        }
-    }
-    Ok(())
+    layout::replace_dir(&tmp, dest)
 }
 
 #[derive(Clone, Copy)]

@@ -400,7 +400,7 @@ fn busybox_mirror_sums(layout: &Layout, plan: &FetchPlan, file: &str, cached_for
     // kernel.org's autosigner does not sign busybox: a sums file it signed elsewhere, served here,
     // must not vouch for a busybox. Only a mirror key the user chose (--keyring, or another WKD
     // pin through KERNEL_LAB_SIGNER_FPR) does.
-    let pinned = std::env::var("KERNEL_LAB_SIGNER_FPR").unwrap_or_else(|_| verify::KERNEL_ORG_AUTOSIGNER.to_string());
+    let pinned = wkd_signer_pin();
     if plan.keyring.is_none() && pinned.eq_ignore_ascii_case(verify::KERNEL_ORG_AUTOSIGNER) {
         bail!("{url} counts only with the mirror's own key (--keyring, or KERNEL_LAB_SIGNER_FPR): kernel.org's autosigner does not sign busybox");
     }
@@ -492,13 +492,19 @@ fn clearsigned_by(keyring: &Path, fprs: &[String], asc: &[u8]) -> Result<(String
     Err(last.unwrap_or_else(|| anyhow::anyhow!("keyring {} holds no key", keyring.display())))
 }
 
+/// The fingerprint the WKD-fetched signer must have: kernel.org's autosigner, unless a mirror
+/// that publishes its own key is pinned with KERNEL_LAB_SIGNER_FPR.
+fn wkd_signer_pin() -> String {
+    std::env::var("KERNEL_LAB_SIGNER_FPR").unwrap_or_else(|_| verify::KERNEL_ORG_AUTOSIGNER.to_string())
+}
+
 /// The keyring to check signatures with and the fingerprints it may sign with.
 fn keyring(layout: &Layout, plan: &FetchPlan) -> Result<(PathBuf, Vec<String>)> {
     if let Some(file) = &plan.keyring {
         return user_keyring(layout, file);
     }
     // The pin can be moved for a mirror that publishes its own key over WKD.
-    let fpr = std::env::var("KERNEL_LAB_SIGNER_FPR").unwrap_or_else(|_| verify::KERNEL_ORG_AUTOSIGNER.to_string());
+    let fpr = wkd_signer_pin();
     let email = verify::KERNEL_ORG_AUTOSIGNER_EMAIL;
     let path = wkd_keyring(layout, &plan.mirror.wkd_base(), email, &fpr)
         .with_context(|| format!("get the signing key {fpr} ({email}); or pass --keyring FILE"))?;

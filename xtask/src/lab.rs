@@ -15,7 +15,7 @@ use xshell::Shell;
 
 use crate::boottest::Expect;
 use crate::kbuild::KernelBuild;
-use crate::layout::tmp_sibling;
+use crate::layout::{self, tmp_sibling};
 use crate::recipe::Nic;
 
 pub const BZIMAGE: &str = "bzImage";
@@ -135,7 +135,7 @@ pub struct LabLock {
 
 impl LabLock {
     fn take(dir: &Path, exclusive: bool) -> Result<LabLock> {
-        let path = sibling_path(dir, "lock");
+        let path = layout::hidden_sibling(dir, "lock");
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -164,7 +164,7 @@ pub fn assemble(sh: &Shell, dest: &Path, parts: &Parts<'_>) -> Result<(Lab, bool
         return Ok((Lab::open(dest)?, false));
     }
     // Under the exclusive lock nobody else is assembling: every temporary sibling is abandoned.
-    remove_abandoned(dest);
+    layout::remove_abandoned_siblings(dest)?;
     let tmp = tmp_sibling(dest);
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
@@ -182,7 +182,7 @@ pub fn assemble(sh: &Shell, dest: &Path, parts: &Parts<'_>) -> Result<(Lab, bool
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    replace_dir(&tmp, dest)?;
+    layout::replace_dir(&tmp, dest)?;
     Ok((Lab::open(dest)?, true))
 }
 
@@ -268,58 +268,6 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// the files it vouches for.
 fn sync(path: &Path) -> Result<()> {
     fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("sync {}", path.display()))
-}
-
-/// Puts the complete directory `tmp` at `dest`: one atomic exchange with an existing lab (then
-/// deleted), or one rename. `dest` is never absent or partial.
-fn replace_dir(tmp: &Path, dest: &Path) -> Result<()> {
-    if fs::symlink_metadata(dest).is_ok() {
-        exchange(tmp, dest).with_context(|| format!("exchange {} with {}", tmp.display(), dest.display()))?;
-        // `tmp` now holds the old lab.
-        fs::remove_dir_all(tmp).with_context(|| format!("remove the old lab, now at {}", tmp.display()))?;
-    } else {
-        fs::rename(tmp, dest).with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
-    }
-    Ok(())
-}
-
-/// `renameat2(RENAME_EXCHANGE)`: both paths must exist; afterwards each names the other's entry.
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    const AT_FDCWD: i32 = -100;
-    const RENAME_EXCHANGE: u32 = 2;
-    unsafe extern "C" {
-        fn renameat2(olddirfd: i32, oldpath: *const std::ffi::c_char, newdirfd: i32, newpath: *const std::ffi::c_char, flags: u32) -> i32;
-    }
-    let a = CString::new(a.as_os_str().as_bytes())?;
-    let b = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
-    if unsafe { renameat2(AT_FDCWD, a.as_ptr(), AT_FDCWD, b.as_ptr(), RENAME_EXCHANGE) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `.NAME.SUFFIX` next to `path`.
-fn sibling_path(path: &Path, suffix: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{suffix}"))
-}
-
-/// Deletes temporary siblings of `dest` left by killed runs. Called only under the exclusive lab
-/// lock, so no live run owns one (pids are not compared: they mean nothing across containers).
-fn remove_abandoned(dest: &Path) {
-    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else { return };
-    let name = name.to_string_lossy();
-    let Ok(entries) = fs::read_dir(parent) else { return };
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let pid = [".tmp-", ".old-"].iter().find_map(|k| file.strip_prefix(&format!(".{name}{k}")));
-        if pid.is_some_and(|p| p.parse::<u32>().is_ok()) {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// Points `link` (`artifacts/labs/<recipe>`) at `lab`, atomically, with a relative target so the
@@ -504,20 +452,6 @@ mod tests {
             assert!(!assemble(&sh, &dest, &parts).unwrap().1);
         }
         assert_eq!(fs::read_to_string(dest.join(RUN_SH)).unwrap(), "#!/bin/sh\n");
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn exchange_swaps_two_directories_atomically() {
-        let dir = scratch("exchange");
-        let (a, b) = (dir.join("a"), dir.join("b"));
-        fs::create_dir_all(&a).unwrap();
-        fs::create_dir_all(&b).unwrap();
-        fs::write(a.join("f"), "a").unwrap();
-        fs::write(b.join("f"), "b").unwrap();
-        exchange(&a, &b).unwrap();
-        assert_eq!((fs::read_to_string(a.join("f")).unwrap(), fs::read_to_string(b.join("f")).unwrap()), ("b".into(), "a".into()));
-        assert!(exchange(&a, &dir.join("missing")).is_err());
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 //! Invariant: the xtask writes only under `artifacts` and `cache` (plus the lock file that sits
 //! next to a recipe, which is the point of a lock).
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -90,15 +91,87 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// `dir/.name.<suffix>`: a hidden name next to `path`, e.g. its lock file `.name.lock`.
+pub fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
 /// `dir/.name.<tag>-<pid>`: a scratch directory next to `path` (under the same artifacts
 /// directory), for work like verifying a Kconfig fix in a copy of a build tree.
 pub fn scratch_sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+    hidden_sibling(path, &format!("{tag}-{}", std::process::id()))
 }
 
 /// `dir/.name.tmp-<pid>`: a temporary name next to `path` (same filesystem, so rename is atomic).
 pub fn tmp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    scratch_sibling(path, "tmp")
+}
+
+/// Puts the complete directory `tmp` at `dest`: one atomic exchange with an existing directory
+/// (then deleted), or one rename. `dest` is never absent or partial.
+pub fn replace_dir(tmp: &Path, dest: &Path) -> Result<()> {
+    if fs::symlink_metadata(dest).is_ok() {
+        exchange(tmp, dest).with_context(|| format!("exchange {} with {}", tmp.display(), dest.display()))?;
+        // `tmp` now holds the old copy.
+        fs::remove_dir_all(tmp).with_context(|| format!("remove the old copy, now at {}", tmp.display()))?;
+    } else {
+        fs::rename(tmp, dest).with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
+    }
+    Ok(())
+}
+
+/// `renameat2(RENAME_EXCHANGE)`: both paths must exist; afterwards each names the other's entry.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    const AT_FDCWD: i32 = -100;
+    const RENAME_EXCHANGE: u32 = 2;
+    unsafe extern "C" {
+        fn renameat2(olddirfd: i32, oldpath: *const std::ffi::c_char, newdirfd: i32, newpath: *const std::ffi::c_char, flags: u32) -> i32;
+    }
+    let a = CString::new(a.as_os_str().as_bytes())?;
+    let b = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    if unsafe { renameat2(AT_FDCWD, a.as_ptr(), AT_FDCWD, b.as_ptr(), RENAME_EXCHANGE) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Deletes the `.NAME.tmp-PID` and `.NAME.old-PID` siblings of `dest` that killed runs left.
+/// Call it holding `dest`'s lock, so that no live run owns one (pids are not compared: they
+/// mean nothing across containers).
+pub fn remove_abandoned_siblings(dest: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else { return Ok(()) };
+    let name = name.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir(parent) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = [".tmp-", ".old-"].iter().find_map(|k| file.strip_prefix(&format!(".{name}{k}")));
+        if pid.is_some_and(|p| p.parse::<u32>().is_ok()) {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).with_context(|| format!("remove {}, left by an interrupted run", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_swaps_two_directories_atomically() {
+        let dir = crate::testutil::scratch("layout-exchange");
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("f"), "a").unwrap();
+        fs::write(b.join("f"), "b").unwrap();
+        exchange(&a, &b).unwrap();
+        assert_eq!((fs::read_to_string(a.join("f")).unwrap(), fs::read_to_string(b.join("f")).unwrap()), ("b".into(), "a".into()));
+        assert!(exchange(&a, &dir.join("missing")).is_err());
+        fs::remove_dir_all(dir).unwrap();
+    }
 }
