@@ -38,6 +38,99 @@ pub enum Command {
     E2e(E2eArgs),
     /// Explain dropped Kconfig options and write a verified fix, against a configured tree (no build)
     Config(ConfigArgs),
+    /// Ready labs: pack a lab, fetch a packed lab (verified), list or remove installed labs
+    Lab(LabArgs),
+    /// Rebuild a lab from its own inputs in a fresh directory and compare every file with its manifest
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub action: LabAction,
+}
+
+/// Which lab: `--lab DIR`, else the newest lab of `--recipe` (artifacts/labs/<recipe>).
+#[derive(Debug, Args, Clone)]
+pub struct LabSelect {
+    /// Recipe whose newest lab to use (artifacts/labs/<recipe>; default lts)
+    #[arg(long, value_name = "NAME", conflicts_with = "lab")]
+    pub recipe: Option<String>,
+    /// Lab directory
+    #[arg(long, value_name = "DIR")]
+    pub lab: Option<PathBuf>,
+}
+
+impl LabSelect {
+    pub fn dir(&self, layout: &crate::layout::Layout) -> PathBuf {
+        match (&self.lab, &self.recipe) {
+            (Some(dir), _) => dir.clone(),
+            (None, r) => layout.lab_link(r.as_deref().unwrap_or("lts")),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Write kernel-lab-<recipe>-<version>-x86_64.tar.zst and its .sha256, deterministically
+    Pack {
+        #[command(flatten)]
+        which: LabSelect,
+        /// Output directory
+        #[arg(long, value_name = "DIR", default_value = "artifacts/dist")]
+        out: PathBuf,
+        /// Add (or update) the lab's entry in this labs.json (it must sit in --out or above it)
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
+        /// zstd level (1-22); the default makes the smallest packs that still unpack in a second
+        #[arg(long, default_value_t = crate::ready::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
+    },
+    /// Download (cached, resumed), verify and install a packed lab into artifacts/labs/
+    Fetch {
+        /// A pack URL (http://, https://, file://), a local pack file, or with --index a recipe name
+        #[arg(value_name = "URL|PATH|NAME")]
+        what: String,
+        /// sha256 the pack must have (required unless --index gives it)
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// A lab index (labs.json); takes the newest lab of the named recipe from it
+        #[arg(long, value_name = "URL")]
+        index: Option<String>,
+        /// Replace an installed, different lab of the same name
+        #[arg(long)]
+        force: bool,
+    },
+    /// Installed labs: recipe, kernel, busybox, boot verdict, size, built here or fetched from where
+    List,
+    /// Remove an installed lab (a name from `lab list`, or a recipe's link)
+    Rm {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub which: LabSelect,
+    /// Base URL of a kernel.org-layout mirror (http://, https:// or file://)
+    #[arg(long, env = "KERNEL_LAB_MIRROR", value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Public key (binary or armored) that signs the mirror's sha256sums.asc
+    #[arg(long, env = "KERNEL_LAB_KEYRING", value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Key that signs busybox tarballs (see `fetch --help`)
+    #[arg(long, env = "KERNEL_LAB_BUSYBOX_KEYRING", value_name = "FILE")]
+    pub busybox_keyring: Option<PathBuf>,
+    /// DANGER: accept unsigned or wrongly signed checksums (kernel sums and busybox)
+    #[arg(long)]
+    pub insecure_skip_signature: bool,
+    /// Keep the rebuild directory (removed after a clean comparison by default)
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub make: MakeArgs,
 }
 
 #[derive(Debug, Args)]

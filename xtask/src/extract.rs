@@ -61,8 +61,17 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
     layout::replace_dir(&tmp, dest)
 }
 
+/// Unpacks `tarball` (which must have `sha256`) into the existing empty directory `root`, dropping
+/// the archive's top directory, with every guard of `extract` (no absolute paths, `..`, links
+/// leaving the tree, modes never group- or world-writable). The caller owns `root` and removes it
+/// on failure.
+pub fn unpack_checked(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> {
+    unpack(tarball, sha256, root, label)
+}
+
 #[derive(Clone, Copy)]
 enum Compression {
+    Zstd,
     Xz,
     Bzip2,
     Gzip,
@@ -76,7 +85,9 @@ fn detect(path: &Path) -> Result<Compression> {
     let n = file.read(&mut magic).with_context(|| format!("read {}", path.display()))?;
     let magic = &magic[..n];
     let name = path.to_string_lossy();
-    Ok(if magic.starts_with(b"\xfd7zXZ\0") {
+    Ok(if magic.starts_with(b"\x28\xb5\x2f\xfd") {
+        Compression::Zstd
+    } else if magic.starts_with(b"\xfd7zXZ\0") {
         Compression::Xz
     } else if magic.starts_with(b"BZh") {
         Compression::Bzip2
@@ -85,7 +96,7 @@ fn detect(path: &Path) -> Result<Compression> {
     } else if name.ends_with(".tar") || is_plain_tar(path)? {
         Compression::None
     } else {
-        bail!("{} is neither .tar.xz, .tar.bz2, .tar.gz nor .tar", path.display())
+        bail!("{} is neither .tar.zst, .tar.xz, .tar.bz2, .tar.gz nor .tar", path.display())
     })
 }
 
@@ -114,6 +125,7 @@ impl<R: Read> Read for Counting<R> {
 
 /// A decompressor that gives its input back, so the bytes it did not read can be hashed too.
 enum Decoder<R: BufRead> {
+    Zstd(zstd::stream::read::Decoder<'static, R>),
     Xz(liblzma::bufread::XzDecoder<R>),
     Bzip2(bzip2::bufread::MultiBzDecoder<R>),
     Gzip(flate2::bufread::MultiGzDecoder<R>),
@@ -123,6 +135,7 @@ enum Decoder<R: BufRead> {
 impl<R: BufRead> Read for Decoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
+            Decoder::Zstd(d) => d.read(buf),
             Decoder::Xz(d) => d.read(buf),
             Decoder::Bzip2(d) => d.read(buf),
             Decoder::Gzip(d) => d.read(buf),
@@ -134,6 +147,7 @@ impl<R: BufRead> Read for Decoder<R> {
 impl<R: BufRead> Decoder<R> {
     fn into_inner(self) -> R {
         match self {
+            Decoder::Zstd(d) => d.finish(),
             Decoder::Xz(d) => d.into_inner(),
             Decoder::Bzip2(d) => d.into_inner(),
             Decoder::Gzip(d) => d.into_inner(),
@@ -182,6 +196,7 @@ fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> 
     let bar = progress::bytes(label, Some(len));
     let input = BufReader::with_capacity(CHUNK, Counting { inner: file, bar: bar.clone(), hasher: sha2::Sha256::new() });
     let mut decoder = match compression {
+        Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(input).context("start zstd")?),
         Compression::Xz => Decoder::Xz(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
         Compression::Bzip2 => Decoder::Bzip2(bzip2::bufread::MultiBzDecoder::new(input)),
         Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(input)),

@@ -63,6 +63,8 @@ pub struct Sources {
     pub busybox_tarball: PathBuf,
     pub kernel_src: PathBuf,
     pub busybox_src: PathBuf,
+    /// Primary-key fingerprint that signed the kernel's sums; `None` when unverified.
+    pub kernel_signer: Option<String>,
 }
 
 /// What resolving fetched, kept so `mirror` can republish it byte for byte (signatures intact).
@@ -76,11 +78,14 @@ pub struct Metadata {
     pub busybox_sig: Option<Vec<u8>>,
     /// The mirror's clearsigned `busybox/sha256sums.asc`, when it verified busybox.
     pub busybox_sums_asc: Option<Vec<u8>>,
+    /// Primary-key fingerprint that signed the kernel's sums (this run checked it).
+    pub kernel_signer: Option<String>,
 }
 
 pub fn run(layout: &Layout, plan: &FetchPlan) -> Result<Sources> {
-    let (lock, _) = lock_for(layout, plan)?;
-    download_and_extract(layout, &lock, &plan.mirror)
+    let (lock, meta) = lock_for(layout, plan)?;
+    let sources = download_and_extract(layout, &lock, &plan.mirror)?;
+    Ok(Sources { kernel_signer: meta.kernel_signer, ..sources })
 }
 
 /// A lock's kernel must be an answer to its request: an exact request names the version, a
@@ -121,9 +126,9 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
             bail!("--locked: lock {} is stale; running without --locked would change:\n  {}", lock_path.display(), stale.join("\n  "));
         }
         check_answers(&lock_path, &plan.request, &old.kernel.version)?;
-        reverify_kernel(layout, plan, &lock_path, &old.kernel)?;
+        let kernel_signer = reverify_kernel(layout, plan, &lock_path, &old.kernel)?;
         reverify_busybox(layout, plan, &lock_path, &old.busybox)?;
-        return Ok((old, Metadata::default()));
+        return Ok((old, Metadata { kernel_signer, ..Metadata::default() }));
     }
     let (old, old_version) = match lock::read(&lock_path) {
         Ok(old) => {
@@ -205,12 +210,14 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
     let mut meta = Metadata { releases_json: Some(json), ..Default::default() };
 
     let verified;
+    let mut kernel_signer = None;
     let (sums_path, sha256) = if signed {
         let sums_path = releases::kernel_sums(&version)?;
         let sums_url = mirror.kernel_org(&sums_path);
         let asc = download::get_small(&sums_url)?;
-        let (text, ok) = verified_sums(layout, plan, &asc, "the kernel").with_context(|| format!("verify {sums_url}"))?;
-        verified = ok;
+        let (text, signer) = verified_sums(layout, plan, &asc, "the kernel").with_context(|| format!("verify {sums_url}"))?;
+        verified = signer.is_some();
+        kernel_signer = signer;
         let sha = verify::sums_lookup(&text, &file)
             .with_context(|| format!("{sums_url} has no sha256 line for {file}: the mirror is incomplete"))?;
         // Kept so that `--locked` checks the signature again, offline.
@@ -231,6 +238,7 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         (None, hash::sha256_file(&blob)?)
     };
     let busybox = resolve_busybox(layout, plan, &mut meta)?;
+    meta.kernel_signer = kernel_signer;
     let lock = Lock {
         request: plan.request.clone(),
         kernel: LockedKernel { version, file, path: tar_path, sums_path, sha256, released, verified },
@@ -241,7 +249,8 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
 
 /// `--locked`: the lock's kernel hash must be the one the signed sums list for its file; the
 /// sums come from the cache (kept by `resolve`), else from the mirror, and are verified again.
-fn reverify_kernel(layout: &Layout, plan: &FetchPlan, lock_path: &Path, k: &LockedKernel) -> Result<()> {
+/// Returns the fingerprint that signed the sums (`None` for an accepted unverified kernel).
+fn reverify_kernel(layout: &Layout, plan: &FetchPlan, lock_path: &Path, k: &LockedKernel) -> Result<Option<String>> {
     if !k.verified && !plan.insecure_skip_signature {
         bail!(
             "--locked: lock {} records an unverified kernel tarball (made with --insecure-skip-signature); \
@@ -251,12 +260,12 @@ fn reverify_kernel(layout: &Layout, plan: &FetchPlan, lock_path: &Path, k: &Lock
     }
     let Some(sums_path) = &k.sums_path else {
         eprintln!("WARNING: --insecure-skip-signature: linux-{} is an unsigned snapshot; trusting the lock's sha256", k.version);
-        return Ok(());
+        return Ok(None);
     };
     let url = plan.mirror.kernel_org(sums_path);
     let cached = vouch_path(layout, &k.sha256, "asc");
     let asc = cached_or_get(&cached, &url)?;
-    let (text, _) = verified_sums(layout, plan, &asc, "the kernel")
+    let (text, signer) = verified_sums(layout, plan, &asc, "the kernel")
         .with_context(|| format!("--locked: verify {url} (cached as {}) again", cached.display()))?;
     let listed = verify::sums_lookup(&text, &k.file);
     if listed.as_deref() != Some(k.sha256.as_str()) {
@@ -269,7 +278,8 @@ fn reverify_kernel(layout: &Layout, plan: &FetchPlan, lock_path: &Path, k: &Lock
             listed.as_deref().unwrap_or("no line")
         );
     }
-    layout::write_atomic(&cached, &asc).context("cache the signed sums")
+    layout::write_atomic(&cached, &asc).context("cache the signed sums")?;
+    Ok(signer)
 }
 
 /// Finds busybox's hash and verifies it: with `--busybox-keyring`, by the detached `.sig`;
@@ -466,15 +476,15 @@ fn cached_or_get(path: &Path, url: &str) -> Result<Vec<u8>> {
     }
 }
 
-/// The signed text of a clearsigned sums file and `true`; with the opt-out, the unverified text
-/// and `false` (warning that `what`'s checksums were not verified); otherwise an error.
-fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8], what: &str) -> Result<(String, bool)> {
+/// The signed text of a clearsigned sums file and the signer's fingerprint; with the opt-out, the
+/// unverified text and `None` (warning that `what`'s checksums were not verified); otherwise an error.
+fn verified_sums(layout: &Layout, plan: &FetchPlan, asc: &[u8], what: &str) -> Result<(String, Option<String>)> {
     let result = keyring(layout, plan).and_then(|(keyring, fprs)| clearsigned_by(&keyring, &fprs, asc));
     match result {
-        Ok((text, _)) => Ok((text, true)),
+        Ok((text, fpr)) => Ok((text, Some(fpr))),
         Err(e) if plan.insecure_skip_signature => {
             eprintln!("WARNING: --insecure-skip-signature: using unverified checksums for {what} ({e:#})");
-            Ok((String::from_utf8_lossy(asc).into_owned(), false))
+            Ok((String::from_utf8_lossy(asc).into_owned(), None))
         }
         Err(e) => Err(e),
     }
@@ -577,7 +587,7 @@ pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror) -> Re
     extract::extract(&busybox_tarball, &b.sha256, &busybox_src, &b.file)
         .with_context(|| format!("extract {} into {}", b.file, busybox_src.display()))?;
     check_tree_version(&busybox_src, &b.version).with_context(|| format!("{} from {}", busybox_src.display(), b.file))?;
-    Ok(Sources { lock: lock.clone(), kernel_tarball, busybox_tarball, kernel_src, busybox_src })
+    Ok(Sources { lock: lock.clone(), kernel_tarball, busybox_tarball, kernel_src, busybox_src, kernel_signer: None })
 }
 
 /// The version a source tree's top Makefile declares must be the one we asked for: a signature

@@ -14,6 +14,7 @@ use crate::hash::{self, sha256_file};
 use crate::kconfig;
 use crate::kexplain;
 use crate::layout;
+use crate::manifest::{Settings, Toolchain};
 use crate::progress;
 use crate::recipe::{ConfigBase, Nic};
 
@@ -257,7 +258,7 @@ pub fn build(sh: &Shell, src: &Path, build: &Path, inputs: &BuildInputs<'_>, mak
     let j = make.jobs_arg();
     let cc = make.cc_arg();
     let make = reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux scripts_gdb"), release_epoch)
-        .env("KBUILD_BUILD_VERSION", "1")
+        .env("KBUILD_BUILD_VERSION", BUILD_VERSION)
         .env("KCFLAGS", &maps)
         .env("KAFLAGS", &maps);
 
@@ -281,6 +282,11 @@ pub fn build(sh: &Shell, src: &Path, build: &Path, inputs: &BuildInputs<'_>, mak
     Ok(outputs)
 }
 
+/// Fixed user, host and build number (`#1` in `uname -v`) of every lab kernel.
+pub const BUILD_USER: &str = "kernel-lab";
+pub const BUILD_HOST: &str = "kernel-lab";
+pub const BUILD_VERSION: &str = "1";
+
 /// `-ffile-prefix-map` for both trees, without a trailing slash: with `<build>/=` the build
 /// directory itself (DW_AT_comp_dir) stayed in vmlinux and changed the build-id.
 pub(crate) fn prefix_maps(src: &Path, build: &Path) -> String {
@@ -297,9 +303,7 @@ pub(crate) fn inputs_stamp(
     epoch: u64,
     maps: &str,
 ) -> Result<String> {
-    let first_line = |out: String| out.lines().next().unwrap_or("").to_string();
-    let gcc = first_line(cmd!(sh, "gcc --version").quiet().read().context("run `gcc --version` (install build-essential)")?);
-    let ld = first_line(cmd!(sh, "ld --version").quiet().read().context("run `ld --version` (install binutils)")?);
+    let Toolchain { gcc, ld, .. } = toolchain(sh)?;
     let mut s = String::from("kernel-lab build inputs v1\n");
     s.push_str(&format!("tarball-sha256 {}\n", inputs.tarball_sha256));
     s.push_str(&format!("recipe-sha256 {}\n", hash::sha256_bytes(inputs.recipe)));
@@ -315,6 +319,28 @@ pub(crate) fn inputs_stamp(
         cc_wrapper.map_or("none".to_string(), |w| w.to_string())
     ));
     Ok(s)
+}
+
+/// The first lines of `gcc --version`, `ld --version` and `make --version`.
+pub fn toolchain(sh: &Shell) -> Result<Toolchain> {
+    let first_line = |out: String| out.lines().next().unwrap_or("").to_string();
+    Ok(Toolchain {
+        gcc: first_line(cmd!(sh, "gcc --version").quiet().read().context("run `gcc --version` (install build-essential)")?),
+        ld: first_line(cmd!(sh, "ld --version").quiet().read().context("run `ld --version` (install binutils)")?),
+        make: first_line(cmd!(sh, "make --version").quiet().read().context("run `make --version` (install make)")?),
+    })
+}
+
+/// The reproducible-build settings as the manifest records them (prefix maps written relative).
+pub fn settings(epoch: u64) -> Settings {
+    Settings {
+        source_date_epoch: epoch,
+        kbuild_build_timestamp: kbuild_timestamp(epoch),
+        kbuild_build_user: BUILD_USER.into(),
+        kbuild_build_host: BUILD_HOST.into(),
+        kbuild_build_version: BUILD_VERSION.into(),
+        prefix_maps: "-ffile-prefix-map=<source tree>=. -ffile-prefix-map=<build tree>=.".into(),
+    }
 }
 
 /// Runs make with stdout and stderr into one pipe, copied to `log_path` and counted for the
@@ -400,8 +426,8 @@ fn first_errors(log: &str) -> Vec<String> {
 pub(crate) fn reproducible_env(cmd: xshell::Cmd<'_>, epoch: u64) -> xshell::Cmd<'_> {
     cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(epoch))
-        .env("KBUILD_BUILD_USER", "kernel-lab")
-        .env("KBUILD_BUILD_HOST", "kernel-lab")
+        .env("KBUILD_BUILD_USER", BUILD_USER)
+        .env("KBUILD_BUILD_HOST", BUILD_HOST)
 }
 
 /// `date -u -d @EPOCH` in the C locale, e.g. "Thu Oct 30 00:00:00 UTC 2025": the kernel prints it
@@ -411,16 +437,7 @@ pub fn kbuild_timestamp(epoch: u64) -> String {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let days = epoch / 86400;
     let secs = epoch % 86400;
-    // Civil-from-days (Howard Hinnant), shifted so the year starts on March 1st.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil_from_days(days as i64);
     format!(
         "{} {} {:>2} {:02}:{:02}:{:02} UTC {year}",
         DAYS[(days % 7) as usize],
@@ -430,6 +447,20 @@ pub fn kbuild_timestamp(epoch: u64) -> String {
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (Howard Hinnant's algorithm,
+/// shifted so the year starts on March 1st).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]

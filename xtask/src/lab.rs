@@ -16,6 +16,7 @@ use xshell::Shell;
 use crate::boottest::Expect;
 use crate::kbuild::KernelBuild;
 use crate::layout::{self, tmp_sibling};
+use crate::manifest::{self, Manifest};
 use crate::recipe::Nic;
 
 pub const BZIMAGE: &str = "bzImage";
@@ -35,6 +36,10 @@ pub const README: &str = "README.md";
 pub const SOURCE_LIST: &str = ".kernel-lab-source";
 /// What the lab is (`Description`), so `boot-test --lab DIR` knows what to expect.
 pub const LAB_JSON: &str = "lab.json";
+/// The inputs a lab was built from, laid out like a checkout (`recipes/`, `configs/`).
+pub const INPUTS: &str = "inputs";
+/// Where a fetched lab came from (written by `lab fetch`; not in the manifest).
+pub const ORIGIN: &str = ".kernel-lab-origin";
 /// Hash of everything the lab was assembled from; equal means nothing to do. Written last.
 const STAMP: &str = ".kernel-lab-lab";
 /// Written by the boot test.
@@ -126,6 +131,11 @@ pub struct Parts<'a> {
     /// run.sh, gdb.sh, debug.gdb, README.md and friends (labscripts::render).
     pub scripts: &'a [TextFile],
     pub desc: &'a Description,
+    /// What the lab was built from, copied under `inputs/` as a small checkout (recipe, lock,
+    /// fragments), so `verify` can rebuild it anywhere: (path under `inputs/`, bytes).
+    pub inputs: &'a [(String, Vec<u8>)],
+    /// The manifest without its file list, which `assemble` fills in from what it wrote.
+    pub manifest: &'a Manifest,
 }
 
 /// `flock` on `.NAME.lock` beside a lab: exclusive while assembling, shared while booting.
@@ -134,6 +144,11 @@ pub struct LabLock {
 }
 
 impl LabLock {
+    /// Exclusive: nobody assembles, fetches into, removes or boots the lab at `dir` meanwhile.
+    pub fn exclusive(dir: &Path) -> Result<LabLock> {
+        LabLock::take(dir, true)
+    }
+
     fn take(dir: &Path, exclusive: bool) -> Result<LabLock> {
         let path = layout::hidden_sibling(dir, "lock");
         let file = fs::OpenOptions::new()
@@ -176,6 +191,14 @@ pub fn assemble(sh: &Shell, dest: &Path, parts: &Parts<'_>) -> Result<(Lab, bool
             write_file(&tmp.join(f.name), f.text.as_bytes(), f.mode)?;
         }
         write_file(&tmp.join(LAB_JSON), lab_json.as_bytes(), 0o644)?;
+        for (rel, bytes) in parts.inputs {
+            let path = tmp.join(INPUTS).join(rel);
+            fs::create_dir_all(path.parent().expect("inputs have a parent")).with_context(|| format!("create {}", path.display()))?;
+            write_file(&path, bytes, 0o644)?;
+        }
+        let mut m = parts.manifest.clone();
+        m.reproducible.files = manifest::file_entries(&tmp)?;
+        write_file(&tmp.join(manifest::FILE), m.to_text()?.as_bytes(), 0o644)?;
         write_file(&tmp.join(STAMP), format!("{stamp}\n").as_bytes(), 0o644)
     })();
     if let Err(e) = filled {
@@ -195,6 +218,8 @@ fn intact(dest: &Path, stamp: &str, parts: &Parts<'_>, lab_json: &str) -> bool {
         && same(LAB_JSON, lab_json.as_bytes())
         && same(ROOTFS, parts.rootfs)
         && parts.scripts.iter().all(|f| same(f.name, f.text.as_bytes()))
+        && parts.inputs.iter().all(|(rel, bytes)| same(&format!("{INPUTS}/{rel}"), bytes))
+        && Manifest::read(dest).is_ok_and(|m| manifest::compare_files(dest, &m.reproducible.files).is_ok_and(|p| p.is_empty()))
 }
 
 /// The kernel's inputs stamp plus every other byte the lab is made of.
@@ -208,6 +233,11 @@ fn stamp(parts: &Parts<'_>, lab_json: &str) -> Result<String> {
         input.extend_from_slice(f.text.as_bytes());
     }
     input.extend_from_slice(lab_json.as_bytes());
+    for (rel, bytes) in parts.inputs {
+        input.extend_from_slice(format!("\0{rel}\0{}\0", bytes.len()).as_bytes());
+        input.extend_from_slice(bytes);
+    }
+    input.extend_from_slice(serde_json::to_string(&parts.manifest.reproducible).context("serialize the manifest")?.as_bytes());
     Ok(crate::hash::sha256_bytes(&input))
 }
 
@@ -359,7 +389,15 @@ mod tests {
         let desc = description();
         let sh = Shell::new().unwrap();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let parts = Parts {
+            kernel: &kernel,
+            kernel_src: &src,
+            rootfs: b"cpio",
+            scripts: &s,
+            desc: &desc,
+            inputs: &[],
+            manifest: crate::manifest::sample(),
+        };
         let (lab, wrote) = assemble(&sh, &dest, &parts).unwrap();
         assert!(wrote);
         assert_eq!(lab.desc, desc);
@@ -404,7 +442,15 @@ mod tests {
         fs::remove_file(&kernel.bzimage).unwrap();
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let parts = Parts {
+            kernel: &kernel,
+            kernel_src: &src,
+            rootfs: b"cpio",
+            scripts: &s,
+            desc: &desc,
+            inputs: &[],
+            manifest: crate::manifest::sample(),
+        };
         let err = format!("{:#}", assemble(&Shell::new().unwrap(), &dest, &parts).unwrap_err());
         assert!(err.contains("bzImage"), "{err}");
         assert_eq!(fs::read_to_string(dest.join(VMLINUX)).unwrap(), "old");
@@ -425,7 +471,15 @@ mod tests {
         }
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let parts = Parts {
+            kernel: &kernel,
+            kernel_src: &src,
+            rootfs: b"cpio",
+            scripts: &s,
+            desc: &desc,
+            inputs: &[],
+            manifest: crate::manifest::sample(),
+        };
         assemble(&Shell::new().unwrap(), &dest, &parts).unwrap();
         assert!(!dead.exists() && !old.exists() && other.exists());
         fs::remove_dir_all(dir).unwrap();
@@ -439,7 +493,15 @@ mod tests {
         let dest = dir.join("labs/lts-6.12.117");
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let parts = Parts {
+            kernel: &kernel,
+            kernel_src: &src,
+            rootfs: b"cpio",
+            scripts: &s,
+            desc: &desc,
+            inputs: &[],
+            manifest: crate::manifest::sample(),
+        };
         let sh = Shell::new().unwrap();
         assemble(&sh, &dest, &parts).unwrap();
         for damage in [VMLINUX, LAB_JSON, ROOTFS, RUN_SH] {
@@ -464,7 +526,15 @@ mod tests {
         let dest = dir.join("labs/lts-6.12.117");
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts { kernel: &kernel, kernel_src: &src, rootfs: b"cpio", scripts: &s, desc: &desc };
+        let parts = Parts {
+            kernel: &kernel,
+            kernel_src: &src,
+            rootfs: b"cpio",
+            scripts: &s,
+            desc: &desc,
+            inputs: &[],
+            manifest: crate::manifest::sample(),
+        };
         let sh = Shell::new().unwrap();
         let (lab, _) = assemble(&sh, &dest, &parts).unwrap();
         let held = lab.lock_shared().unwrap();

@@ -233,9 +233,13 @@ fn check_sha256(sha: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// The lock as `write` stores it.
+pub fn to_text(lock: &Lock) -> Result<String> {
+    Ok(serde_json::to_string_pretty(lock).context("serialize the lock")? + "\n")
+}
+
 pub fn write(path: &Path, lock: &Lock) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(lock)?;
-    text.push('\n');
+    let text = to_text(lock)?;
     layout::write_atomic(path, text.as_bytes()).with_context(|| format!("write lock {}", path.display()))
 }
 

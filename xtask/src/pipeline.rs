@@ -17,7 +17,7 @@ use crate::{
     lab::{self, Lab},
     labscripts,
     layout::{self, Layout},
-    lock,
+    lock, manifest,
     recipe::{self, LoadedRecipe},
     releases::Request,
     rootfs,
@@ -75,6 +75,9 @@ impl Timings {
         self.0.push((phase, start.elapsed()));
         out
     }
+    pub fn phases(&self) -> Vec<manifest::Phase> {
+        self.0.iter().map(|(p, d)| manifest::Phase { phase: p.to_string(), seconds: (d.as_secs_f64() * 10.0).round() / 10.0 }).collect()
+    }
     pub fn print(&self) {
         let total: Duration = self.0.iter().map(|(_, d)| *d).sum();
         println!("{:<12} {:>9}", "phase", "seconds");
@@ -118,6 +121,7 @@ pub fn kernel(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) 
             let report = t.time("boot-test", || boottest::run(&lab, timeout, ""));
             t.print();
             let report = report?;
+            manifest::record_boot(&lab.dir, &report.verdict.to_string(), report.wall_seconds)?;
             println!("boot test: {} ({:.1} s), report {}", report.verdict, report.wall_seconds, report.report.display());
             Some(report)
         }
@@ -184,6 +188,7 @@ pub fn build_lab(
         .with_context(|| format!("build busybox-{}", lock.busybox.version))?;
 
     let dest = layout.lab(&recipe.name, version);
+    let phases = t.phases();
     let lab = t
         .time("lab", || {
             let rootfs = rootfs_archive(recipe, &bb, version, epoch)?;
@@ -198,6 +203,7 @@ pub fn build_lab(
                 source_dir: Some(sources.kernel_src.clone()),
                 build_dir: Some(kbuild_dir.clone()),
             })?;
+            let (inputs, manifest) = provenance(sh, layout, recipe, sources, &fragments, &kernel, epoch, phases.clone())?;
             let desc = lab::Description {
                 recipe: recipe.name.clone(),
                 kernel_version: version.clone(),
@@ -206,7 +212,15 @@ pub fn build_lab(
                 uid: r.rootfs.uid,
                 nic: r.qemu.nic,
             };
-            let parts = lab::Parts { kernel: &kernel, kernel_src: &sources.kernel_src, rootfs: &rootfs, scripts: &scripts, desc: &desc };
+            let parts = lab::Parts {
+                kernel: &kernel,
+                kernel_src: &sources.kernel_src,
+                rootfs: &rootfs,
+                scripts: &scripts,
+                desc: &desc,
+                inputs: &inputs,
+                manifest: &manifest,
+            };
             let (lab, wrote) = lab::assemble(sh, &dest, &parts)?;
             if !wrote {
                 eprintln!("lab up to date ({})", lab.dir.display());
@@ -216,6 +230,83 @@ pub fn build_lab(
         })
         .context("assemble the lab")?;
     Ok((lab, kernel))
+}
+
+/// The lab's `inputs/` (recipe, lock and fragments, laid out like a checkout) and its manifest
+/// without the file list.
+#[allow(clippy::too_many_arguments)]
+fn provenance(
+    sh: &Shell,
+    layout: &Layout,
+    recipe: &LoadedRecipe,
+    sources: &Sources,
+    fragments: &[PathBuf],
+    kernel: &KernelBuild,
+    epoch: u64,
+    phases: Vec<manifest::Phase>,
+) -> Result<(Vec<(String, Vec<u8>)>, manifest::Manifest)> {
+    let r = &recipe.recipe;
+    let lock = &sources.lock;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let recipe_bytes = read(&recipe.path)?;
+    let mut inputs = vec![
+        (format!("recipes/{}.yaml", recipe.name), recipe_bytes.clone()),
+        (format!("recipes/{}.lock", recipe.name), lock::to_text(lock)?.into_bytes()),
+    ];
+    let mut listed = |names: &[String], paths: &[PathBuf], under: &str| -> Result<Vec<manifest::Input>> {
+        let mut out = Vec::new();
+        for (name, path) in names.iter().zip(paths) {
+            let bytes = read(path)?;
+            // A fragment outside configs/ (`../x`) is listed but cannot be copied as an input.
+            if manifest::check_rel_path(name).is_ok() {
+                inputs.push((format!("configs/{under}{name}"), bytes.clone()));
+            }
+            out.push(manifest::Input { name: name.clone(), sha256: crate::hash::sha256_bytes(&bytes) });
+        }
+        Ok(out)
+    };
+    let fragments = listed(&r.config.fragments, fragments, "")?;
+    let bb_paths: Vec<PathBuf> =
+        r.busybox.fragments.iter().map(|f| fragment_path(layout, &recipe.path, &format!("busybox/{f}"))).collect::<Result<_>>()?;
+    let busybox_fragments = listed(&r.busybox.fragments, &bb_paths, "busybox/")?;
+    let b = &lock.busybox;
+    let m = manifest::Manifest {
+        schema: manifest::SCHEMA,
+        reproducible: manifest::Reproducible {
+            arch: manifest::ARCH.into(),
+            recipe: manifest::Input { name: recipe.name.clone(), sha256: crate::hash::sha256_bytes(&recipe_bytes) },
+            kernel: manifest::Source {
+                version: lock.kernel.version.clone(),
+                path: lock.kernel.path.clone(),
+                sha256: lock.kernel.sha256.clone(),
+                verified_by: if sources.kernel_signer.is_some() { "signed-sums" } else { "unverified" }.into(),
+                signer: sources.kernel_signer.clone(),
+            },
+            busybox: manifest::Source {
+                version: b.version.clone(),
+                path: b.path.clone(),
+                sha256: b.sha256.clone(),
+                verified_by: if b.verified {
+                    serde_json::to_value(b.check)?.as_str().unwrap_or_default().to_string()
+                } else {
+                    "unverified".into()
+                },
+                signer: b.signer.clone(),
+            },
+            config: manifest::Config {
+                base: serde_json::to_value(r.config.base)?.as_str().unwrap_or_default().to_string(),
+                fragments,
+                busybox_fragments,
+                final_sha256: crate::hash::sha256_file(&kernel.dir.join(".config"))?,
+            },
+            patches: vec![],
+            settings: kbuild::settings(epoch),
+            toolchain: kbuild::toolchain(sh)?,
+            files: vec![],
+        },
+        host: manifest::host_now(phases),
+    };
+    Ok((inputs, m))
 }
 
 /// The recipe's static busybox, built from its fragments in `configs/busybox/`.

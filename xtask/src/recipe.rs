@@ -366,7 +366,7 @@ pub fn load(path: &Path) -> Result<LoadedRecipe> {
         std::fs::read_to_string(path).with_context(|| format!("read recipe {} (list recipes with `ls recipes/`)", path.display()))?;
     let recipe = parse(&text).with_context(|| format!("recipe {}", path.display()))?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).context("recipe path has no file name")?;
-    check_name(&name, path)?;
+    check_file_name(&name, path)?;
     Ok(LoadedRecipe { name, path: path.to_path_buf(), recipe })
 }
 
@@ -433,9 +433,14 @@ const LISTENING_OPTIONS: [&str; 12] =
 
 /// A recipe's name (its file stem) names lab directories and their links: no separators, no dots
 /// (so `labs/<name>` can never be another recipe's `labs/<name>-<version>`).
-fn check_name(name: &str, path: &Path) -> Result<()> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        bail!("recipe file {}: its name {name:?} must be letters, digits, '_' or '-' (no dots): rename the file", path.display());
+fn check_file_name(name: &str, path: &Path) -> Result<()> {
+    check_name(name).with_context(|| format!("recipe file {}: rename the file", path.display()))
+}
+
+/// A recipe name: letters, digits, '_' or '-' (also checked in fetched manifests and indexes).
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        bail!("recipe name {name:?} must be 1-64 letters, digits, '_' or '-' (no dots)");
     }
     Ok(())
 }
