@@ -498,3 +498,7 @@ pub fn remove(layout: &Layout, name: &str) -> Result<()> {
     println!("removed {}", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "ready_tests.rs"]
+mod tests;
