@@ -1,6 +1,6 @@
 //! `cargo xtask e2e`: the whole pipeline against a loopback mirror made from Debian's sources.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -8,14 +8,14 @@ use xshell::{cmd, Shell};
 use crate::{
     boottest::{self, Check, Verdict},
     cli::E2eArgs,
-    fetch::{self, FetchPlan},
-    kbuild::KernelBuild,
-    lab::{self, Lab},
+    fetch::FetchPlan,
+    lab::Lab,
     layout::Layout,
     mirror,
-    pipeline::{self, BuildPlan, Built},
+    pipeline::{self, BuildPlan},
+    ready,
     recipe::{ConfigBase, LoadedRecipe},
-    serve,
+    repro, serve,
     source::Mirror,
 };
 
@@ -86,8 +86,19 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
         kconfig_explained(sh, layout, &first.lab)?;
         without_net_ns(sh, layout, &plan, &build)?;
     }
+    ready_labs(sh, layout, &first.lab)?;
     if args.repro {
-        repro(sh, layout, &plan, &build, &first)?;
+        let trust = repro::Trust {
+            mirror: plan.mirror.clone(),
+            keyring: plan.keyring.clone(),
+            busybox_keyring: None,
+            insecure_skip_signature: false,
+        };
+        eprintln!("==> reproducibility: `verify` rebuilds the lab from its inputs in another directory");
+        let outcome = repro::verify(sh, layout, &first.lab.dir, &trust, &build.make, false)?;
+        if outcome.differing > 0 {
+            bail!("verify: the rebuild differs from the lab's manifest in {} place(s); kept in {}", outcome.differing, outcome.work.display());
+        }
     }
     let _ = cmd!(sh, "gpgconf --kill gpg-agent").quiet().ignore_stderr().run();
     println!("e2e: pass ({})", first.lab.dir.display());
@@ -183,29 +194,94 @@ fn without_net_ns(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPl
     Ok(())
 }
 
-/// Builds the same lock again with the sources and build tree in other, deeper directories and
-/// compares bzImage, vmlinux and rootfs.cpio byte for byte.
-fn repro(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan, first: &Built) -> Result<()> {
-    eprintln!("==> reproducibility: second build in another directory");
-    let other = Layout { artifacts: layout.artifacts.join("e2e/repro/elsewhere/deeper"), ..layout.clone() };
-    let plan = FetchPlan { locked: true, ..plan.clone() };
-    let sources = fetch::run(&other, &plan)?;
-    let mut t = pipeline::Timings::default();
-    let (second_lab, second_kernel) = pipeline::build_lab(sh, &other, &plan.recipe, &sources, &build.make, &mut t)?;
-    t.print();
-    // The build trees' images: the labs' vmlinux also carries gdb-add-index's output.
-    let images =
-        |k: &KernelBuild, l: &Lab| [("bzImage", k.bzimage.clone()), ("vmlinux", k.vmlinux.clone()), (lab::ROOTFS, l.file(lab::ROOTFS))];
-    let mut differ = Vec::new();
-    for ((what, a), (_, b)) in images(&first.kernel, &first.lab).into_iter().zip(images(&second_kernel, &second_lab)) {
-        let (a, b) = (crate::hash::sha256_file(&a)?, crate::hash::sha256_file(&b)?);
-        println!("repro {what}: {a} vs {b}: {}", if a == b { "identical" } else { "DIFFERENT" });
-        if a != b {
-            differ.push(what);
-        }
+/// Ready labs: pack twice (identical bytes), serve on loopback, `lab fetch` through the index into
+/// another artifacts directory and boot it; the curl + sha256sum + tar route boots too; a flipped
+/// byte and an index with a wrong sha256 are refused with nothing installed.
+fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
+    let root = layout.artifacts.join("e2e/ready");
+    let _ = std::fs::remove_dir_all(&root);
+    let (dist, again) = (root.join("dist"), root.join("again"));
+    eprintln!("==> ready labs: pack twice");
+    let t = Instant::now();
+    let packed = ready::pack(&lab.dir, &dist, ready::DEFAULT_LEVEL)?;
+    let pack_secs = t.elapsed().as_secs_f64();
+    ready::update_index(&dist.join("labs.json"), &packed)?;
+    let second = ready::pack(&lab.dir, &again, ready::DEFAULT_LEVEL)?;
+    if second.sha256 != packed.sha256 {
+        bail!("packing {} twice gave different bytes: {} vs {}", lab.dir.display(), packed.sha256, second.sha256);
     }
-    if !differ.is_empty() {
-        bail!("builds of the same lock in two directories differ: {}", differ.join(", "));
+    eprintln!("    {} ({:.1} MB in {pack_secs:.0} s), identical when packed again", packed.path.display(), packed.size as f64 / 1e6);
+
+    let server = serve::spawn(dist.clone(), "127.0.0.1:0")?;
+    let index = server.url("labs.json");
+    let exe = std::env::current_exe().context("find the running xtask")?;
+    let fetched = root.join("fetched-artifacts");
+    eprintln!("==> ready labs: lab fetch lts --index {index} (KERNEL_LAB_ARTIFACTS={})", fetched.display());
+    let t = Instant::now();
+    cmd!(sh, "{exe} lab fetch lts --index {index}").env("KERNEL_LAB_ARTIFACTS", &fetched).run().context("lab fetch through the index")?;
+    eprintln!("    fetched, unpacked and checked in {:.1} s", t.elapsed().as_secs_f64());
+    boot_must_pass(&Lab::open(&fetched.join("labs/lts"))?)?;
+
+    eprintln!("==> ready labs: curl + sha256sum + tar, then boot");
+    let curl = root.join("curl");
+    std::fs::create_dir_all(&curl)?;
+    let name = packed.path.file_name().context("pack has a name")?.to_string_lossy().into_owned();
+    let (url, sha_url) = (server.url(&name), server.url(&format!("{name}.sha256")));
+    {
+        let _dir = sh.push_dir(&curl);
+        cmd!(sh, "curl -fsSLO {url}").run()?;
+        cmd!(sh, "curl -fsSLO {sha_url}").run()?;
+        cmd!(sh, "sha256sum -c {name}.sha256").run()?;
+        cmd!(sh, "tar --zstd -xf {name}").run()?;
+    }
+    boot_must_pass(&Lab::open(&curl.join(packed.manifest.pack_name()))?)?;
+
+    eprintln!("==> ready labs: a flipped byte and a wrong sha256 in the index are refused, nothing installed");
+    let refused = root.join("refused-artifacts");
+    let bad = root.join("bad");
+    std::fs::create_dir_all(&bad)?;
+    let mut bytes = std::fs::read(&packed.path)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    let flipped = bad.join(&name);
+    std::fs::write(&flipped, &bytes)?;
+    let sha = &packed.sha256;
+    let out = cmd!(sh, "{exe} lab fetch {flipped} --sha256 {sha}").env("KERNEL_LAB_ARTIFACTS", &refused).ignore_status().output()?;
+    must_refuse(&out, "expected sha256", &refused)?;
+    let mut index_bytes: serde_json::Value = serde_json::from_slice(&std::fs::read(dist.join("labs.json"))?)?;
+    index_bytes["labs"][0]["sha256"] = serde_json::Value::String(crate::hash::sha256_bytes(b"not the pack"));
+    std::fs::write(dist.join("wrong.json"), serde_json::to_vec_pretty(&index_bytes)?)?;
+    let wrong = server.url("wrong.json");
+    let out = cmd!(sh, "{exe} lab fetch lts --index {wrong}").env("KERNEL_LAB_ARTIFACTS", &refused).ignore_status().output()?;
+    must_refuse(&out, "expected sha256", &refused)?;
+    eprintln!("    both refused");
+    Ok(())
+}
+
+fn boot_must_pass(lab: &Lab) -> Result<()> {
+    let report = boottest::run(lab, BOOT_TIMEOUT, "")?;
+    if !report.passed() {
+        bail!("boot test of {}: {}", lab.dir.display(), report.failure_message());
+    }
+    eprintln!("    boot test of {}: pass in {:.1} s", lab.dir.display(), report.wall_seconds);
+    Ok(())
+}
+
+/// The command failed, said `why`, and left no lab (only lock files) under `artifacts/labs`.
+fn must_refuse(out: &std::process::Output, why: &str, artifacts: &std::path::Path) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !stderr.contains(why) {
+        bail!("lab fetch should have been refused with {why:?}: status {}, stderr:\n{stderr}", out.status);
+    }
+    let left: Vec<String> = std::fs::read_dir(artifacts.join("labs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    if !left.is_empty() {
+        bail!("a refused lab fetch left {left:?} in {}", artifacts.join("labs").display());
     }
     Ok(())
 }

@@ -88,10 +88,9 @@ impl Timings {
     }
 }
 
-/// What `kernel` made: the lab, the kernel build behind it, and the boot report if it ran.
+/// What `kernel` made: the lab and the boot report if it ran.
 pub struct Built {
     pub lab: Lab,
-    pub kernel: KernelBuild,
     pub report: Option<BootReport>,
 }
 
@@ -115,7 +114,7 @@ pub fn kernel(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) 
     doctor::require()?;
     let mut t = Timings::default();
     let sources = t.time("fetch", || fetch::run(layout, plan))?;
-    let (lab, kernel) = build_lab(sh, layout, &plan.recipe, &sources, &build.make, &mut t)?;
+    let (lab, _) = build_lab(sh, layout, &plan.recipe, &sources, &build.make, &mut t)?;
     let report = match build.boot_timeout {
         Some(timeout) => {
             let report = t.time("boot-test", || boottest::run(&lab, timeout, ""));
@@ -131,7 +130,7 @@ pub fn kernel(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) 
         }
     };
     println!("lab: {}", lab.dir.display());
-    Ok(Built { lab, kernel, report })
+    Ok(Built { lab, report })
 }
 
 fn print_plan(layout: &Layout, plan: &FetchPlan) -> Result<()> {

@@ -37,8 +37,6 @@ pub struct Trust {
 /// The result of one comparison.
 #[derive(Debug)]
 pub struct Outcome {
-    /// Lines of the table, differences marked.
-    pub rows: Vec<(bool, String)>,
     pub differing: usize,
     /// The rebuild directory (kept when something differs, or with `keep`).
     pub work: PathBuf,
@@ -110,7 +108,7 @@ pub fn verify(sh: &Shell, layout: &Layout, dir: &Path, trust: &Trust, make: &Mak
     } else {
         println!("rebuild kept in {} (compare with diffoscope)", work.display());
     }
-    Ok(Outcome { rows, differing, work })
+    Ok(Outcome { differing, work })
 }
 
 /// Rows comparing two manifests' reproducible parts: each input, then each file.
