@@ -213,7 +213,7 @@ fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
     eprintln!("    {} ({:.1} MB in {pack_secs:.0} s), identical when packed again", packed.path.display(), packed.size as f64 / 1e6);
 
     let server = serve::spawn(dist.clone(), "127.0.0.1:0")?;
-    let index = server.url("labs.json");
+    let index = server.url("/labs.json");
     let exe = std::env::current_exe().context("find the running xtask")?;
     let fetched = root.join("fetched-artifacts");
     eprintln!("==> ready labs: lab fetch lts --index {index} (KERNEL_LAB_ARTIFACTS={})", fetched.display());
@@ -226,7 +226,7 @@ fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
     let curl = root.join("curl");
     std::fs::create_dir_all(&curl)?;
     let name = packed.path.file_name().context("pack has a name")?.to_string_lossy().into_owned();
-    let (url, sha_url) = (server.url(&name), server.url(&format!("{name}.sha256")));
+    let (url, sha_url) = (server.url(&format!("/{name}")), server.url(&format!("/{name}.sha256")));
     {
         let _dir = sh.push_dir(&curl);
         cmd!(sh, "curl -fsSLO {url}").run()?;
@@ -238,6 +238,9 @@ fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
 
     eprintln!("==> ready labs: a flipped byte and a wrong sha256 in the index are refused, nothing installed");
     let refused = root.join("refused-artifacts");
+    // A cache of its own: the shared one already holds the honest pack under its sha256, which
+    // `lab fetch` would (rightly) use instead of downloading the tampered copy.
+    let refused_cache = root.join("refused-cache");
     let bad = root.join("bad");
     std::fs::create_dir_all(&bad)?;
     let mut bytes = std::fs::read(&packed.path)?;
@@ -246,13 +249,21 @@ fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
     let flipped = bad.join(&name);
     std::fs::write(&flipped, &bytes)?;
     let sha = &packed.sha256;
-    let out = cmd!(sh, "{exe} lab fetch {flipped} --sha256 {sha}").env("KERNEL_LAB_ARTIFACTS", &refused).ignore_status().output()?;
+    let out = cmd!(sh, "{exe} lab fetch {flipped} --sha256 {sha}")
+        .env("KERNEL_LAB_ARTIFACTS", &refused)
+        .env("KERNEL_LAB_CACHE", &refused_cache)
+        .ignore_status()
+        .output()?;
     must_refuse(&out, "expected sha256", &refused)?;
     let mut index_bytes: serde_json::Value = serde_json::from_slice(&std::fs::read(dist.join("labs.json"))?)?;
     index_bytes["labs"][0]["sha256"] = serde_json::Value::String(crate::hash::sha256_bytes(b"not the pack"));
     std::fs::write(dist.join("wrong.json"), serde_json::to_vec_pretty(&index_bytes)?)?;
-    let wrong = server.url("wrong.json");
-    let out = cmd!(sh, "{exe} lab fetch lts --index {wrong}").env("KERNEL_LAB_ARTIFACTS", &refused).ignore_status().output()?;
+    let wrong = server.url("/wrong.json");
+    let out = cmd!(sh, "{exe} lab fetch lts --index {wrong}")
+        .env("KERNEL_LAB_ARTIFACTS", &refused)
+        .env("KERNEL_LAB_CACHE", &refused_cache)
+        .ignore_status()
+        .output()?;
     must_refuse(&out, "expected sha256", &refused)?;
     eprintln!("    both refused");
     Ok(())

@@ -264,8 +264,7 @@ fn reverify_kernel(layout: &Layout, plan: &FetchPlan, lock_path: &Path, k: &Lock
     };
     let url = plan.mirror.kernel_org(sums_path);
     let cached = vouch_path(layout, &k.sha256, "asc");
-    let asc = cached_or_get(&cached, &url)?;
-    let (text, signer) = verified_sums(layout, plan, &asc, "the kernel")
+    let (asc, (text, signer)) = cached_then_fresh(&cached, &url, |asc| verified_sums(layout, plan, asc, "the kernel"))
         .with_context(|| format!("--locked: verify {url} (cached as {}) again", cached.display()))?;
     let listed = verify::sums_lookup(&text, &k.file);
     if listed.as_deref() != Some(k.sha256.as_str()) {
@@ -414,12 +413,16 @@ fn busybox_mirror_sums(layout: &Layout, plan: &FetchPlan, file: &str, cached_for
     if plan.keyring.is_none() && pinned.eq_ignore_ascii_case(verify::KERNEL_ORG_AUTOSIGNER) {
         bail!("{url} counts only with the mirror's own key (--keyring, or KERNEL_LAB_SIGNER_FPR): kernel.org's autosigner does not sign busybox");
     }
-    let asc = match cached_for {
-        Some(sha) => cached_or_get(&vouch_path(layout, sha, "asc"), &url)?,
-        None => download::get_small(&url)?,
-    };
     let (keyring, fprs) = keyring(layout, plan)?;
-    let (text, signer) = clearsigned_by(&keyring, &fprs, &asc).with_context(|| format!("verify {url}"))?;
+    let check = |asc: &[u8]| clearsigned_by(&keyring, &fprs, asc).with_context(|| format!("verify {url}"));
+    let (asc, (text, signer)) = match cached_for {
+        Some(sha) => cached_then_fresh(&vouch_path(layout, sha, "asc"), &url, check)?,
+        None => {
+            let asc = download::get_small(&url)?;
+            let checked = check(&asc)?;
+            (asc, checked)
+        }
+    };
     let sha = verify::sums_lookup(&text, file).with_context(|| format!("the signed {url} has no sha256 line for {file}"))?;
     Ok((sha, signer, asc))
 }
@@ -468,6 +471,27 @@ fn vouch_path(layout: &Layout, sha256: &str, ext: &str) -> PathBuf {
 }
 
 /// The cached copy at `path`, else the bytes at `url` (which the caller verifies before caching).
+/// A cached vouch (signed sums) is checked first; one that no longer verifies (signed by another
+/// mirror's key, or damaged) is replaced by the mirror's current copy, which must verify.
+fn cached_then_fresh<T>(path: &Path, url: &str, check: impl Fn(&[u8]) -> Result<T>) -> Result<(Vec<u8>, T)> {
+    let fresh = || -> Result<(Vec<u8>, T)> {
+        let bytes = download::get_small(url)?;
+        let checked = check(&bytes)?;
+        Ok((bytes, checked))
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => match check(&bytes) {
+            Ok(checked) => Ok((bytes, checked)),
+            Err(e) => {
+                eprintln!("note: the cached {} does not verify ({e:#}); fetching {url} again", path.display());
+                fresh()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fresh(),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
 fn cached_or_get(path: &Path, url: &str) -> Result<Vec<u8>> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(bytes),
