@@ -106,8 +106,11 @@ fn status_failure(url: &str, status: StatusCode) -> Failure {
     }
 }
 
-fn file_url_path(url: &str) -> Option<&Path> {
-    url.strip_prefix("file://").map(Path::new)
+/// The local path of a `file://` URL, percent-decoded (`lab fetch` resolves index entries into
+/// encoded URLs; mirror URLs joined by hand are plain, and parse the same way).
+fn file_url_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("file://")?;
+    reqwest::Url::parse(url).ok().and_then(|u| u.to_file_path().ok()).or_else(|| Some(PathBuf::from(rest)))
 }
 
 /// Bounds on a small download, which a hostile or broken server could otherwise make endless.
@@ -134,7 +137,7 @@ pub fn get_small_within(url: &str, limits: &SmallLimits) -> Result<Vec<u8>> {
     };
     if let Some(path) = file_url_path(url) {
         // Opened first, then checked: a FIFO or /dev/zero (len 0) must not be read unbounded.
-        let file = File::open(path).with_context(|| format!("read {url}: check the path"))?;
+        let file = File::open(&path).with_context(|| format!("read {url}: check the path"))?;
         let meta = file.metadata().with_context(|| format!("read {url}"))?;
         if !meta.is_file() {
             bail!("read {url}: not a regular file; refusing it");
@@ -328,7 +331,7 @@ fn download_to(url: &str, partial: &Path, label: &str) -> Result<String> {
     // The length is unknown until the server answers; download_attempt sets it.
     let bar = progress::bytes(label, None);
     let got = if let Some(src) = file_url_path(url) {
-        copy_hashing(src, partial, &bar).with_context(|| format!("copy {url} into the cache"))?
+        copy_hashing(&src, partial, &bar).with_context(|| format!("copy {url} into the cache"))?
     } else if url.starts_with("http://") || url.starts_with("https://") {
         let client = client()?;
         with_retries(url, || download_attempt(client, url, partial, &bar))?;

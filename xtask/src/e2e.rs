@@ -97,7 +97,11 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
         eprintln!("==> reproducibility: `verify` rebuilds the lab from its inputs in another directory");
         let outcome = repro::verify(sh, layout, &first.lab.dir, &trust, &build.make, false)?;
         if outcome.differing > 0 {
-            bail!("verify: the rebuild differs from the lab's manifest in {} place(s); kept in {}", outcome.differing, outcome.work.display());
+            bail!(
+                "verify: the rebuild differs from the lab's manifest in {} place(s); kept in {}",
+                outcome.differing,
+                outcome.work.display()
+            );
         }
     }
     let _ = cmd!(sh, "gpgconf --kill gpg-agent").quiet().ignore_stderr().run();
@@ -254,7 +258,7 @@ fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
         .env("KERNEL_LAB_CACHE", &refused_cache)
         .ignore_status()
         .output()?;
-    must_refuse(&out, "expected sha256", &refused)?;
+    must_refuse(&out, "verify sha256", &refused)?;
     let mut index_bytes: serde_json::Value = serde_json::from_slice(&std::fs::read(dist.join("labs.json"))?)?;
     index_bytes["labs"][0]["sha256"] = serde_json::Value::String(crate::hash::sha256_bytes(b"not the pack"));
     std::fs::write(dist.join("wrong.json"), serde_json::to_vec_pretty(&index_bytes)?)?;
@@ -264,7 +268,7 @@ fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
         .env("KERNEL_LAB_CACHE", &refused_cache)
         .ignore_status()
         .output()?;
-    must_refuse(&out, "expected sha256", &refused)?;
+    must_refuse(&out, "verify sha256", &refused)?;
     eprintln!("    both refused");
     Ok(())
 }

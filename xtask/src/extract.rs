@@ -615,7 +615,7 @@ mod tests {
         let junk = dir.join("junk");
         fs::write(&junk, b"not a tarball at all").unwrap();
         let err = format!("{:#}", extract(&junk, &sha(&junk), &dir.join("j"), "j").unwrap_err());
-        assert!(err.contains("is neither .tar.xz"), "{err}");
+        assert!(err.contains("is neither .tar.zst, .tar.xz"), "{err}");
         fs::remove_dir_all(dir).unwrap();
     }
 

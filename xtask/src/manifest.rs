@@ -284,6 +284,36 @@ pub fn compare_files(dir: &Path, want: &[FileEntry]) -> Result<Vec<String>> {
     Ok(problems)
 }
 
+/// Everything under `dir` that is neither manifest.json, a listed file, nor a directory holding
+/// one: what a fetched pack must not carry (a forged boot-report.json, hidden directories...).
+pub fn unlisted(dir: &Path, want: &[FileEntry]) -> Result<Vec<String>> {
+    let files: std::collections::BTreeSet<&str> = want.iter().map(|f| f.path.as_str()).collect();
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in want {
+        let mut p = Path::new(&f.path).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().into_owned());
+            p = d.parent();
+        }
+    }
+    let mut extra = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("list {}", d.display()))? {
+            let path = entry.with_context(|| format!("list {}", d.display()))?.path();
+            let rel = path.strip_prefix(dir).expect("under dir").to_string_lossy().into_owned();
+            let meta = fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+            if meta.is_dir() && dirs.contains(&rel) {
+                stack.push(path);
+            } else if !(meta.is_file() && (files.contains(rel.as_str()) || rel == FILE)) {
+                extra.push(rel);
+            }
+        }
+    }
+    extra.sort();
+    Ok(extra)
+}
+
 /// The host part for a build finished now.
 pub fn host_now(timings: Vec<Phase>) -> Host {
     let os = fs::read_to_string("/etc/os-release").unwrap_or_default();

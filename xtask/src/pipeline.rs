@@ -231,6 +231,9 @@ pub fn build_lab(
     Ok((lab, kernel))
 }
 
+/// A lab's `inputs/`: (path under `inputs/`, bytes).
+type Inputs = Vec<(String, Vec<u8>)>;
+
 /// The lab's `inputs/` (recipe, lock and fragments, laid out like a checkout) and its manifest
 /// without the file list.
 #[allow(clippy::too_many_arguments)]
@@ -243,7 +246,7 @@ fn provenance(
     kernel: &KernelBuild,
     epoch: u64,
     phases: Vec<manifest::Phase>,
-) -> Result<(Vec<(String, Vec<u8>)>, manifest::Manifest)> {
+) -> Result<(Inputs, manifest::Manifest)> {
     let r = &recipe.recipe;
     let lock = &sources.lock;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));

@@ -255,7 +255,9 @@ pub fn fetch(layout: &Layout, req: &FetchRequest) -> Result<Lab> {
         fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
         extract::unpack_checked(&blob, &sha256, &tmp, &label)?;
         let m = Manifest::read(&tmp)?;
-        let problems = manifest::compare_files(&tmp, &m.reproducible.files)?;
+        let mut problems: BTreeSet<String> = manifest::compare_files(&tmp, &m.reproducible.files)?.into_iter().collect();
+        problems.extend(manifest::unlisted(&tmp, &m.reproducible.files)?.into_iter().map(|p| format!("{p}: not in the manifest")));
+        let problems: Vec<String> = problems.into_iter().collect();
         if !problems.is_empty() {
             bail!("the pack does not match its manifest:\n  {}", problems.join("\n  "));
         }

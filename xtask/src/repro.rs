@@ -98,7 +98,7 @@ pub fn verify(sh: &Shell, layout: &Layout, dir: &Path, trust: &Trust, make: &Mak
     let again = Manifest::read(&rebuilt.dir)?;
     rows.extend(compare(&m, &again));
     let differing = rows.iter().filter(|(d, _)| *d).count();
-    println!("{:<10} {}", "status", "what");
+    println!("{:<10} what", "status");
     for (differs, line) in &rows {
         println!("{:<10} {line}", if *differs { "DIFFERENT" } else { "identical" });
     }
