@@ -761,3 +761,82 @@ fn manifest_read_refuses_paths_out_of_the_lab_and_wide_modes() {
     }
     fs::remove_dir_all(root).unwrap();
 }
+
+/// A tiny lab (lab.json + run.sh, listed in manifest.json) in `dir`.
+fn attack_tiny_lab(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let desc = r#"{"recipe":"lts","kernel_version":"6.12.117","busybox_version":"1.35.0","smp":4,"uid":1000,"nic":"e1000"}"#;
+    fs::write(dir.join(lab::LAB_JSON), desc).unwrap();
+    fs::write(dir.join("run.sh"), "#!/bin/sh\necho honest\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(dir.join(lab::LAB_JSON), fs::Permissions::from_mode(0o644)).unwrap();
+    let mut m = manifest::sample().clone();
+    m.reproducible.kernel.version = "6.12.117".into();
+    m.reproducible.files = manifest::file_entries(dir).unwrap();
+    fs::write(dir.join(manifest::FILE), m.to_text().unwrap()).unwrap();
+}
+
+/// A hostile pack: the honest pack's entries plus `extra` (name under the top dir, symlink target
+/// or file bytes), recompressed. Returns (path, sha256).
+fn attack_with_extra(honest: &Path, out: &Path, extra: &[(&str, Option<&str>, &[u8])]) -> (PathBuf, String) {
+    let raw = zstd::stream::decode_all(File::open(honest).unwrap()).unwrap();
+    let mut archive = tar::Archive::new(&raw[..]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut top = String::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        if top.is_empty() {
+            top = path.trim_end_matches('/').to_string();
+        }
+        let mut h = e.header().clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        b.append_data(&mut h, &path, &data[..]).unwrap();
+    }
+    for (name, link, bytes) in extra {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        match link {
+            Some(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, format!("{top}/{name}"), target).unwrap();
+            }
+            None => {
+                h.set_size(bytes.len() as u64);
+                b.append_data(&mut h, format!("{top}/{name}"), *bytes).unwrap();
+            }
+        }
+    }
+    let bytes = zstd::stream::encode_all(&b.into_inner().unwrap()[..], 3).unwrap();
+    fs::write(out, &bytes).unwrap();
+    (out.to_path_buf(), hash::sha256_bytes(&bytes))
+}
+
+/// SECURITY.md: "every file must match manifest.json (... nothing extra, no symlinks)". Files the
+/// manifest never lists (hidden top-level names, boot-*, *.log) must not ride along in a fetched
+/// lab: `.gdbinit` runs when `./gdb.sh` starts gdb in the lab (it adds the lab to gdb's
+/// auto-load safe path), `boot-report.json` fakes the verdict `lab list` shows, and a
+/// `.kernel-lab-origin` symlink makes fetch write through it into a checked file.
+#[test]
+fn fetch_refuses_files_the_manifest_does_not_list() {
+    let dir = crate::testutil::scratch("ready-extra");
+    let lab_dir = dir.join("lab");
+    attack_tiny_lab(&lab_dir);
+    let honest = pack(&lab_dir, &dir.join("dist"), 3).unwrap();
+    let layout = Layout { root: dir.clone(), artifacts: dir.join("artifacts"), cache: dir.join("cache") };
+    for (tag, extra) in [
+        ("gdbinit", vec![(".gdbinit", None, &b"shell touch /tmp/pwned\n"[..])]),
+        ("report", vec![("boot-report.json", None, &br#"{"verdict":"pass"}"#[..])]),
+        ("origin", vec![(lab::ORIGIN, Some("run.sh"), &b""[..])]),
+    ] {
+        let (path, sha256) = attack_with_extra(&honest.path, &dir.join(format!("{tag}.tar.zst")), &extra);
+        let req = FetchRequest { what: path.display().to_string(), sha256: Some(sha256), index: None, force: true };
+        let got = fetch(&layout, &req);
+        let run_sh = fs::read_to_string(layout.lab("lts", "6.12.117").join("run.sh")).unwrap_or_default();
+        assert!(got.is_err(), "{tag}: a pack with files outside its manifest was installed (run.sh now: {run_sh:?})");
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
