@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -51,7 +51,7 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
 
     let tmp = layout::tmp_sibling(dest);
     fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    if let Err(err) = unpack(tarball, sha256, &tmp, label) {
+    if let Err(err) = unpack(tarball, sha256, &tmp, label, u64::MAX) {
         let _ = fs::remove_dir_all(&tmp);
         return Err(err.context(format!("extract {} into {}", tarball.display(), dest.display())));
     }
@@ -65,8 +65,10 @@ pub fn extract(tarball: &Path, sha256: &str, dest: &Path, label: &str) -> Result
 /// the archive's top directory, with every guard of `extract` (no absolute paths, `..`, links
 /// leaving the tree, modes never group- or world-writable). The caller owns `root` and removes it
 /// on failure.
-pub fn unpack_checked(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> {
-    unpack(tarball, sha256, root, label)
+/// `budget`: the most bytes the regular files may add up to (a pack that inflates beyond it is
+/// refused before it fills the disk).
+pub fn unpack_checked(tarball: &Path, sha256: &str, root: &Path, label: &str, budget: u64) -> Result<()> {
+    unpack(tarball, sha256, root, label, budget)
 }
 
 #[derive(Clone, Copy)]
@@ -189,7 +191,7 @@ impl Read for ChannelReader {
 /// Decompresses on a second thread (like `tar xJf` runs xz in its own process) so decoding and
 /// writing files overlap, then unpacks every entry into `root`; fails if the tarball's sha256 is
 /// not `sha256`, whatever the unpacking did.
-fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> {
+fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str, budget: u64) -> Result<()> {
     let compression = detect(tarball)?;
     let file = File::open(tarball).with_context(|| format!("open {}", tarball.display()))?;
     let len = file.metadata().with_context(|| format!("stat {}", tarball.display()))?.len();
@@ -230,7 +232,7 @@ fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str) -> Result<()> 
         decoder
     });
 
-    let result = unpack_entries(ChannelReader { rx, free: free_tx, chunk: Vec::new(), pos: 0 }, root);
+    let result = unpack_entries(ChannelReader { rx, free: free_tx, chunk: Vec::new(), pos: 0 }, root, budget);
     // Dropping the receiver (inside `result`'s call) unblocks the decoder if we stopped early.
     let decoder = decoding.join().map_err(|_| anyhow::anyhow!("the decompression thread panicked"))?;
     // What the decoder's buffer held is hashed already; hash what it never read (the tar stream
@@ -318,10 +320,10 @@ impl Tree<'_> {
     }
 }
 
-fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
+fn unpack_entries(reader: ChannelReader, root: &Path, budget: u64) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let mut tree = Tree { root, dirs: HashSet::new(), symlinks: HashSet::new(), dir_meta: Vec::new() };
-    let mut buf = Vec::new();
+    let mut written = 0u64;
     for entry in archive.entries().context("read the tar stream")? {
         let mut entry = entry.context("read a tar entry")?;
         let kind = entry.header().entry_type();
@@ -344,9 +346,12 @@ fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 tree.ensure_parent(&rel, &raw)?;
-                buf.clear();
-                entry.read_to_end(&mut buf).with_context(|| format!("read tar entry `{}`", raw.display()))?;
-                write_file(&mut tree, &rel, &dst, &buf, mode, mtime).with_context(|| format!("write {}", dst.display()))?;
+                written = written.saturating_add(entry.size());
+                if written > budget {
+                    bail!("refusing tar entry `{}`: the archive unpacks to more than {budget} bytes", raw.display());
+                }
+                // Streamed: a huge entry costs disk (within the budget), never memory.
+                write_file(&mut tree, &rel, &dst, &mut entry, mode, mtime).with_context(|| format!("write {}", dst.display()))?;
             }
             EntryType::Symlink => {
                 let target = entry.link_name().context("read a symlink target")?.unwrap_or_default().into_owned();
@@ -388,7 +393,7 @@ fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
     check_symlinks_resolve_inside(&tree)
 }
 
-fn write_file(tree: &mut Tree, rel: &Path, dst: &Path, data: &[u8], mode: u32, mtime: u64) -> io::Result<()> {
+fn write_file(tree: &mut Tree, rel: &Path, dst: &Path, data: &mut dyn Read, mode: u32, mtime: u64) -> io::Result<()> {
     let open = || OpenOptions::new().write(true).create_new(true).mode(mode | 0o600).open(dst);
     let mut file = match open() {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -397,7 +402,7 @@ fn write_file(tree: &mut Tree, rel: &Path, dst: &Path, data: &[u8], mode: u32, m
         }
         other => other?,
     };
-    file.write_all(data)?;
+    io::copy(data, &mut file)?;
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime);
     file.set_times(fs::FileTimes::new().set_accessed(time).set_modified(time))?;
     // Explicitly, since the umask may have masked bits at open.
@@ -465,6 +470,7 @@ fn check_symlinks_resolve_inside(tree: &Tree) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::MetadataExt;
 
     use crate::testutil::scratch;

@@ -275,6 +275,7 @@ pub fn compare_files(dir: &Path, want: &[FileEntry]) -> Result<Vec<String>> {
             None => problems.push(format!("{path}: missing")),
             Some(h) if h.sha256 != w.sha256 => problems.push(format!("{path}: sha256 {} is not the manifest's {}", h.sha256, w.sha256)),
             Some(h) if h.mode != w.mode => problems.push(format!("{path}: mode {} is not the manifest's {}", h.mode, w.mode)),
+            Some(h) if h.size != w.size => problems.push(format!("{path}: size {} is not the manifest's {}", h.size, w.size)),
             Some(_) => {}
         }
     }

@@ -98,7 +98,8 @@ fn write_pack(lab: &Path, m: &Manifest, top: &str, tmp: &Path, level: i32) -> Re
     entries.push((manifest::FILE.to_string(), Some((0o644, manifest_len))));
     entries.extend(dirs.into_iter().map(|d| (d, None)));
     entries.sort();
-    let total: u64 = entries.iter().filter_map(|(_, e)| e.map(|(_, size)| size)).sum();
+    let total =
+        entries.iter().filter_map(|(_, e)| e.map(|(_, size)| size)).try_fold(0u64, u64::checked_add).context("file sizes overflow")?;
     let bar = progress::bytes("pack", Some(total));
     let mut tar = tar::Builder::new(zstd);
     let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -242,18 +243,23 @@ pub struct FetchRequest {
 /// `artifacts/labs/<recipe>` at it.
 pub fn fetch(layout: &Layout, req: &FetchRequest) -> Result<Lab> {
     let start = Instant::now();
-    let (url, sha256) = locate(req)?;
+    let (url, sha256, entry) = locate(req)?;
     let label = url.rsplit('/').next().unwrap_or(&url).to_string();
     let blob = download::fetch_verified(layout, &url, &sha256, &label).with_context(|| format!("fetch the lab {url}"))?;
     let labs = layout.labs_dir();
     fs::create_dir_all(&labs).with_context(|| format!("create {}", labs.display()))?;
     // Unpacked under a hidden name in labs/ (same filesystem, so the install is a rename), and
-    // removed on any failure: nothing half-unpacked is ever visible as a lab.
-    let tmp = layout::scratch_sibling(&labs.join(format!("fetch-{}", &sha256[..12])), "unpack");
+    // removed on any failure: nothing half-unpacked is ever visible as a lab. Fetches take turns
+    // (they take seconds), so whoever holds the lock may sweep what killed fetches left.
+    let _turn = download::lock_path(&labs.join(".fetch.lock"), "fetching a lab")?;
+    sweep_unpacks(&labs);
+    let tmp = labs.join(format!(".fetch-{}.unpack-{}", &sha256[..12], std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
+    // A lab compresses about 3.5:1; 20:1 plus slack leaves room and still stops a bomb early.
+    let budget = fs::metadata(&blob)?.len().saturating_mul(20).saturating_add(64 << 20);
     let staged = (|| {
         fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        extract::unpack_checked(&blob, &sha256, &tmp, &label)?;
+        extract::unpack_checked(&blob, &sha256, &tmp, &label, budget)?;
         let m = Manifest::read(&tmp)?;
         let mut problems: BTreeSet<String> = manifest::compare_files(&tmp, &m.reproducible.files)?.into_iter().collect();
         problems.extend(manifest::unlisted(&tmp, &m.reproducible.files)?.into_iter().map(|p| format!("{p}: not in the manifest")));
@@ -272,8 +278,22 @@ pub fn fetch(layout: &Layout, req: &FetchRequest) -> Result<Lab> {
                 r.kernel.version
             );
         }
+        if let Some(e) = &entry {
+            let ok = e.recipe == r.recipe.name && e.kernel_version == r.kernel.version && e.arch == r.arch;
+            if !ok {
+                bail!("the index entry {}-{} ({}) points at a pack of {} ({})", e.recipe, e.kernel_version, e.arch, m.lab_name(), r.arch);
+            }
+            let size = fs::metadata(&blob)?.len();
+            if size != e.size {
+                bail!("the pack has {size} bytes, the index says {}", e.size);
+            }
+            let got = Manifest::sha256_of_file(&tmp)?;
+            if got != e.manifest_sha256 {
+                bail!("manifest.json has sha256 {got}, the index says {}", e.manifest_sha256);
+            }
+        }
         let origin = Origin { url: url.clone(), sha256: sha256.clone() };
-        fs::write(tmp.join(lab::ORIGIN), serde_json::to_string_pretty(&origin)? + "\n")?;
+        layout::write_atomic(&tmp.join(lab::ORIGIN), (serde_json::to_string_pretty(&origin)? + "\n").as_bytes())?;
         Ok(m)
     })();
     let m = match staged {
@@ -308,9 +328,23 @@ pub struct Origin {
     pub sha256: String,
 }
 
+/// Removes unpack directories of fetches that were killed (the caller holds the fetch lock).
+fn sweep_unpacks(labs: &Path) {
+    for entry in fs::read_dir(labs).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".fetch-") && name.contains(".unpack-") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Moves the checked `tmp` to `dest`, unless a different lab is there and `force` is off.
 fn install(tmp: &Path, dest: &Path, m: &Manifest, force: bool) -> Result<()> {
     let _lock = lab::LabLock::exclusive(dest)?;
+    layout::remove_abandoned_siblings(dest)?;
+    if fs::symlink_metadata(dest).is_ok_and(|meta| !meta.is_dir()) {
+        bail!("{} exists and is not a lab directory: move it away first", dest.display());
+    }
     if dest.exists() {
         let same = Manifest::read(dest).is_ok_and(|old| old.reproducible == m.reproducible)
             && manifest::compare_files(dest, &m.reproducible.files).is_ok_and(|p| p.is_empty());
@@ -332,8 +366,8 @@ fn install(tmp: &Path, dest: &Path, m: &Manifest, force: bool) -> Result<()> {
     layout::replace_dir(&staged, dest)
 }
 
-/// The pack's URL and the sha256 it must have.
-fn locate(req: &FetchRequest) -> Result<(String, String)> {
+/// The pack's URL, the sha256 it must have, and the index entry that named it.
+fn locate(req: &FetchRequest) -> Result<(String, String, Option<IndexEntry>)> {
     let given = req.sha256.as_deref().map(str::to_ascii_lowercase);
     if let Some(sha) = &given {
         if sha.len() != 64 || !sha.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -364,7 +398,12 @@ fn locate(req: &FetchRequest) -> Result<(String, String)> {
             }
         }
         let url = resolve_url(index_url, &entry.url)?;
-        return Ok((url, entry.sha256.clone()));
+        if index_url.starts_with("http://") && !is_loopback(index_url) {
+            eprintln!(
+                "WARNING: the index {index_url} came over plain http: anyone on the path could change the sha256 it gives; prefer https"
+            );
+        }
+        return Ok((url, entry.sha256.clone(), Some(entry.clone())));
     }
     let Some(sha) = given else {
         bail!("lab fetch {what}: a sha256 is required: pass --sha256 HEX (from the pack's .sha256 file), or --index URL to take it from a lab index");
@@ -377,7 +416,14 @@ fn locate(req: &FetchRequest) -> Result<(String, String)> {
     } else {
         bail!("lab fetch {what}: a recipe name needs --index URL (a labs.json)");
     };
-    Ok((url, sha))
+    Ok((url, sha, None))
+}
+
+fn is_loopback(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || h == "[::1]")
 }
 
 /// `rel` against the index's URL: `labs.json` at `https://h/r/labs.json` makes `x.tar.zst` into
@@ -479,8 +525,12 @@ pub fn remove(layout: &Layout, name: &str) -> Result<()> {
     }
     let mut path = labs.join(name);
     if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        // link_latest writes a bare name; any other target is not ours to follow.
         let target = fs::read_link(&path)?;
-        path = labs.join(target.file_name().context("lab link without a target name")?);
+        if target.components().count() != 1 || !matches!(target.components().next(), Some(std::path::Component::Normal(_))) {
+            bail!("{} points at {}, not at a lab in {}: remove the link by hand", path.display(), target.display(), labs.display());
+        }
+        path = labs.join(target);
     }
     if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
         bail!("no lab {name} in {}: see `cargo xtask lab list`", labs.display());

@@ -840,3 +840,91 @@ fn fetch_refuses_files_the_manifest_does_not_list() {
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+// --- review findings ---
+
+#[test]
+fn fetch_refuses_a_pack_that_inflates_far_beyond_its_size() {
+    let root = scratch("ready-bomb");
+    let bomb = root.join("bomb.tar.zst");
+    // 200 MB of zeros compress to a few KB: far beyond 20x the pack plus 64 MiB of slack.
+    let zeros = vec![0u8; 200 << 20];
+    raw_pack(
+        &bomb,
+        &[(&format!("{TOP}/"), tar::EntryType::Directory, "", b""), (&format!("{TOP}/bzImage"), tar::EntryType::Regular, "", &zeros)],
+    );
+    let layout = test_layout(&root);
+    let err = error_chain(&fetch(&layout, &request(&bomb, &hash::sha256_file(&bomb).unwrap())).unwrap_err());
+    assert!(err.contains("unpacks to more than"), "{err}");
+    assert_nothing_installed(&layout);
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn an_index_entry_must_name_the_pack_it_points_at() {
+    let root = scratch("ready-bind");
+    let site = root.join("site");
+    let lab = root.join("lab");
+    make_lab(&lab, b"honest bzImage");
+    let packed = pack(&lab, &site, 3).unwrap();
+    update_index(&site.join("labs.json"), &packed).unwrap();
+    let index = format!("file://{}", site.join("labs.json").display());
+    let honest: serde_json::Value = serde_json::from_slice(&fs::read(site.join("labs.json")).unwrap()).unwrap();
+    for (field, value, why) in [
+        ("recipe", "stable", "points at a pack of lts-6.12.117"),
+        ("kernel_version", "6.12.999", "points at a pack of lts-6.12.117"),
+        ("manifest_sha256", &"0".repeat(64)[..], "the index says"),
+        ("size", "1", "the index says 1"),
+    ] {
+        let mut edited = honest.clone();
+        edited["labs"][0][field] = if field == "size" { serde_json::json!(1) } else { serde_json::json!(value) };
+        fs::write(site.join("labs.json"), serde_json::to_vec(&edited).unwrap()).unwrap();
+        let name = edited["labs"][0]["recipe"].as_str().unwrap().to_string();
+        let layout = test_layout(&root.join(field));
+        let req = FetchRequest { what: name, sha256: None, index: Some(index.clone()), force: false };
+        let err = error_chain(&fetch(&layout, &req).unwrap_err());
+        assert!(err.contains(why), "{field}: {err}");
+        assert_nothing_installed(&layout);
+    }
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn fetch_does_not_replace_a_file_with_the_labs_name() {
+    let root = scratch("ready-file-dest");
+    let (_, packed) = packed_lab(&root, "lab", b"bz");
+    let layout = test_layout(&root);
+    fs::create_dir_all(layout.labs_dir()).unwrap();
+    let dest = layout.lab("lts", "6.12.117");
+    fs::write(&dest, "precious").unwrap();
+    let req = FetchRequest { force: true, ..request(&packed.path, &packed.sha256) };
+    let err = error_chain(&fetch(&layout, &req).unwrap_err());
+    assert!(err.contains("is not a lab directory"), "{err}");
+    assert_eq!(fs::read_to_string(&dest).unwrap(), "precious");
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn rm_follows_only_links_that_name_a_lab_beside_them() {
+    let root = scratch("ready-rm-link");
+    let layout = test_layout(&root);
+    let labs = layout.labs_dir();
+    fs::create_dir_all(labs.join("lts-6.12.117")).unwrap();
+    std::os::unix::fs::symlink("../../elsewhere/labs/lts-6.12.117", labs.join("evil")).unwrap();
+    let err = error_chain(&remove(&layout, "evil").unwrap_err());
+    assert!(err.contains("remove the link by hand"), "{err}");
+    assert!(labs.join("lts-6.12.117").is_dir());
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_killed_fetchs_unpack_directory_is_swept_by_the_next() {
+    let root = scratch("ready-sweep");
+    let (_, packed) = packed_lab(&root, "lab", b"bz");
+    let layout = test_layout(&root);
+    let left = layout.labs_dir().join(".fetch-0123456789ab.unpack-999999");
+    fs::create_dir_all(left.join("half")).unwrap();
+    fetch(&layout, &request(&packed.path, &packed.sha256)).unwrap();
+    assert!(!left.exists(), "{} survived", left.display());
+    fs::remove_dir_all(root).unwrap();
+}

@@ -396,6 +396,10 @@ fn check(r: &Recipe) -> Result<()> {
         bail!("rootfs.password must not contain ':' or control characters (they would break /etc/shadow)");
     }
     for f in &r.rootfs.files {
+        // A recipe travels inside labs (`verify` rebuilds from it): it may name only files beside it.
+        if f.host.is_absolute() || f.host.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            bail!("rootfs.files: host path {:?} must be relative to the recipe's directory, without `..`", f.host.display());
+        }
         if !f.guest.starts_with('/') || f.guest.trim_start_matches('/').is_empty() {
             bail!("rootfs.files: guest path {:?} must be absolute and below / (e.g. \"/home/user/notes\")", f.guest);
         }
@@ -523,6 +527,8 @@ mod tests {
             ("rootfs:\n  password: \"a:b\"\n", "rootfs.password"),
             ("rootfs:\n  files:\n    - {host: a, guest: /a, mode: \"0999\"}\n", "mode \"0999\""),
             ("rootfs:\n  files:\n    - {host: a, guest: a}\n", "must be absolute"),
+            ("rootfs:\n  files:\n    - {host: /root/.ssh/id_ed25519, guest: /a}\n", "must be relative"),
+            ("rootfs:\n  files:\n    - {host: ../../x, guest: /a}\n", "without `..`"),
             ("rootfs:\n  files:\n    - {host: a, guest: /init}\n", "would replace"),
             ("rootfs:\n  files:\n    - {host: a, guest: /etc/kernel-lab/boot-test.sh}\n", "would replace"),
             ("rootfs:\n  files:\n    - {host: a, guest: /a, mode: \"+755\"}\n", "mode \"+755\""),

@@ -157,6 +157,7 @@ pub fn kernel_dir(version: &str) -> Result<String> {
 /// Validates a version string the user typed.
 pub fn check_version(version: &str) -> Result<()> {
     let ok = !version.is_empty()
+        && version.len() <= 64
         && version.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
         && version.chars().next().is_some_and(|c| c.is_ascii_digit());
     if !ok {
