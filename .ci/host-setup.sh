@@ -50,11 +50,25 @@ apt-get install -y -q --no-install-recommends dpkg-dev linux-source-6.12
 
 # busybox's pristine tarball is Debian's "orig" tarball of the busybox source package.
 if ! ls "$here"/artifacts/debsrc/busybox_*.orig.tar.bz2 >/dev/null 2>&1; then
-    if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
-        # shellcheck source=/dev/null
-        codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
-        printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-            "$codename" > /etc/apt/sources.list.d/kernel-lab-src.sources
+    if ! grep -rqsE '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
+        # A deb-src twin of each source the machine already uses (no URL written here), so set-up
+        # works behind whatever mirror or proxy apt is configured for.
+        src="$(mktemp)"
+        for f in /etc/apt/sources.list.d/*.sources; do
+            if [ ! -e "$f" ] || [ "$f" = /etc/apt/sources.list.d/kernel-lab-src.sources ]; then
+                continue
+            fi
+            sed 's/^Types: deb$/Types: deb-src/' "$f"
+            echo
+        done > "$src"
+        if [ -s "$src" ]; then
+            install -m 0644 "$src" /etc/apt/sources.list.d/kernel-lab-src.sources
+        fi
+        rm -f "$src"
+        if [ -f /etc/apt/sources.list ]; then
+            sed -n 's/^deb \(.*\)$/deb-src \1/p' /etc/apt/sources.list > /etc/apt/sources.list.d/kernel-lab-src.list
+            [ -s /etc/apt/sources.list.d/kernel-lab-src.list ] || rm -f /etc/apt/sources.list.d/kernel-lab-src.list
+        fi
         apt-get update -q
     fi
     mkdir -p "$here/artifacts/debsrc"
