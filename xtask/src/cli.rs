@@ -373,7 +373,8 @@ pub struct E2eArgs {
     /// artifacts/debsrc/; its version replaces the recipe's)
     #[arg(long, value_name = "FILE")]
     pub busybox_tarball: Option<PathBuf>,
-    /// Also build a second time in other directories and compare bzImage/vmlinux bytes
+    /// Also run `verify`: rebuild the lab from its inputs in another directory and compare every
+    /// file with its manifest
     #[arg(long)]
     pub repro: bool,
     /// Also boot broken variants and assert their verdicts
