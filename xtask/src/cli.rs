@@ -42,6 +42,19 @@ pub enum Command {
     Lab(LabArgs),
     /// Rebuild a lab from its own inputs in a fresh directory and compare every file with its manifest
     Verify(VerifyArgs),
+    /// Measure the speed claims side by side (no-op rerun, extraction, boot stages, fetch, cold build)
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub make: MakeArgs,
+    /// Skip the two cold kernel builds (ours and raw make)
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(Debug, Args)]

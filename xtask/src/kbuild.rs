@@ -254,13 +254,7 @@ pub fn build(sh: &Shell, src: &Path, build: &Path, inputs: &BuildInputs<'_>, mak
     // A failed or interrupted build must not leave a stamp that claims the old images are current.
     let _ = std::fs::remove_file(&stamp_path);
 
-    let o = make_out_arg(build);
-    let j = make.jobs_arg();
-    let cc = make.cc_arg();
-    let make = reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux scripts_gdb"), release_epoch)
-        .env("KBUILD_BUILD_VERSION", BUILD_VERSION)
-        .env("KCFLAGS", &maps)
-        .env("KAFLAGS", &maps);
+    let make = make_command(sh, src, build, make, release_epoch);
 
     let expected =
         std::fs::read_to_string(build.join(OBJECTS_STAMP)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(match inputs.base {
@@ -286,6 +280,19 @@ pub fn build(sh: &Shell, src: &Path, build: &Path, inputs: &BuildInputs<'_>, mak
 pub const BUILD_USER: &str = "kernel-lab";
 pub const BUILD_HOST: &str = "kernel-lab";
 pub const BUILD_VERSION: &str = "1";
+
+/// The make that builds the images in `build`, in the reproducible environment (also what
+/// `bench` compares kernel-lab against).
+pub fn make_command<'a>(sh: &'a Shell, src: &Path, build: &Path, make: &MakePlan, epoch: u64) -> xshell::Cmd<'a> {
+    let maps = prefix_maps(src, build);
+    let o = make_out_arg(build);
+    let j = make.jobs_arg();
+    let cc = make.cc_arg();
+    reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux scripts_gdb"), epoch)
+        .env("KBUILD_BUILD_VERSION", BUILD_VERSION)
+        .env("KCFLAGS", &maps)
+        .env("KAFLAGS", &maps)
+}
 
 /// `-ffile-prefix-map` for both trees, without a trailing slash: with `<build>/=` the build
 /// directory itself (DW_AT_comp_dir) stayed in vmlinux and changed the build-id.

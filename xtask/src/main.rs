@@ -1,5 +1,6 @@
 //! kernel-lab: `cargo xtask` turns a recipe into a ready, boot-tested Linux kernel lab.
 
+mod bench;
 mod boottest;
 mod busybox;
 mod cli;
@@ -102,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
             LabAction::List => ready::list(&layout),
             LabAction::Rm { name } => ready::remove(&layout, &name),
         },
+        Command::Bench(args) => bench::run(&sh, &layout, &args),
         Command::Verify(args) => {
             let dir = args.which.dir(&layout);
             let mirror = match &args.mirror {
