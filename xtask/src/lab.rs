@@ -395,12 +395,19 @@ mod tests {
             rootfs: b"cpio",
             scripts: &s,
             desc: &desc,
-            inputs: &[],
+            inputs: &[("recipes/lts.yaml".to_string(), b"kernel: {}\n".to_vec())],
             manifest: crate::manifest::sample(),
         };
         let (lab, wrote) = assemble(&sh, &dest, &parts).unwrap();
         assert!(wrote);
         assert_eq!(lab.desc, desc);
+        // The manifest lists exactly what was written, inputs included, and nothing else.
+        let m = Manifest::read(&dest).unwrap();
+        let listed: Vec<&str> = m.reproducible.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(listed.contains(&"inputs/recipes/lts.yaml") && listed.contains(&LAB_JSON) && listed.contains(&VMLINUX), "{listed:?}");
+        assert!(!listed.iter().any(|p| p.starts_with('.') || *p == manifest::FILE), "{listed:?}");
+        assert!(manifest::compare_files(&dest, &m.reproducible.files).unwrap().is_empty());
+        assert_eq!(fs::read_to_string(dest.join("inputs/recipes/lts.yaml")).unwrap(), "kernel: {}\n");
         assert_eq!(lab.dir, fs::canonicalize(&dest).unwrap());
         let read = |p: &str| fs::read_to_string(dest.join(p)).unwrap();
         assert_eq!(read(VMLINUX), "elf");
