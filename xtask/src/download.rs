@@ -108,9 +108,13 @@ fn status_failure(url: &str, status: StatusCode) -> Failure {
 
 /// The local path of a `file://` URL, percent-decoded (`lab fetch` resolves index entries into
 /// encoded URLs; mirror URLs joined by hand are plain, and parse the same way).
+/// `file://host/x` (another host) is not a local path: `None`, so the caller reports the URL.
 fn file_url_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("file://")?;
-    reqwest::Url::parse(url).ok().and_then(|u| u.to_file_path().ok()).or_else(|| Some(PathBuf::from(rest)))
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.to_file_path().ok(),
+        Err(_) => rest.starts_with('/').then(|| PathBuf::from(rest)),
+    }
 }
 
 /// Bounds on a small download, which a hostile or broken server could otherwise make endless.
@@ -298,6 +302,12 @@ fn partial_path(layout: &Layout, sha256: &str) -> PathBuf {
 /// request, and the result enters the cache only if its sha256 matches. Runs fetching the same
 /// file take turns (a lock next to the partial file), so the second one finds the first one's blob.
 pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> Result<PathBuf> {
+    fetch_verified_within(layout, url, sha256, label, u64::MAX)
+}
+
+/// `fetch_verified`, refusing to store more than `max_bytes` (a lab index states a pack's size:
+/// a server that sends more is stopped before it fills the cache's disk).
+pub fn fetch_verified_within(layout: &Layout, url: &str, sha256: &str, label: &str, max_bytes: u64) -> Result<PathBuf> {
     let sha256 = sha256.to_ascii_lowercase();
     let blob = layout.cache_blob(&sha256);
     if blob.is_file() {
@@ -311,7 +321,7 @@ pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> 
         return Ok(blob);
     }
 
-    let got = download_to(url, &partial, label)?;
+    let got = download_to(url, &partial, label, max_bytes)?;
 
     if got != sha256 {
         let _ = std::fs::remove_file(&partial);
@@ -327,14 +337,18 @@ pub fn fetch_verified(layout: &Layout, url: &str, sha256: &str, label: &str) -> 
 }
 
 /// Downloads (resuming) or copies `url` into `partial`, returning the sha256 of the result.
-fn download_to(url: &str, partial: &Path, label: &str) -> Result<String> {
+fn download_to(url: &str, partial: &Path, label: &str, max_bytes: u64) -> Result<String> {
     // The length is unknown until the server answers; download_attempt sets it.
     let bar = progress::bytes(label, None);
     let got = if let Some(src) = file_url_path(url) {
+        let len = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+        if len > max_bytes {
+            bail!("{url} has {len} bytes, more than the {max_bytes} expected: refusing it");
+        }
         copy_hashing(&src, partial, &bar).with_context(|| format!("copy {url} into the cache"))?
     } else if url.starts_with("http://") || url.starts_with("https://") {
         let client = client()?;
-        with_retries(url, || download_attempt(client, url, partial, &bar))?;
+        with_retries(url, || download_attempt(client, url, partial, &bar, max_bytes))?;
         hash::sha256_file(partial)?
     } else {
         bail!("unsupported URL {url}: use http://, https:// or file://");
@@ -350,7 +364,7 @@ pub fn fetch_unverified(layout: &Layout, url: &str, label: &str) -> Result<PathB
     let dir = partial.parent().expect("partial path has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let _lock = lock_path(&partial.with_extension("lock"), &format!("downloading {label}"))?;
-    let got = download_to(url, &partial, label)?;
+    let got = download_to(url, &partial, label, u64::MAX)?;
     let blob = layout.cache_blob(&got);
     std::fs::create_dir_all(blob.parent().expect("blob path has a parent"))?;
     std::fs::rename(&partial, &blob).with_context(|| format!("move {} to {}", partial.display(), blob.display()))?;
@@ -395,7 +409,7 @@ fn parse_content_range(value: &str) -> Option<(Option<u64>, Option<u64>)> {
 }
 
 /// One GET of `url` into `partial`, appending to what an earlier attempt or run left there.
-fn download_attempt(client: &Client, url: &str, partial: &Path, bar: &ProgressBar) -> Result<(), Failure> {
+fn download_attempt(client: &Client, url: &str, partial: &Path, bar: &ProgressBar, max_bytes: u64) -> Result<(), Failure> {
     let fatal = |e: std::io::Error, what: &str| Failure::Fatal(anyhow!(e).context(format!("{what} {}", partial.display())));
     let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     let mut request = client.get(url);
@@ -444,6 +458,10 @@ fn download_attempt(client: &Client, url: &str, partial: &Path, bar: &ProgressBa
                 return Err(Failure::Transient(anyhow!(e).context(format!("GET {url}: connection lost after {written} bytes"))));
             }
         };
+        if written + n as u64 > max_bytes {
+            let _ = std::fs::remove_file(partial);
+            return Err(Failure::Fatal(anyhow!("GET {url}: more than the {max_bytes} bytes expected: refusing it")));
+        }
         file.write_all(&buf[..n]).map_err(|e| fatal(e, "write"))?;
         written += n as u64;
         bar.inc(n as u64);

@@ -208,6 +208,9 @@ fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str, budget: u64) -
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(16);
     let decoding = std::thread::spawn(move || {
+        // Every decompressed byte counts against the budget: file data, headers, long names and
+        // pax records alike (the tar reader buffers the latter whole).
+        let mut total = 0u64;
         'decode: loop {
             let mut chunk = free_rx.try_recv().unwrap_or_default();
             chunk.resize(CHUNK, 0);
@@ -223,6 +226,11 @@ fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str, budget: u64) -
                     }
                 }
             }
+            total = total.saturating_add(filled as u64);
+            if total > budget {
+                let _ = tx.send(Err(io::Error::other(format!("the archive unpacks to more than {budget} bytes: refusing it"))));
+                break;
+            }
             chunk.truncate(filled);
             // A send error means the unpacker stopped early: nothing more to do.
             if filled == 0 || tx.send(Ok(chunk)).is_err() {
@@ -232,7 +240,7 @@ fn unpack(tarball: &Path, sha256: &str, root: &Path, label: &str, budget: u64) -
         decoder
     });
 
-    let result = unpack_entries(ChannelReader { rx, free: free_tx, chunk: Vec::new(), pos: 0 }, root, budget);
+    let result = unpack_entries(ChannelReader { rx, free: free_tx, chunk: Vec::new(), pos: 0 }, root);
     // Dropping the receiver (inside `result`'s call) unblocks the decoder if we stopped early.
     let decoder = decoding.join().map_err(|_| anyhow::anyhow!("the decompression thread panicked"))?;
     // What the decoder's buffer held is hashed already; hash what it never read (the tar stream
@@ -320,10 +328,9 @@ impl Tree<'_> {
     }
 }
 
-fn unpack_entries(reader: ChannelReader, root: &Path, budget: u64) -> Result<()> {
+fn unpack_entries(reader: ChannelReader, root: &Path) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let mut tree = Tree { root, dirs: HashSet::new(), symlinks: HashSet::new(), dir_meta: Vec::new() };
-    let mut written = 0u64;
     for entry in archive.entries().context("read the tar stream")? {
         let mut entry = entry.context("read a tar entry")?;
         let kind = entry.header().entry_type();
@@ -346,10 +353,6 @@ fn unpack_entries(reader: ChannelReader, root: &Path, budget: u64) -> Result<()>
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 tree.ensure_parent(&rel, &raw)?;
-                written = written.saturating_add(entry.size());
-                if written > budget {
-                    bail!("refusing tar entry `{}`: the archive unpacks to more than {budget} bytes", raw.display());
-                }
                 // Streamed: a huge entry costs disk (within the budget), never memory.
                 write_file(&mut tree, &rel, &dst, &mut entry, mode, mtime).with_context(|| format!("write {}", dst.display()))?;
             }
@@ -815,5 +818,68 @@ mod tests {
         let started = std::time::Instant::now();
         extract(&tarball, &bench, &dest, "bench").unwrap();
         eprintln!("reuse check in {:.3} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// Packs built to exhaust memory or inodes stop at the budget (a hostile `lab fetch`).
+#[cfg(test)]
+mod bombs {
+    use super::*;
+    use std::io::Write;
+
+    fn zst_tar(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        let tar = b.into_inner().unwrap();
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.write_all(&tar).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn unpack_bomb(tag: &str, pack: &[u8], budget: impl FnOnce(u64) -> u64) -> String {
+        let dir = crate::testutil::scratch(tag);
+        let path = dir.join("p.tar.zst");
+        fs::write(&path, pack).unwrap();
+        let root = dir.join("root");
+        fs::create_dir(&root).unwrap();
+        let res = unpack_checked(&path, &crate::hash::sha256_file(&path).unwrap(), &root, "p", budget(pack.len() as u64));
+        fs::remove_dir_all(&dir).unwrap();
+        format!("{:#}", res.expect_err("a bomb was unpacked"))
+    }
+
+    /// The tar reader buffers a GNU long name whole before any entry is seen: only a cap on the
+    /// decompressed stream stops it.
+    #[test]
+    fn a_gnu_long_name_is_held_to_the_budget() {
+        let big: u64 = 64 << 20;
+        let pack = zst_tar(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+            h.set_entry_type(EntryType::GNULongName);
+            h.set_size(big);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, io::repeat(b'a').take(big)).unwrap();
+        });
+        let err = unpack_bomb("bomb-longname", &pack, |_| 1 << 20);
+        assert!(err.contains("unpacks to more than 1048576 bytes"), "{err}");
+    }
+
+    /// Empty files cost an inode and a 512-byte header each, which the stream cap counts.
+    #[test]
+    fn empty_entries_are_held_to_the_budget() {
+        let pack = zst_tar(|b| {
+            for i in 0..150_000 {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(EntryType::Regular);
+                h.set_size(0);
+                h.set_mode(0o644);
+                h.set_path(format!("top/d{}/f{i}", i % 100)).unwrap();
+                h.set_cksum();
+                b.append(&h, io::empty()).unwrap();
+            }
+        });
+        let err = unpack_bomb("bomb-inodes", &pack, |len| len * 20 + (64 << 20));
+        assert!(err.contains("unpacks to more than"), "{err}");
     }
 }

@@ -65,6 +65,8 @@ pub struct Sources {
     pub busybox_src: PathBuf,
     /// Primary-key fingerprint that signed the kernel's sums; `None` when unverified.
     pub kernel_signer: Option<String>,
+    /// Primary-key fingerprint that vouched for busybox in this run; `None` when unverified.
+    pub busybox_signer: Option<String>,
 }
 
 /// What resolving fetched, kept so `mirror` can republish it byte for byte (signatures intact).
@@ -80,12 +82,14 @@ pub struct Metadata {
     pub busybox_sums_asc: Option<Vec<u8>>,
     /// Primary-key fingerprint that signed the kernel's sums (this run checked it).
     pub kernel_signer: Option<String>,
+    /// Primary-key fingerprint that vouched for busybox (this run checked it).
+    pub busybox_signer: Option<String>,
 }
 
 pub fn run(layout: &Layout, plan: &FetchPlan) -> Result<Sources> {
     let (lock, meta) = lock_for(layout, plan)?;
     let sources = download_and_extract(layout, &lock, &plan.mirror)?;
-    Ok(Sources { kernel_signer: meta.kernel_signer, ..sources })
+    Ok(Sources { kernel_signer: meta.kernel_signer, busybox_signer: meta.busybox_signer, ..sources })
 }
 
 /// A lock's kernel must be an answer to its request: an exact request names the version, a
@@ -127,8 +131,8 @@ pub fn lock_for(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
         }
         check_answers(&lock_path, &plan.request, &old.kernel.version)?;
         let kernel_signer = reverify_kernel(layout, plan, &lock_path, &old.kernel)?;
-        reverify_busybox(layout, plan, &lock_path, &old.busybox)?;
-        return Ok((old, Metadata { kernel_signer, ..Metadata::default() }));
+        let busybox_signer = reverify_busybox(layout, plan, &lock_path, &old.busybox)?;
+        return Ok((old, Metadata { kernel_signer, busybox_signer, ..Metadata::default() }));
     }
     let (old, old_version) = match lock::read(&lock_path) {
         Ok(old) => {
@@ -239,6 +243,7 @@ pub fn resolve(layout: &Layout, plan: &FetchPlan) -> Result<(Lock, Metadata)> {
     };
     let busybox = resolve_busybox(layout, plan, &mut meta)?;
     meta.kernel_signer = kernel_signer;
+    meta.busybox_signer = busybox.signer.clone();
     let lock = Lock {
         request: plan.request.clone(),
         kernel: LockedKernel { version, file, path: tar_path, sums_path, sha256, released, verified },
@@ -345,7 +350,8 @@ fn resolve_busybox(layout: &Layout, plan: &FetchPlan, meta: &mut Metadata) -> Re
 }
 
 /// `--locked`: checks busybox again the way the lock says it was checked.
-fn reverify_busybox(layout: &Layout, plan: &FetchPlan, lock_path: &Path, b: &LockedBusybox) -> Result<()> {
+/// Returns the fingerprint that vouched for busybox now (`None` when accepted unverified).
+fn reverify_busybox(layout: &Layout, plan: &FetchPlan, lock_path: &Path, b: &LockedBusybox) -> Result<Option<String>> {
     let mirror = &plan.mirror;
     let result = match b.check {
         BusyboxCheck::None => {
@@ -358,27 +364,28 @@ fn reverify_busybox(layout: &Layout, plan: &FetchPlan, lock_path: &Path, b: &Loc
             }
             Err(anyhow::anyhow!("the lock records it unverified"))
         }
-        BusyboxCheck::MirrorSums => busybox_mirror_sums(layout, plan, &b.file, Some(&b.sha256)).and_then(|(sha, _, asc)| {
+        BusyboxCheck::MirrorSums => busybox_mirror_sums(layout, plan, &b.file, Some(&b.sha256)).and_then(|(sha, signer, asc)| {
             if sha != b.sha256 {
                 bail!("busybox.sha256 {} is not what the signed busybox sums list for {} ({sha})", b.sha256, b.file);
             }
-            layout::write_atomic(&vouch_path(layout, &sha, "asc"), &asc).context("cache the signed busybox sums")
+            layout::write_atomic(&vouch_path(layout, &sha, "asc"), &asc).context("cache the signed busybox sums")?;
+            Ok(signer)
         }),
         BusyboxCheck::UpstreamSig => busybox_upstream_keyring(layout)
             .and_then(|keyring| busybox_sig(layout, mirror, &b.path, &b.sha256, &keyring, &[BUSYBOX_SIGNER.to_string()]))
-            .map(drop),
+            .map(|(signer, _)| signer),
         BusyboxCheck::KeyringSig => match &plan.busybox_keyring {
             Some(key) => user_keyring(layout, key)
                 .and_then(|(keyring, fprs)| busybox_sig(layout, mirror, &b.path, &b.sha256, &keyring, &fprs))
-                .map(drop),
+                .map(|(signer, _)| signer),
             None => Err(anyhow::anyhow!("the lock records a busybox checked with --busybox-keyring: pass it again")),
         },
     };
     match result {
-        Ok(()) => Ok(()),
+        Ok(signer) => Ok(Some(signer)),
         Err(e) if plan.insecure_skip_signature => {
             eprintln!("WARNING: --insecure-skip-signature: {} is not verified ({e:#})", b.file);
-            Ok(())
+            Ok(None)
         }
         Err(e) => Err(e.context(format!(
             "--locked: lock {}: verify {} again ({}); fix: delete the lock and run `cargo xtask fetch` without --locked to re-resolve it",
@@ -611,7 +618,7 @@ pub fn download_and_extract(layout: &Layout, lock: &Lock, mirror: &Mirror) -> Re
     extract::extract(&busybox_tarball, &b.sha256, &busybox_src, &b.file)
         .with_context(|| format!("extract {} into {}", b.file, busybox_src.display()))?;
     check_tree_version(&busybox_src, &b.version).with_context(|| format!("{} from {}", busybox_src.display(), b.file))?;
-    Ok(Sources { lock: lock.clone(), kernel_tarball, busybox_tarball, kernel_src, busybox_src, kernel_signer: None })
+    Ok(Sources { lock: lock.clone(), kernel_tarball, busybox_tarball, kernel_src, busybox_src, kernel_signer: None, busybox_signer: None })
 }
 
 /// The version a source tree's top Makefile declares must be the one we asked for: a signature

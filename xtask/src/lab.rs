@@ -219,7 +219,11 @@ fn intact(dest: &Path, stamp: &str, parts: &Parts<'_>, lab_json: &str) -> bool {
         && same(ROOTFS, parts.rootfs)
         && parts.scripts.iter().all(|f| same(f.name, f.text.as_bytes()))
         && parts.inputs.iter().all(|(rel, bytes)| same(&format!("{INPUTS}/{rel}"), bytes))
-        && Manifest::read(dest).is_ok_and(|m| manifest::compare_files(dest, &m.reproducible.files).is_ok_and(|p| p.is_empty()))
+        && Manifest::read(dest).is_ok_and(|m| {
+            let mut without_files = m.reproducible.clone();
+            without_files.files.clear();
+            without_files == parts.manifest.reproducible && manifest::compare_files(dest, &m.reproducible.files).is_ok_and(|p| p.is_empty())
+        })
 }
 
 /// The kernel's inputs stamp plus every other byte the lab is made of.

@@ -117,6 +117,8 @@ pub fn kernel(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) 
     let (lab, _) = build_lab(sh, layout, &plan.recipe, &sources, &build.make, &mut t)?;
     let report = match build.boot_timeout {
         Some(timeout) => {
+            // Held across the test and the record, so the verdict lands in the lab it is about.
+            let _hold = lab.lock_shared()?;
             let report = t.time("boot-test", || boottest::run(&lab, timeout, ""));
             t.print();
             let report = report?;
@@ -288,12 +290,11 @@ fn provenance(
                 version: b.version.clone(),
                 path: b.path.clone(),
                 sha256: b.sha256.clone(),
-                verified_by: if b.verified {
-                    serde_json::to_value(b.check)?.as_str().unwrap_or_default().to_string()
-                } else {
-                    "unverified".into()
+                verified_by: match &sources.busybox_signer {
+                    Some(_) => serde_json::to_value(b.check)?.as_str().unwrap_or_default().to_string(),
+                    None => "unverified".into(),
                 },
-                signer: b.signer.clone(),
+                signer: sources.busybox_signer.clone(),
             },
             config: manifest::Config {
                 base: serde_json::to_value(r.config.base)?.as_str().unwrap_or_default().to_string(),

@@ -29,6 +29,9 @@ use crate::{
 /// against 47 MB at -3 (1 s) and 41 MB at -12 (8 s); unpacking takes 0.3 s at any level.
 pub const DEFAULT_LEVEL: i32 = 19;
 pub const INDEX_SCHEMA: u32 = 1;
+/// No pack is bigger (today's lts lab packs into 34 MB; a defconfig lab with modules stays far
+/// below): a server streaming more is cut off before it fills the cache's disk.
+const MAX_PACK_BYTES: u64 = 4 << 30;
 
 /// A written pack.
 #[derive(Debug, Clone)]
@@ -43,7 +46,14 @@ pub struct Packed {
 /// Packs `lab` into `out/<pack name>.tar.zst` plus `.sha256`. Refuses a lab whose files no longer
 /// match its manifest (a pack must be what was built and boot-tested).
 pub fn pack(lab: &Path, out: &Path, level: i32) -> Result<Packed> {
+    // Shared: no assembly or boot-verdict record changes the lab while it is packed.
+    let _hold = lab::Lab::open(lab)?.lock_shared()?;
     let m = Manifest::read(lab)?;
+    // manifest.json is read once: the pack carries and the index names exactly these bytes.
+    let manifest_bytes = fs::read(lab.join(manifest::FILE)).with_context(|| format!("read {}", lab.join(manifest::FILE).display()))?;
+    if serde_json::from_slice::<Manifest>(&manifest_bytes).ok().as_ref() != Some(&m) {
+        bail!("{} changed while it was being packed: run again", lab.join(manifest::FILE).display());
+    }
     let problems = manifest::compare_files(lab, &m.reproducible.files)?;
     if !problems.is_empty() {
         bail!(
@@ -57,7 +67,7 @@ pub fn pack(lab: &Path, out: &Path, level: i32) -> Result<Packed> {
     let name = m.pack_name();
     let path = out.join(format!("{name}.tar.zst"));
     let tmp = layout::tmp_sibling(&path);
-    let written = write_pack(lab, &m, &name, &tmp, level);
+    let written = write_pack(lab, &m, &manifest_bytes, &name, &tmp, level);
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("pack {} into {}", lab.display(), path.display())));
@@ -67,7 +77,7 @@ pub fn pack(lab: &Path, out: &Path, level: i32) -> Result<Packed> {
     let size = fs::metadata(&path)?.len();
     let file_name = path.file_name().expect("pack has a name").to_string_lossy().into_owned();
     layout::write_atomic(&sha_file(&path), format!("{sha256}  {file_name}\n").as_bytes())?;
-    let manifest_sha256 = Manifest::sha256_of_file(lab)?;
+    let manifest_sha256 = hash::sha256_bytes(&manifest_bytes);
     Ok(Packed { path, sha256, size, manifest: m, manifest_sha256 })
 }
 
@@ -78,7 +88,7 @@ pub fn sha_file(pack: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn write_pack(lab: &Path, m: &Manifest, top: &str, tmp: &Path, level: i32) -> Result<()> {
+fn write_pack(lab: &Path, m: &Manifest, manifest_bytes: &[u8], top: &str, tmp: &Path, level: i32) -> Result<()> {
     let file = File::create(tmp).with_context(|| format!("create {}", tmp.display()))?;
     let mut zstd = zstd::stream::write::Encoder::new(file, level).context("start zstd")?;
     zstd.include_checksum(true).context("zstd checksum")?;
@@ -94,8 +104,7 @@ fn write_pack(lab: &Path, m: &Manifest, top: &str, tmp: &Path, level: i32) -> Re
         }
         entries.push((f.path.clone(), Some((manifest::parse_mode(&f.mode)?, f.size))));
     }
-    let manifest_len = fs::metadata(lab.join(manifest::FILE))?.len();
-    entries.push((manifest::FILE.to_string(), Some((0o644, manifest_len))));
+    entries.push((manifest::FILE.to_string(), Some((0o644, manifest_bytes.len() as u64))));
     entries.extend(dirs.into_iter().map(|d| (d, None)));
     entries.sort();
     let total =
@@ -120,6 +129,10 @@ fn write_pack(lab: &Path, m: &Manifest, top: &str, tmp: &Path, level: i32) -> Re
             None => {
                 let mut h = header(tar::EntryType::Directory, 0o755, 0);
                 tar.append_data(&mut h, format!("{name}/"), io::empty()).with_context(|| format!("write {name}/"))?;
+            }
+            Some((mode, size)) if rel == manifest::FILE => {
+                let mut h = header(tar::EntryType::Regular, mode, size);
+                tar.append_data(&mut h, &name, manifest_bytes).with_context(|| format!("write {name}"))?;
             }
             Some((mode, size)) => {
                 let src = lab.join(&rel);
@@ -245,7 +258,8 @@ pub fn fetch(layout: &Layout, req: &FetchRequest) -> Result<Lab> {
     let start = Instant::now();
     let (url, sha256, entry) = locate(req)?;
     let label = url.rsplit('/').next().unwrap_or(&url).to_string();
-    let blob = download::fetch_verified(layout, &url, &sha256, &label).with_context(|| format!("fetch the lab {url}"))?;
+    let max = entry.as_ref().map_or(MAX_PACK_BYTES, |e| e.size.min(MAX_PACK_BYTES));
+    let blob = download::fetch_verified_within(layout, &url, &sha256, &label, max).with_context(|| format!("fetch the lab {url}"))?;
     let labs = layout.labs_dir();
     fs::create_dir_all(&labs).with_context(|| format!("create {}", labs.display()))?;
     // Unpacked under a hidden name in labs/ (same filesystem, so the install is a rename), and
@@ -461,7 +475,22 @@ pub fn list(layout: &Layout) -> Result<()> {
         if name.starts_with('.') || !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             continue;
         }
-        let Ok(lab) = Lab::open(&path) else { continue };
+        let lab = match Lab::open(&path) {
+            Ok(lab) => lab,
+            Err(e) => {
+                let why = format!("{e:#}");
+                rows.push(Listed {
+                    name: name.clone(),
+                    recipe: "?".into(),
+                    kernel: "?".into(),
+                    busybox: "?".into(),
+                    verdict: "broken".into(),
+                    size: dir_size(&path),
+                    origin: format!("{} (remove it with `cargo xtask lab rm {name}`)", why.lines().next().unwrap_or("")),
+                });
+                continue;
+            }
+        };
         let verdict = fs::read_to_string(lab.file(lab::REPORT))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

@@ -395,6 +395,13 @@ fn check(r: &Recipe) -> Result<()> {
     if r.rootfs.password.contains([':', '\n']) || r.rootfs.password.chars().any(char::is_control) {
         bail!("rootfs.password must not contain ':' or control characters (they would break /etc/shadow)");
     }
+    for f in r.config.fragments.iter().chain(&r.busybox.fragments) {
+        // A recipe travels inside labs (`verify` rebuilds from it): fragments are names in configs/
+        // or beside the recipe, never host paths.
+        if crate::manifest::check_rel_path(f).is_err() {
+            bail!("fragment {f:?} must be a relative name (a file in configs/ or beside the recipe), without `..`");
+        }
+    }
     for f in &r.rootfs.files {
         // A recipe travels inside labs (`verify` rebuilds from it): it may name only files beside it.
         if f.host.is_absolute() || f.host.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
@@ -546,6 +553,14 @@ mod tests {
         for (extra, want) in cases {
             let err = format!("{:#}", parse(&format!("{MINIMAL}{extra}")).unwrap_err());
             assert!(err.contains(want), "{extra}: {err}");
+        }
+        for (from, to, want) in [
+            ("fragments: [lab.config]", "fragments: [lab.config, /etc/passwd]", "fragment \"/etc/passwd\" must be a relative name"),
+            ("fragments: [lab.config]", "fragments: [../../x.config]", "without `..`"),
+            ("version: \"1.35.0\"", "version: \"1.35.0\"\n  fragments: [/etc/shadow]", "must be a relative name"),
+        ] {
+            let err = format!("{:#}", parse(&MINIMAL.replace(from, to)).unwrap_err());
+            assert!(err.contains(want), "{to}: {err}");
         }
         let r = parse(&format!("{MINIMAL}rootfs:\n  files:\n    - {{host: a, guest: /a, mode: \"4755\"}}\n")).unwrap();
         assert_eq!(r.rootfs.files[0].mode, Some(Mode(0o4755)));

@@ -71,6 +71,7 @@ pub fn verify(sh: &Shell, layout: &Layout, dir: &Path, trust: &Trust, make: &Mak
     let work = layout.artifacts.join("verify").join(format!("{name}-{stamp}"));
     let checkout = work.join("checkout");
     copy_tree(&dir.join(lab::INPUTS), &checkout).with_context(|| format!("copy the inputs of {}", dir.display()))?;
+    refuse_host_paths(&checkout.join("configs"))?;
     let other = Layout { root: checkout.clone(), artifacts: checkout.join("artifacts/elsewhere"), cache: layout.cache.clone() };
     let recipe_path = other.recipes_dir().join(format!("{}.yaml", r.recipe.name));
     let recipe_sha = crate::hash::sha256_file(&recipe_path)
@@ -171,6 +172,29 @@ mod erased {
     }
 }
 
+/// A lab's fragments are hostile input here: a string option naming a host path
+/// (`CONFIG_INITRAMFS_SOURCE="/home/..."`, `CONFIG_EXTRA_FIRMWARE_DIR`, signing keys) would build
+/// host files into the rebuilt kernel.
+fn refuse_host_paths(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            refuse_host_paths(&path)?;
+            continue;
+        }
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        for line in text.lines() {
+            let Some((name, value)) = line.trim().split_once("=\"") else { continue };
+            let value = value.trim_end_matches('"');
+            if name.starts_with("CONFIG_") && (value.starts_with('/') || value.starts_with('~') || value.contains("..")) {
+                bail!("{}: {name} names a host path ({value:?}): verify does not build host files into a lab; refusing it", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copies regular files and directories (a lab's inputs hold nothing else).
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
@@ -192,6 +216,22 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_naming_host_paths_are_refused() {
+        let dir = crate::testutil::scratch("repro-host-paths");
+        fs::create_dir_all(dir.join("busybox")).unwrap();
+        fs::write(dir.join("lab.config"), "CONFIG_SMP=y\nCONFIG_CMDLINE=\"console=ttyS0\"\n").unwrap();
+        refuse_host_paths(&dir).unwrap();
+        for bad in
+            ["CONFIG_INITRAMFS_SOURCE=\"/home/u/.ssh\"", "CONFIG_EXTRA_FIRMWARE_DIR=\"../../etc\"", "CONFIG_MODULE_SIG_KEY=\"~/k.pem\""]
+        {
+            fs::write(dir.join("busybox/x.config"), format!("{bad}\n")).unwrap();
+            let err = refuse_host_paths(&dir).unwrap_err().to_string();
+            assert!(err.contains("names a host path"), "{bad}: {err}");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn compare_marks_inputs_and_files_that_differ() {
