@@ -38,7 +38,7 @@ mod verify;
 use anyhow::Result;
 use clap::Parser;
 
-use cli::{Cli, Command, LabAction, RootfsAction};
+use cli::{Cli, Command, RootfsAction};
 
 fn main() {
     let cli = Cli::parse();
@@ -86,41 +86,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Doctor => doctor::run(),
         Command::E2e(args) => e2e::run(&sh, &layout, &args),
         Command::Config(args) => pipeline::config_command(&sh, &layout, &args.action),
-        Command::Lab(args) => match args.action {
-            LabAction::Pack { which, out, index, level } => {
-                let dir = which.dir(&layout);
-                let packed = ready::pack(&dir, &out, level)?;
-                println!("packed {} ({:.1} MB, sha256 {})", packed.path.display(), packed.size as f64 / 1e6, packed.sha256);
-                if let Some(index) = index {
-                    ready::update_index(&index, &packed)?;
-                    println!("index {}", index.display());
-                }
-                Ok(())
-            }
-            LabAction::Fetch { what, sha256, index, force } => {
-                ready::fetch(&layout, &ready::FetchRequest { what, sha256, index, force }).map(|_| ())
-            }
-            LabAction::List => ready::list(&layout),
-            LabAction::Rm { name } => ready::remove(&layout, &name),
-        },
+        Command::Lab(args) => ready::command(&layout, args.action),
         Command::Bench(args) => bench::run(&sh, &layout, &args),
-        Command::Verify(args) => {
-            let dir = args.which.dir(&layout);
-            let mirror = match &args.mirror {
-                Some(url) => source::Mirror::new(url)?,
-                None => source::Mirror::upstream(),
-            };
-            let trust = repro::Trust {
-                mirror,
-                keyring: args.keyring.clone(),
-                busybox_keyring: args.busybox_keyring.clone(),
-                insecure_skip_signature: args.insecure_skip_signature,
-            };
-            let outcome = repro::verify(&sh, &layout, &dir, &trust, &args.make.plan(), args.keep)?;
-            if outcome.differing > 0 {
-                anyhow::bail!("verify {}: {} difference(s) from the manifest", dir.display(), outcome.differing);
-            }
-            Ok(())
-        }
+        Command::Verify(args) => repro::command(&sh, &layout, &args),
     }
 }

@@ -23,8 +23,11 @@ const MAX_BYTES: u64 = 4 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// `SCHEMA`; a reader refuses any other.
     pub schema: u32,
+    /// Compared by `verify`; equal for honest builds of one lock with one toolchain.
     pub reproducible: Reproducible,
+    /// This build's circumstances; never compared.
     pub host: Host,
 }
 
@@ -32,14 +35,21 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reproducible {
+    /// `x86_64`.
     pub arch: String,
+    /// The recipe's name and the sha256 of its bytes (a copy is in `inputs/recipes/`).
     pub recipe: Input,
+    /// The kernel tarball and how it was trusted.
     pub kernel: Source,
+    /// The busybox tarball and how it was trusted.
     pub busybox: Source,
+    /// What configured the kernel and busybox.
     pub config: Config,
     /// Kernel patches in the order applied (none yet).
     pub patches: Vec<Input>,
+    /// The reproducible-build environment.
     pub settings: Settings,
+    /// What compiled the lab; `verify` names a different one before any file difference.
     pub toolchain: Toolchain,
     /// Every file of the lab except manifest.json itself and what runs write (reports, logs).
     pub files: Vec<FileEntry>,
@@ -49,6 +59,7 @@ pub struct Reproducible {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
+    /// As the recipe names it.
     pub name: String,
     pub sha256: String,
 }
@@ -56,6 +67,7 @@ pub struct Input {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
+    /// As locked.
     pub version: String,
     /// Tarball path relative to the mirror root.
     pub path: String,
@@ -71,7 +83,9 @@ pub struct Source {
 pub struct Config {
     /// `tinyconfig` or `defconfig`.
     pub base: String,
+    /// Kernel fragments, in the order merged.
     pub fragments: Vec<Input>,
+    /// busybox fragments (in `configs/busybox/`), in the order merged.
     pub busybox_fragments: Vec<Input>,
     /// sha256 of the kernel's final `.config` (the lab's `config`).
     pub final_sha256: String,
@@ -81,19 +95,26 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// The kernel's release date: every timestamp in the lab.
     pub source_date_epoch: u64,
+    /// `uname -v`'s date.
     pub kbuild_build_timestamp: String,
     pub kbuild_build_user: String,
     pub kbuild_build_host: String,
+    /// The `#1` in `uname -v`.
     pub kbuild_build_version: String,
+    /// `-ffile-prefix-map` for both trees, with the host paths left out.
     pub prefix_maps: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Toolchain {
+    /// First line of `gcc --version`.
     pub gcc: String,
+    /// First line of `ld --version`.
     pub ld: String,
+    /// First line of `make --version`.
     pub make: String,
 }
 
@@ -102,6 +123,7 @@ pub struct Toolchain {
 pub struct FileEntry {
     /// Relative to the lab directory, `/`-separated.
     pub path: String,
+    /// In bytes.
     pub size: u64,
     /// Octal permission bits, e.g. "0755".
     pub mode: String,
@@ -126,6 +148,7 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Phase {
+    /// fetch, configure, kernel, busybox.
     pub phase: String,
     pub seconds: f64,
 }
@@ -133,7 +156,9 @@ pub struct Phase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootSummary {
+    /// As in boot-report.json (`pass`, `kernel-panic`, ...).
     pub verdict: String,
+    /// Wall time of the whole boot test.
     pub seconds: f64,
 }
 

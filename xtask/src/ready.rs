@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cli::LabAction,
     download, extract, hash,
     lab::{self, Lab},
     layout::{self, Layout},
@@ -32,6 +33,24 @@ pub const INDEX_SCHEMA: u32 = 1;
 /// No pack is bigger (today's lts lab packs into 34 MB; a defconfig lab with modules stays far
 /// below): a server streaming more is cut off before it fills the cache's disk.
 const MAX_PACK_BYTES: u64 = 4 << 30;
+
+/// `cargo xtask lab ...`.
+pub fn command(layout: &Layout, action: LabAction) -> Result<()> {
+    match action {
+        LabAction::Pack { which, out, index, level } => {
+            let packed = pack(&which.dir(layout), &out, level)?;
+            println!("packed {} ({:.1} MB, sha256 {})", packed.path.display(), packed.size as f64 / 1e6, packed.sha256);
+            if let Some(index) = index {
+                update_index(&index, &packed)?;
+                println!("index {}", index.display());
+            }
+            Ok(())
+        }
+        LabAction::Fetch { what, sha256, index, force } => fetch(layout, &FetchRequest { what, sha256, index, force }).map(drop),
+        LabAction::List => list(layout),
+        LabAction::Rm { name } => remove(layout, &name),
+    }
+}
 
 /// A written pack.
 #[derive(Debug, Clone)]

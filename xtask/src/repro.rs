@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
 use crate::{
+    cli::VerifyArgs,
     fetch::{self, FetchPlan},
     kbuild::{self, MakePlan},
     lab,
@@ -32,6 +33,26 @@ pub struct Trust {
     pub keyring: Option<PathBuf>,
     pub busybox_keyring: Option<PathBuf>,
     pub insecure_skip_signature: bool,
+}
+
+/// `cargo xtask verify`: a difference is an error here, and only here.
+pub fn command(sh: &Shell, layout: &Layout, args: &VerifyArgs) -> Result<()> {
+    let dir = args.which.dir(layout);
+    let mirror = match &args.mirror {
+        Some(url) => Mirror::new(url)?,
+        None => Mirror::upstream(),
+    };
+    let trust = Trust {
+        mirror,
+        keyring: args.keyring.clone(),
+        busybox_keyring: args.busybox_keyring.clone(),
+        insecure_skip_signature: args.insecure_skip_signature,
+    };
+    let outcome = verify(sh, layout, &dir, &trust, &args.make.plan(), args.keep)?;
+    if outcome.differing > 0 {
+        bail!("verify {}: {} difference(s) from the manifest", dir.display(), outcome.differing);
+    }
+    Ok(())
 }
 
 /// The result of one comparison.
