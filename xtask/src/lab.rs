@@ -343,6 +343,11 @@ mod tests {
 
     use crate::testutil::scratch;
 
+    /// The parts of a test lab: a cpio of b"cpio", no inputs, the sample manifest.
+    fn parts<'a>(kernel: &'a KernelBuild, src: &'a Path, scripts: &'a [TextFile], desc: &'a Description) -> Parts<'a> {
+        Parts { kernel, kernel_src: src, rootfs: b"cpio", scripts, desc, inputs: &[], manifest: crate::manifest::sample() }
+    }
+
     /// A source and build tree with symlinks like kbuild makes, and what `kbuild::build` returns.
     fn fake_kernel(dir: &Path) -> (PathBuf, KernelBuild) {
         let (src, build) = (dir.join("src"), dir.join("build"));
@@ -393,15 +398,8 @@ mod tests {
         let desc = description();
         let sh = Shell::new().unwrap();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts {
-            kernel: &kernel,
-            kernel_src: &src,
-            rootfs: b"cpio",
-            scripts: &s,
-            desc: &desc,
-            inputs: &[("recipes/lts.yaml".to_string(), b"kernel: {}\n".to_vec())],
-            manifest: crate::manifest::sample(),
-        };
+        let inputs = [("recipes/lts.yaml".to_string(), b"kernel: {}\n".to_vec())];
+        let parts = Parts { inputs: &inputs, ..parts(&kernel, &src, &s, &desc) };
         let (lab, wrote) = assemble(&sh, &dest, &parts).unwrap();
         assert!(wrote);
         assert_eq!(lab.desc, desc);
@@ -453,15 +451,7 @@ mod tests {
         fs::remove_file(&kernel.bzimage).unwrap();
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts {
-            kernel: &kernel,
-            kernel_src: &src,
-            rootfs: b"cpio",
-            scripts: &s,
-            desc: &desc,
-            inputs: &[],
-            manifest: crate::manifest::sample(),
-        };
+        let parts = parts(&kernel, &src, &s, &desc);
         let err = format!("{:#}", assemble(&Shell::new().unwrap(), &dest, &parts).unwrap_err());
         assert!(err.contains("bzImage"), "{err}");
         assert_eq!(fs::read_to_string(dest.join(VMLINUX)).unwrap(), "old");
@@ -482,15 +472,7 @@ mod tests {
         }
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts {
-            kernel: &kernel,
-            kernel_src: &src,
-            rootfs: b"cpio",
-            scripts: &s,
-            desc: &desc,
-            inputs: &[],
-            manifest: crate::manifest::sample(),
-        };
+        let parts = parts(&kernel, &src, &s, &desc);
         assemble(&Shell::new().unwrap(), &dest, &parts).unwrap();
         assert!(!dead.exists() && !old.exists() && other.exists());
         fs::remove_dir_all(dir).unwrap();
@@ -504,15 +486,7 @@ mod tests {
         let dest = dir.join("labs/lts-6.12.117");
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts {
-            kernel: &kernel,
-            kernel_src: &src,
-            rootfs: b"cpio",
-            scripts: &s,
-            desc: &desc,
-            inputs: &[],
-            manifest: crate::manifest::sample(),
-        };
+        let parts = parts(&kernel, &src, &s, &desc);
         let sh = Shell::new().unwrap();
         assemble(&sh, &dest, &parts).unwrap();
         for damage in [VMLINUX, LAB_JSON, ROOTFS, RUN_SH] {
@@ -537,15 +511,7 @@ mod tests {
         let dest = dir.join("labs/lts-6.12.117");
         let desc = description();
         let s = scripts("#!/bin/sh\n");
-        let parts = Parts {
-            kernel: &kernel,
-            kernel_src: &src,
-            rootfs: b"cpio",
-            scripts: &s,
-            desc: &desc,
-            inputs: &[],
-            manifest: crate::manifest::sample(),
-        };
+        let parts = parts(&kernel, &src, &s, &desc);
         let sh = Shell::new().unwrap();
         let (lab, _) = assemble(&sh, &dest, &parts).unwrap();
         let held = lab.lock_shared().unwrap();
