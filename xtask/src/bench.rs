@@ -134,13 +134,13 @@ fn forward(f: &FetchArgs) -> Vec<OsString> {
     if let Some(r) = &f.recipe {
         push("--recipe", Some(r.as_ref()));
     }
-    if let Some(m) = &f.mirror {
+    if let Some(m) = &f.source.mirror {
         push("--mirror", Some(m.as_ref()));
     }
-    if let Some(k) = &f.keyring {
+    if let Some(k) = &f.source.keyring {
         push("--keyring", Some(k.as_os_str()));
     }
-    if let Some(k) = &f.busybox_keyring {
+    if let Some(k) = &f.source.busybox_keyring {
         push("--busybox-keyring", Some(k.as_os_str()));
     }
     if let Some(v) = &f.channel.version {
@@ -156,7 +156,7 @@ fn forward(f: &FetchArgs) -> Vec<OsString> {
         (f.channel.stable, "--stable"),
         (f.channel.mainline, "--mainline"),
         (f.locked, "--locked"),
-        (f.insecure_skip_signature, "--insecure-skip-signature"),
+        (f.source.insecure_skip_signature, "--insecure-skip-signature"),
         (f.allow_downgrade, "--allow-downgrade"),
     ] {
         if on {

@@ -127,18 +127,8 @@ pub enum LabAction {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub which: LabSelect,
-    /// Base URL of a kernel.org-layout mirror (http://, https:// or file://)
-    #[arg(long, env = "KERNEL_LAB_MIRROR", value_name = "URL")]
-    pub mirror: Option<String>,
-    /// Public key (binary or armored) that signs the mirror's sha256sums.asc
-    #[arg(long, env = "KERNEL_LAB_KEYRING", value_name = "FILE")]
-    pub keyring: Option<PathBuf>,
-    /// Key that signs busybox tarballs (see `fetch --help`)
-    #[arg(long, env = "KERNEL_LAB_BUSYBOX_KEYRING", value_name = "FILE")]
-    pub busybox_keyring: Option<PathBuf>,
-    /// DANGER: accept unsigned or wrongly signed checksums (kernel sums and busybox)
-    #[arg(long)]
-    pub insecure_skip_signature: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Keep the rebuild directory (removed after a clean comparison by default)
     #[arg(long)]
     pub keep: bool,
@@ -225,6 +215,20 @@ pub struct FetchArgs {
     /// Recipe name in recipes/ or a path (default: lts, or stable with --stable)
     #[arg(long, value_name = "NAME|PATH")]
     pub recipe: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Use only the lock file; fail if it is missing or stale
+    #[arg(long)]
+    pub locked: bool,
+    /// Let a fresh resolve move the lock to an older kernel (releases.json is unsigned, so
+    /// without this, --version or --lts SERIES, an older release is refused)
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+/// Where sources come from and which keys vouch for them (`fetch`, `kernel`, `verify`, ...).
+#[derive(Debug, Args, Clone, Default)]
+pub struct SourceArgs {
     /// Base URL of a kernel.org-layout mirror (http://, https:// or file://)
     #[arg(long, env = "KERNEL_LAB_MIRROR", value_name = "URL")]
     pub mirror: Option<String>,
@@ -235,16 +239,19 @@ pub struct FetchArgs {
     /// signed busybox/sha256sums.asc, else the .sig with busybox's pinned upstream key)
     #[arg(long, env = "KERNEL_LAB_BUSYBOX_KEYRING", value_name = "FILE")]
     pub busybox_keyring: Option<PathBuf>,
-    /// Use only the lock file; fail if it is missing or stale
-    #[arg(long)]
-    pub locked: bool,
     /// DANGER: accept unsigned or wrongly signed checksums (kernel sums and busybox)
     #[arg(long)]
     pub insecure_skip_signature: bool,
-    /// Let a fresh resolve move the lock to an older kernel (releases.json is unsigned, so
-    /// without this, --version or --lts SERIES, an older release is refused)
-    #[arg(long)]
-    pub allow_downgrade: bool,
+}
+
+impl SourceArgs {
+    /// `--mirror`, else kernel.org and busybox.net.
+    pub fn mirror(&self) -> anyhow::Result<crate::source::Mirror> {
+        match &self.mirror {
+            Some(url) => crate::source::Mirror::new(url),
+            None => Ok(crate::source::Mirror::upstream()),
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone, Default)]

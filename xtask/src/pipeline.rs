@@ -21,7 +21,6 @@ use crate::{
     recipe::{self, LoadedRecipe},
     releases::Request,
     rootfs,
-    source::Mirror,
 };
 
 /// Turns recipe + command line into the fetch plan; every later stage reads the plan and lock.
@@ -33,18 +32,14 @@ pub fn fetch_plan(layout: &Layout, args: &FetchArgs) -> Result<FetchPlan> {
         (None, _) => "lts".to_string(),
     };
     let recipe = recipe::load(&recipe::find(&layout.recipes_dir(), &name))?;
-    let mirror = match &args.mirror {
-        Some(url) => Mirror::new(url)?,
-        None => Mirror::upstream(),
-    };
-    let mut plan = FetchPlan::new(recipe, mirror);
+    let mut plan = FetchPlan::new(recipe, args.source.mirror()?);
     if let Some(request) = flag {
         plan.request = request;
     }
-    plan.keyring = args.keyring.clone();
+    plan.keyring = args.source.keyring.clone();
     plan.locked = args.locked;
-    plan.insecure_skip_signature = args.insecure_skip_signature;
-    plan.busybox_keyring = args.busybox_keyring.clone();
+    plan.insecure_skip_signature = args.source.insecure_skip_signature;
+    plan.busybox_keyring = args.source.busybox_keyring.clone();
     plan.allow_downgrade = args.allow_downgrade;
     Ok(plan)
 }

@@ -38,15 +38,12 @@ pub struct Trust {
 /// `cargo xtask verify`: a difference is an error here, and only here.
 pub fn command(sh: &Shell, layout: &Layout, args: &VerifyArgs) -> Result<()> {
     let dir = args.which.dir(layout);
-    let mirror = match &args.mirror {
-        Some(url) => Mirror::new(url)?,
-        None => Mirror::upstream(),
-    };
+    let src = &args.source;
     let trust = Trust {
-        mirror,
-        keyring: args.keyring.clone(),
-        busybox_keyring: args.busybox_keyring.clone(),
-        insecure_skip_signature: args.insecure_skip_signature,
+        mirror: src.mirror()?,
+        keyring: src.keyring.clone(),
+        busybox_keyring: src.busybox_keyring.clone(),
+        insecure_skip_signature: src.insecure_skip_signature,
     };
     let outcome = verify(sh, layout, &dir, &trust, &args.make.plan(), args.keep)?;
     if outcome.differing > 0 {
