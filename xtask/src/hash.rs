@@ -22,6 +22,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Exactly 64 lowercase hex digits: the form every sha256 in a lock, manifest or index must have
+/// (it names cache files, so it is never a path).
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
 /// Lowercase hex sha256 of bytes.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex(&sha2::Sha256::digest(bytes))

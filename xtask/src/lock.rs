@@ -226,7 +226,7 @@ fn check_kernel(path: &Path, k: &LockedKernel) -> Result<()> {
 
 /// A sha256 names a file in the cache: exactly 64 lowercase hex digits, never a path.
 fn check_sha256(sha: &str) -> std::result::Result<(), String> {
-    if sha.len() == 64 && sha.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+    if crate::hash::is_sha256(sha) {
         Ok(())
     } else {
         Err("is not a sha256 (expected exactly 64 lowercase hex digits)".into())

@@ -237,7 +237,7 @@ pub fn check_rel_path(p: &str) -> Result<()> {
 }
 
 fn check_sha(s: &str) -> Result<()> {
-    if s.len() == 64 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+    if hash::is_sha256(s) {
         Ok(())
     } else {
         bail!("sha256 {s:?} is not 64 lowercase hex digits")
@@ -310,18 +310,24 @@ pub fn compare_files(dir: &Path, want: &[FileEntry]) -> Result<Vec<String>> {
     Ok(problems)
 }
 
-/// Everything under `dir` that is neither manifest.json, a listed file, nor a directory holding
-/// one: what a fetched pack must not carry (a forged boot-report.json, hidden directories...).
-pub fn unlisted(dir: &Path, want: &[FileEntry]) -> Result<Vec<String>> {
-    let files: std::collections::BTreeSet<&str> = want.iter().map(|f| f.path.as_str()).collect();
+/// Every directory that holds a listed file, at any depth (`scripts`, `scripts/gdb`, ...).
+pub fn parent_dirs(files: &[FileEntry]) -> std::collections::BTreeSet<String> {
     let mut dirs = std::collections::BTreeSet::new();
-    for f in want {
+    for f in files {
         let mut p = Path::new(&f.path).parent();
         while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
             dirs.insert(d.to_string_lossy().into_owned());
             p = d.parent();
         }
     }
+    dirs
+}
+
+/// Everything under `dir` that is neither manifest.json, a listed file, nor a directory holding
+/// one: what a fetched pack must not carry (a forged boot-report.json, hidden directories...).
+pub fn unlisted(dir: &Path, want: &[FileEntry]) -> Result<Vec<String>> {
+    let files: std::collections::BTreeSet<&str> = want.iter().map(|f| f.path.as_str()).collect();
+    let dirs = parent_dirs(want);
     let mut extra = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

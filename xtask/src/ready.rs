@@ -114,15 +114,10 @@ fn write_pack(lab: &Path, m: &Manifest, manifest_bytes: &[u8], top: &str, tmp: &
     let mtime = m.reproducible.settings.source_date_epoch;
     // Directories (every ancestor of a listed file), files, and manifest.json, in path order.
     let mut entries: Vec<(String, Option<(u32, u64)>)> = Vec::new();
-    let mut dirs = BTreeSet::new();
     for f in &m.reproducible.files {
-        let mut p = Path::new(&f.path).parent();
-        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-            dirs.insert(d.to_string_lossy().into_owned());
-            p = d.parent();
-        }
         entries.push((f.path.clone(), Some((manifest::parse_mode(&f.mode)?, f.size))));
     }
+    let dirs = manifest::parent_dirs(&m.reproducible.files);
     entries.push((manifest::FILE.to_string(), Some((0o644, manifest_bytes.len() as u64))));
     entries.extend(dirs.into_iter().map(|d| (d, None)));
     entries.sort();
@@ -215,7 +210,7 @@ fn check_entry(e: &IndexEntry) -> Result<()> {
     crate::recipe::check_name(&e.recipe)?;
     releases::check_version(&e.kernel_version)?;
     for sha in [&e.sha256, &e.manifest_sha256] {
-        if sha.len() != 64 || !sha.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+        if !hash::is_sha256(sha) {
             bail!("sha256 {sha:?} is not 64 lowercase hex digits");
         }
     }
@@ -403,7 +398,8 @@ fn install(tmp: &Path, dest: &Path, m: &Manifest, force: bool) -> Result<()> {
 fn locate(req: &FetchRequest) -> Result<(String, String, Option<IndexEntry>)> {
     let given = req.sha256.as_deref().map(str::to_ascii_lowercase);
     if let Some(sha) = &given {
-        if sha.len() != 64 || !sha.bytes().all(|c| c.is_ascii_hexdigit()) {
+        // Lowercased above, so any hex case is accepted.
+        if !hash::is_sha256(sha) {
             bail!("--sha256 {sha:?} is not a sha256 (64 hex digits)");
         }
     }
