@@ -762,21 +762,6 @@ fn manifest_read_refuses_paths_out_of_the_lab_and_wide_modes() {
     fs::remove_dir_all(root).unwrap();
 }
 
-/// A tiny lab (lab.json + run.sh, listed in manifest.json) in `dir`.
-fn attack_tiny_lab(dir: &Path) {
-    fs::create_dir_all(dir).unwrap();
-    let desc = r#"{"recipe":"lts","kernel_version":"6.12.117","busybox_version":"1.35.0","smp":4,"uid":1000,"nic":"e1000"}"#;
-    fs::write(dir.join(lab::LAB_JSON), desc).unwrap();
-    fs::write(dir.join("run.sh"), "#!/bin/sh\necho honest\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::set_permissions(dir.join(lab::LAB_JSON), fs::Permissions::from_mode(0o644)).unwrap();
-    let mut m = manifest::sample().clone();
-    m.reproducible.kernel.version = "6.12.117".into();
-    m.reproducible.files = manifest::file_entries(dir).unwrap();
-    fs::write(dir.join(manifest::FILE), m.to_text().unwrap()).unwrap();
-}
-
 /// A hostile pack: the honest pack's entries plus `extra` (name under the top dir, symlink target
 /// or file bytes), recompressed. Returns (path, sha256).
 fn attack_with_extra(honest: &Path, out: &Path, extra: &[(&str, Option<&str>, &[u8])]) -> (PathBuf, String) {
@@ -824,7 +809,7 @@ fn attack_with_extra(honest: &Path, out: &Path, extra: &[(&str, Option<&str>, &[
 fn fetch_refuses_files_the_manifest_does_not_list() {
     let dir = crate::testutil::scratch("ready-extra");
     let lab_dir = dir.join("lab");
-    attack_tiny_lab(&lab_dir);
+    make_lab(&lab_dir, b"honest bzImage");
     let honest = pack(&lab_dir, &dir.join("dist"), 3).unwrap();
     let layout = Layout { root: dir.clone(), artifacts: dir.join("artifacts"), cache: dir.join("cache") };
     for (tag, extra) in [
