@@ -188,7 +188,7 @@ fn noop(sh: &Shell, layout: &Layout, f: &FetchArgs) -> Result<Row> {
     locked.locked = true;
     let lock = fetch::lock_for(layout, &locked)?.0;
     let version = &lock.kernel.version;
-    let (src, build) = (layout.kernel_src(version), layout.kernel_build(&plan.recipe.name, version));
+    let (src, build) = (layout.kernel_src(version), layout.kernel_build(plan.recipe.kernel_build_name(), version));
     let epoch = fetch::release_epoch(&lock, &src)?;
     let make = crate::cli::MakeArgs::default().plan();
     let ((), reference) = timed(|| {
@@ -247,7 +247,7 @@ fn fetched(lab: &Path, scratch: &Path) -> Result<Row> {
 fn cold(sh: &Shell, layout: &Layout, plan: &fetch::FetchPlan, s: &Sources, make: &kbuild::MakePlan, scratch: &Path) -> Result<Row> {
     let mut row = Row::new("kernel cold build", "raw make, same config and env", "overhead <= 3%");
     let version = &s.lock.kernel.version;
-    let config = layout.kernel_build(&plan.recipe.name, version).join(".config");
+    let config = layout.kernel_build(plan.recipe.kernel_build_name(), version).join(".config");
     let epoch = fetch::release_epoch(&s.lock, &s.kernel_src)?;
     let (a, b) = (scratch.join("cold-ours"), scratch.join("cold-make"));
     for d in [&a, &b] {

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Serialize, Serializer};
 
 use crate::lab::{self, Lab};
-use crate::recipe::Nic;
+use crate::recipe::{CheckSpec, Expected, Nic, RunAs};
 
 /// Kernel command-line words that put the guest's init into test mode and turn every oops or
 /// panic into an immediate QEMU exit (with run.sh's -no-reboot), so failures end the run fast.
@@ -44,6 +44,11 @@ pub struct Expect {
     pub uid: u32,
     /// The NIC whose driver must have bound an interface.
     pub nic: Nic,
+    /// Whether the guest prints kernel-lab's own markers (`Check::MARKERS`): a boot test does,
+    /// an `exec` run only runs its program.
+    pub builtin: bool,
+    /// The recipe's own checks, judged after the built-in markers.
+    pub checks: Vec<CheckSpec>,
 }
 
 /// The stages of a boot test, in order; each has its own timeout.
@@ -113,6 +118,11 @@ impl Check {
         }
     }
 
+    /// Whether a recipe check may not use `name` (it would read like one of ours in reports).
+    pub fn reserved(name: &str) -> bool {
+        Check::MARKERS.iter().chain(&[Check::Banner, Check::End]).any(|c| c.name() == name) || name == "gdb"
+    }
+
     fn of_marker(name: &str) -> Option<Check> {
         Check::MARKERS.into_iter().find(|c| c.name() == name)
     }
@@ -142,14 +152,91 @@ impl Check {
 
 /// The guest side of the contract: one line per marker check, calling the `check_<name>` shell
 /// function that templates/boot-test.sh defines. A function's failure still prints its marker.
-pub fn guest_checks() -> String {
+pub fn guest_checks(recipe_checks: &[CheckSpec]) -> String {
     let mut out = String::from("echo \"KLAB:BEGIN\"\n");
     for c in Check::MARKERS {
         let n = c.name();
         out.push_str(&format!("v=$(check_{n} 2>/dev/null) || v=fail\necho \"KLAB:{n}=$v\"\n"));
     }
+    for c in recipe_checks {
+        out.push_str(&guest_run(c.name.as_str(), c.run_as, &c.run));
+    }
     out.push_str("echo \"KLAB:END\"\n");
     out
+}
+
+/// The guest line that runs `command` through the `klab_run` shell function (templates/klab-run.sh),
+/// which prints `KLAB:run:<name>:exit=`, `:out=` and `:err=` lines that `Console` reads back.
+pub fn guest_run(name: &str, run_as: RunAs, command: &str) -> String {
+    format!("klab_run {name} {} {}\n", run_as.as_str(), shell_quote(command))
+}
+
+/// One single-quoted shell word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Bytes of each output stream a guest run reports (the rest is cut in the guest).
+pub const RUN_OUTPUT_CAP: usize = 4096;
+
+/// What one `klab_run` in the guest reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOutput {
+    pub exit: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// A line that was not valid hex: the output is incomplete.
+    pub garbled: bool,
+}
+
+/// A recipe check as judged, for boot-report.json.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CheckOutcome {
+    pub name: String,
+    #[serde(rename = "as")]
+    pub run_as: RunAs,
+    pub command: String,
+    pub passed: bool,
+    /// Exit status in the guest; null when the check never reported.
+    pub exit: Option<i32>,
+    pub expected_exit: i32,
+    /// What stdout had to be (null: not checked).
+    pub expected_stdout: Option<Expected>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Why it failed; empty when it passed.
+    pub detail: String,
+}
+
+/// Judges one recipe check against what the guest reported.
+pub fn judge_check(spec: &CheckSpec, run: Option<&RunOutput>) -> CheckOutcome {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut o = CheckOutcome {
+        name: spec.name.to_string(),
+        run_as: spec.run_as,
+        command: spec.run.clone(),
+        passed: false,
+        exit: run.and_then(|r| r.exit),
+        expected_exit: spec.exit,
+        expected_stdout: spec.stdout.clone(),
+        stdout: run.map(|r| text(&r.stdout)).unwrap_or_default(),
+        stderr: run.map(|r| text(&r.stderr)).unwrap_or_default(),
+        detail: String::new(),
+    };
+    o.detail = match run {
+        None => format!("no KLAB:run:{}: lines: the check did not run", spec.name),
+        Some(r) if r.exit.is_none() => format!("no exit status for {}", spec.name),
+        Some(r) if r.garbled => format!("the output of {} reached the host garbled", spec.name),
+        Some(r) if r.exit != Some(spec.exit) => {
+            format!("`{}` as {} exited {}, expected {}", spec.run, spec.run_as.as_str(), r.exit.unwrap_or(-1), spec.exit)
+        }
+        Some(_) => match &spec.stdout {
+            Some(want) if !want.matches(&o.stdout) => format!("`{}` printed {:?}, expected stdout {want}", spec.run, o.stdout),
+            _ => String::new(),
+        },
+    };
+    o.passed = o.detail.is_empty();
+    o
 }
 
 /// A step of the gdb stage.
@@ -194,6 +281,8 @@ pub enum Verdict {
     Exited(Stage),
     /// A marker (or the banner) is missing or has the wrong value.
     CheckFailed(Check),
+    /// A recipe check (`boot_test.checks`) failed.
+    RecipeCheckFailed(String),
     /// The gdb stage failed at the named step.
     GdbFailed(GdbStep),
     Interrupted,
@@ -212,6 +301,7 @@ impl fmt::Display for Verdict {
             Verdict::Timeout(s) => write!(f, "timeout-{}", s.name()),
             Verdict::Exited(s) => write!(f, "exited-{}", s.name()),
             Verdict::CheckFailed(c) => write!(f, "check-failed:{}", c.name()),
+            Verdict::RecipeCheckFailed(name) => write!(f, "check-failed:{name}"),
             Verdict::GdbFailed(s) => write!(f, "gdb-failed:{}", s.name()),
             Verdict::Interrupted => f.write_str("interrupted"),
         }
@@ -262,6 +352,12 @@ pub struct BootReport {
     pub gdb_transcript: Option<PathBuf>,
     /// The last lines of the console (or of the gdb transcript when gdb failed).
     pub last_lines: Vec<String>,
+    /// The recipe's checks, each judged on its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckOutcome>,
+    /// Every run the guest reported, raw (`exec` reads its program's here).
+    #[serde(skip)]
+    pub runs: Vec<(String, RunOutput)>,
     /// Where this report was written.
     pub report: PathBuf,
 }
@@ -296,6 +392,8 @@ pub struct Console {
     pub begin: bool,
     pub end: bool,
     markers: Vec<(Check, String)>,
+    /// What each `klab_run` reported, by name, in order.
+    pub runs: Vec<(String, RunOutput)>,
     /// The first fatal message, with its line.
     pub fatal: Option<Finding>,
 }
@@ -324,6 +422,8 @@ impl Console {
         } else if !self.begin || self.end {
         } else if line == "KLAB:END" {
             self.end = true;
+        } else if let Some(rest) = line.strip_prefix("KLAB:run:") {
+            self.push_run(rest);
         } else if let Some((name, value)) = line.strip_prefix("KLAB:").and_then(|r| r.split_once('=')) {
             if let Some(check) = Check::of_marker(name) {
                 if self.marker(check).is_none() {
@@ -331,6 +431,45 @@ impl Console {
                 }
             }
         }
+    }
+
+    /// `<name>:exit=<n>`, `<name>:out=<hex>` or `<name>:err=<hex>`.
+    fn push_run(&mut self, rest: &str) {
+        let Some((key, value)) = rest.split_once('=') else { return };
+        let Some((name, field)) = key.rsplit_once(':') else { return };
+        let at = match self.runs.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None if self.runs.len() < 256 => {
+                self.runs.push((name.to_string(), RunOutput::default()));
+                self.runs.len() - 1
+            }
+            None => return,
+        };
+        let run = &mut self.runs[at].1;
+        match field {
+            "exit" if run.exit.is_none() => match value.parse() {
+                Ok(n) => run.exit = Some(n),
+                Err(_) => run.garbled = true,
+            },
+            "out" | "err" => {
+                let stream = if field == "out" { &mut run.stdout } else { &mut run.stderr };
+                match decode_hex(value) {
+                    Some(bytes) if stream.len() + bytes.len() <= RUN_OUTPUT_CAP => stream.extend(bytes),
+                    _ => run.garbled = true,
+                }
+            }
+            _ => run.garbled = true,
+        }
+    }
+
+    /// What the guest's `klab_run NAME` reported.
+    pub fn run(&self, name: &str) -> Option<&RunOutput> {
+        self.runs.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+
+    /// Every recipe check, judged.
+    pub fn check_outcomes(&self, expect: &Expect) -> Vec<CheckOutcome> {
+        expect.checks.iter().map(|c| judge_check(c, self.run(c.name.as_str()))).collect()
     }
 
     pub fn marker(&self, check: Check) -> Option<&str> {
@@ -362,7 +501,8 @@ impl Console {
 
     /// Every marker check in contract order; the first failure wins.
     pub fn check_markers(&self, expect: &Expect) -> Result<(), Finding> {
-        for check in Check::MARKERS {
+        let builtin: &[Check] = if expect.builtin { &Check::MARKERS } else { &[] };
+        for &check in builtin {
             let value = self.marker(check);
             let (ok, want) = check.judge(value.unwrap_or(""), expect);
             if !ok || value.is_none() {
@@ -373,6 +513,9 @@ impl Console {
         }
         if !self.end {
             return Err(Finding::new(Verdict::CheckFailed(Check::End), "no KLAB:END line"));
+        }
+        if let Some(failed) = self.check_outcomes(expect).into_iter().find(|o| !o.passed) {
+            return Err(Finding::new(Verdict::RecipeCheckFailed(failed.name), failed.detail));
         }
         Ok(())
     }
@@ -410,8 +553,16 @@ pub fn judge<'a>(lines: impl IntoIterator<Item = &'a str>, expect: &Expect) -> F
     console.verdict_at_exit(expect)
 }
 
+/// Hex digits (two per byte, as `od -An -tx1` prints them without spaces) to bytes.
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
 /// Kernel messages that mean the run failed, most specific first (one line can hold several).
-fn classify_fatal(line: &str) -> Option<Verdict> {
+pub fn classify_fatal(line: &str) -> Option<Verdict> {
     if line.contains("Attempted to kill init") {
         Some(Verdict::InitDied)
     } else if line.contains("KASAN") || line.contains("UBSAN") {
@@ -499,13 +650,22 @@ pub fn run(lab: &Lab, timeout: Duration, extra: &str) -> Result<BootReport> {
 /// `run`, with the report and logs written into `out` instead of the lab (a deliberately broken
 /// boot must not leave its verdict in the lab).
 pub fn run_into(lab: &Lab, timeout: Duration, extra: &str, out: &Path) -> Result<BootReport> {
+    run_with(lab, &lab.expect(), timeout, extra, out, true)
+}
+
+/// One boot without the gdb stage, judged against `expect` (an `exec` run: its guest script
+/// prints only the program's run between BEGIN and END).
+pub fn boot_once(lab: &Lab, expect: &Expect, timeout: Duration, out: &Path) -> Result<BootReport> {
+    run_with(lab, expect, timeout, "", out, false)
+}
+
+fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Path, with_gdb: bool) -> Result<BootReport> {
     // A newline would put text of the user's choosing on a console line of its own (init prints
     // the command line), where it could pose as a marker.
     if let Some(c) = extra.chars().find(|c| c.is_control()) {
         bail!("extra kernel command line {extra:?} contains the control character {c:?}: use spaces only");
     }
     let append = if extra.trim().is_empty() { TEST_APPEND.to_string() } else { format!("{TEST_APPEND} {}", extra.trim()) };
-    let expect = lab.expect();
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
     let report_path = out.join(lab::REPORT);
     // A report of an earlier run must not outlive a run that fails to start.
@@ -534,15 +694,17 @@ pub fn run_into(lab: &Lab, timeout: Duration, extra: &str, out: &Path) -> Result
         console_log: console_log.clone(),
         gdb_transcript: None,
         last_lines: Vec::new(),
+        checks: Vec::new(),
+        runs: Vec::new(),
         report: report_path,
     };
     let mut tail = Tail::default();
-    let mut outcome = boot(lab, &port, &append, &expect, timeout, &console_log, &mut report, &mut tail);
-    if matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
+    let mut outcome = boot(lab, &port, &append, expect, timeout, &console_log, &mut report, &mut tail);
+    if with_gdb && matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
         let transcript = out.join(lab::GDB_TRANSCRIPT);
         report.gdb_transcript = Some(transcript.clone());
         let gdb_start = Instant::now();
-        outcome = gdb_stage(lab, &append, &expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG));
+        outcome = gdb_stage(lab, &append, expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG));
         if let Ok(f) = &outcome {
             if f.verdict == Verdict::Pass {
                 report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
@@ -691,6 +853,8 @@ fn boot(
     };
     qemu.kill();
     log.flush().with_context(|| format!("write {}", console_log.display()))?;
+    report.checks = console.check_outcomes(expect);
+    report.runs = console.runs.clone();
     Ok(finding)
 }
 
@@ -957,7 +1121,7 @@ mod tests {
     use super::*;
 
     fn expect() -> Expect {
-        Expect { kernel_version: "6.12.117".to_string(), smp: 4, uid: 1000, nic: Nic::E1000 }
+        Expect { kernel_version: "6.12.117".to_string(), smp: 4, uid: 1000, nic: Nic::E1000, builtin: true, checks: Vec::new() }
     }
 
     /// A passing console with the usual noise: timestamps, \r, kernel messages between markers.
@@ -1024,6 +1188,87 @@ mod tests {
             let mut lines = good_console();
             lines.push(line.to_string());
             assert_eq!(verdict_of(&lines), want, "{line} after END");
+        }
+    }
+
+    fn recipe_checks(yaml: &str) -> Vec<CheckSpec> {
+        crate::recipe::parse(&format!("{}boot_test:\n  checks:\n{yaml}", crate::recipe::tests::MINIMAL)).unwrap().boot_test.checks
+    }
+
+    /// The console of a good boot with recipe check runs inserted before END.
+    fn with_runs(runs: &[&str]) -> Vec<String> {
+        let mut lines = good_console();
+        let end = lines.iter().position(|l| l.trim_end() == "KLAB:END").unwrap();
+        for (i, r) in runs.iter().enumerate() {
+            lines.insert(end + i, r.to_string());
+        }
+        lines
+    }
+
+    #[test]
+    fn recipe_checks_are_judged_by_exit_and_output_and_named_in_the_verdict() {
+        let mut e = expect();
+        e.checks = recipe_checks(
+            "    - {name: syscall, run: klab-hello, stdout: {exact: \"klab_hello(20) = 41\"}}\n\
+             \x20   - {name: log, run: dmesg, as: root, stdout: {regex: \"klab_hello: called by pid [0-9]+\"}}\n\
+             \x20   - {name: fails, run: \"false\", exit: 1}\n",
+        );
+        let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let good = [
+            "KLAB:run:syscall:exit=0".to_string(),
+            format!("KLAB:run:syscall:out={}", hex("klab_hello(20) ")),
+            format!("KLAB:run:syscall:out={}", hex("= 41\n")),
+            "KLAB:run:log:exit=0".to_string(),
+            format!("KLAB:run:log:out={}", hex("[ 1.2] klab_hello: called by pid 77 (klab-hello) with 20\n")),
+            "KLAB:run:fails:exit=1".to_string(),
+        ];
+        let judge_with = |runs: &[String]| {
+            let lines = with_runs(&runs.iter().map(String::as_str).collect::<Vec<_>>());
+            let mut c = Console::default();
+            for l in &lines {
+                c.push(l);
+            }
+            (c.verdict_at_exit(&e), c.check_outcomes(&e))
+        };
+        let (f, outcomes) = judge_with(&good);
+        assert_eq!(f.verdict, Verdict::Pass, "{}", f.detail);
+        assert!(outcomes.iter().all(|o| o.passed) && outcomes.len() == 3);
+        assert_eq!(outcomes[0].stdout, "klab_hello(20) = 41\n");
+
+        // Wrong value, wrong exit status, a missing run: each fails its own named check.
+        let mut bad = good.clone();
+        bad[2] = format!("KLAB:run:syscall:out={}", hex("= 42\n"));
+        let (f, outcomes) = judge_with(&bad);
+        assert_eq!(f.verdict.to_string(), "check-failed:syscall");
+        assert!(f.detail.contains("expected stdout exactly \"klab_hello(20) = 41\""), "{}", f.detail);
+        assert!(!outcomes[0].passed && outcomes[1].passed);
+        let mut bad = good.clone();
+        bad[5] = "KLAB:run:fails:exit=0".into();
+        let (f, _) = judge_with(&bad);
+        assert_eq!(f.verdict.to_string(), "check-failed:fails");
+        assert!(f.detail.contains("exited 0, expected 1"), "{}", f.detail);
+        let (f, outcomes) = judge_with(&good[..3]);
+        assert_eq!(f.verdict.to_string(), "check-failed:log");
+        assert!(outcomes[1].detail.contains("did not run"), "{}", outcomes[1].detail);
+        // Garbled hex is never taken as output.
+        let mut bad = good.clone();
+        bad[1] = "KLAB:run:syscall:out=6g".into();
+        assert_eq!(judge_with(&bad).0.verdict.to_string(), "check-failed:syscall");
+        // A run line outside BEGIN..END (the kernel echoing its command line) is ignored.
+        let mut c = Console::default();
+        c.push("KLAB:run:syscall:exit=0");
+        assert!(c.runs.is_empty());
+    }
+
+    #[test]
+    fn check_names_cannot_shadow_builtin_checks() {
+        for name in ["uname", "nproc", "end", "banner", "gdb"] {
+            let e = crate::recipe::parse(&format!(
+                "{}boot_test:\n  checks:\n    - {{name: {name}, run: \"true\"}}\n",
+                crate::recipe::tests::MINIMAL
+            ))
+            .unwrap_err();
+            assert!(format!("{e:#}").contains("kernel-lab's own checks"), "{name}: {e:#}");
         }
     }
 
@@ -1138,7 +1383,7 @@ mod tests {
         assert_eq!(defined, expected, "check_* functions in templates/boot-test.sh vs Check::MARKERS");
         assert!(template.contains("@CHECKS@"), "the template must include the rendered checks");
         assert!(!template.contains("KLAB:"), "markers are printed only by the rendered lines (guest_checks)");
-        let rendered = guest_checks();
+        let rendered = guest_checks(&[]);
         // Simulate the guest: every function prints a passing value.
         let values = ["6.12.117", "4", "ok:lo", "1000", "42", "eth0"];
         let mut console = vec!["[    0.0] Linux version 6.12.117 (x@y) #1".to_string()];
@@ -1264,6 +1509,7 @@ mod tests {
             smp: std::num::NonZeroU32::new(e.smp).unwrap(),
             uid: e.uid,
             nic: e.nic,
+            checks: Vec::new(),
         };
         lab::write_description(&dir, &desc).unwrap();
         std::fs::write(dir.join("console.txt"), console.join("\n") + "\n").unwrap();

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::boottest::DEFAULT_STAGE_TIMEOUT_SECS;
 use crate::kbuild::{CcWrapper, MakePlan};
+use crate::recipe::RunAs;
 use crate::releases::Request;
 
 /// kernel-lab: one command from a recipe to a ready, boot-tested Linux kernel lab
@@ -32,6 +33,9 @@ pub enum Command {
     Rootfs(RootfsArgs),
     /// Boot a built lab in QEMU, check it from inside, attach gdb, report a verdict
     BootTest(BootTestArgs),
+    /// Run a program (static binary or C source) in a lab, N boots in a row, each reported with
+    /// its exit code, output, new kernel messages and verdict (oops, panic, BUG, sanitizer, timeout)
+    Exec(ExecArgs),
     /// Check host tools and whether KVM is really usable
     Doctor,
     /// End-to-end check: mirror from Debian's sources on loopback, build, boot, gdb, repro
@@ -378,6 +382,30 @@ pub struct BootTestArgs {
     /// Extra kernel command line for this boot (e.g. to break it on purpose)
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub append: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub which: LabSelect,
+    /// Who runs the program in the guest
+    #[arg(long = "as", value_enum, default_value_t = RunAs::User, value_name = "WHO")]
+    pub run_as: RunAs,
+    /// Boots, one run of the program each
+    #[arg(long, default_value = "1", value_name = "N")]
+    pub runs: std::num::NonZeroU32,
+    /// Timeout of each boot stage (the program's run is one), in seconds
+    #[arg(long, default_value_t = DEFAULT_STAGE_TIMEOUT_SECS, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
+    /// Also write the runs as JUnit XML to FILE
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// A static x86_64 binary, or a C source compiled with cc -static -O2
+    #[arg(value_name = "PROGRAM")]
+    pub program: PathBuf,
+    /// Arguments for the program (after --)
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -288,10 +288,18 @@ pub fn make_command<'a>(sh: &'a Shell, src: &Path, build: &Path, make: &MakePlan
     let o = make_out_arg(build);
     let j = make.jobs_arg();
     let cc = make.cc_arg();
-    reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux scripts_gdb"), epoch)
+    // With loadable modules, `modules` also writes Module.symvers, which out-of-tree modules
+    // (`make M=`) link against.
+    let modules = config_has(build, "CONFIG_MODULES=y").then_some("modules");
+    reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux {modules...} scripts_gdb"), epoch)
         .env("KBUILD_BUILD_VERSION", BUILD_VERSION)
         .env("KCFLAGS", &maps)
         .env("KAFLAGS", &maps)
+}
+
+/// Whether the build's `.config` has the line `line` (e.g. `CONFIG_MODULES=y`).
+pub(crate) fn config_has(build: &Path, line: &str) -> bool {
+    std::fs::read_to_string(build.join(".config")).is_ok_and(|c| c.lines().any(|l| l.trim() == line))
 }
 
 /// `-ffile-prefix-map` for both trees, without a trailing slash: with `<build>/=` the build

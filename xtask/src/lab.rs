@@ -17,7 +17,7 @@ use crate::boottest::Expect;
 use crate::kbuild::KernelBuild;
 use crate::layout::{self, tmp_sibling};
 use crate::manifest::{self, Manifest};
-use crate::recipe::Nic;
+use crate::recipe::{CheckSpec, Nic};
 
 pub const BZIMAGE: &str = "bzImage";
 pub const VMLINUX: &str = "vmlinux";
@@ -36,6 +36,8 @@ pub const README: &str = "README.md";
 pub const SOURCE_LIST: &str = ".kernel-lab-source";
 /// What the lab is (`Description`), so `boot-test --lab DIR` knows what to expect.
 pub const LAB_JSON: &str = "lab.json";
+/// The recipe's out-of-tree modules with their debug info, for gdb's `lx-symbols`.
+pub const MODULES: &str = "modules";
 /// The inputs a lab was built from, laid out like a checkout (`recipes/`, `configs/`).
 pub const INPUTS: &str = "inputs";
 /// Where a fetched lab came from (written by `lab fetch`; not in the manifest).
@@ -65,6 +67,9 @@ pub struct Description {
     pub uid: u32,
     /// NIC model run.sh gives the guest.
     pub nic: Nic,
+    /// The recipe's boot-test checks (the guest script runs them; the host judges them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSpec>,
 }
 
 /// A built lab directory and its description.
@@ -95,7 +100,14 @@ impl Lab {
     /// What the booted lab must report about itself.
     pub fn expect(&self) -> Expect {
         let d = &self.desc;
-        Expect { kernel_version: d.kernel_version.clone(), smp: d.smp.get(), uid: d.uid, nic: d.nic }
+        Expect {
+            kernel_version: d.kernel_version.clone(),
+            smp: d.smp.get(),
+            uid: d.uid,
+            nic: d.nic,
+            builtin: true,
+            checks: d.checks.clone(),
+        }
     }
 
     /// Holds the lab in place (no assembly replaces it) until the guard is dropped.
@@ -136,6 +148,8 @@ pub struct Parts<'a> {
     pub inputs: &'a [(String, Vec<u8>)],
     /// The manifest without its file list, which `assemble` fills in from what it wrote.
     pub manifest: &'a Manifest,
+    /// Built modules (file name, `.ko`), copied into `modules/`.
+    pub modules: &'a [(String, PathBuf)],
 }
 
 /// `flock` on `.NAME.lock` beside a lab: exclusive while assembling, shared while booting.
@@ -191,6 +205,11 @@ pub fn assemble(sh: &Shell, dest: &Path, parts: &Parts<'_>) -> Result<(Lab, bool
             write_file(&tmp.join(f.name), f.text.as_bytes(), f.mode)?;
         }
         write_file(&tmp.join(LAB_JSON), lab_json.as_bytes(), 0o644)?;
+        for (name, ko) in parts.modules {
+            let bytes = fs::read(ko).with_context(|| format!("read module {}", ko.display()))?;
+            fs::create_dir_all(tmp.join(MODULES)).with_context(|| format!("create {}", tmp.join(MODULES).display()))?;
+            write_file(&tmp.join(MODULES).join(name), &bytes, 0o644)?;
+        }
         for (rel, bytes) in parts.inputs {
             let path = tmp.join(INPUTS).join(rel);
             fs::create_dir_all(path.parent().expect("inputs have a parent")).with_context(|| format!("create {}", path.display()))?;
@@ -219,6 +238,7 @@ fn intact(dest: &Path, stamp: &str, parts: &Parts<'_>, lab_json: &str) -> bool {
         && same(ROOTFS, parts.rootfs)
         && parts.scripts.iter().all(|f| same(f.name, f.text.as_bytes()))
         && parts.inputs.iter().all(|(rel, bytes)| same(&format!("{INPUTS}/{rel}"), bytes))
+        && parts.modules.iter().all(|(name, ko)| fs::read(ko).is_ok_and(|b| same(&format!("{MODULES}/{name}"), &b)))
         && Manifest::read(dest).is_ok_and(|m| {
             let mut without_files = m.reproducible.clone();
             without_files.files.clear();
@@ -240,6 +260,10 @@ fn stamp(parts: &Parts<'_>, lab_json: &str) -> Result<String> {
     for (rel, bytes) in parts.inputs {
         input.extend_from_slice(format!("\0{rel}\0{}\0", bytes.len()).as_bytes());
         input.extend_from_slice(bytes);
+    }
+    for (name, ko) in parts.modules {
+        let sha = crate::hash::sha256_file(ko)?;
+        input.extend_from_slice(format!("\0{MODULES}/{name}\0{sha}\0").as_bytes());
     }
     input.extend_from_slice(serde_json::to_string(&parts.manifest.reproducible).context("serialize the manifest")?.as_bytes());
     Ok(crate::hash::sha256_bytes(&input))
@@ -338,6 +362,7 @@ mod tests {
             smp: NonZeroU32::new(4).unwrap(),
             uid: 1000,
             nic: Nic::E1000,
+            checks: Vec::new(),
         }
     }
 
@@ -345,7 +370,7 @@ mod tests {
 
     /// The parts of a test lab: a cpio of b"cpio", no inputs, the sample manifest.
     fn parts<'a>(kernel: &'a KernelBuild, src: &'a Path, scripts: &'a [TextFile], desc: &'a Description) -> Parts<'a> {
-        Parts { kernel, kernel_src: src, rootfs: b"cpio", scripts, desc, inputs: &[], manifest: crate::manifest::sample() }
+        Parts { kernel, kernel_src: src, rootfs: b"cpio", scripts, desc, inputs: &[], manifest: crate::manifest::sample(), modules: &[] }
     }
 
     /// A source and build tree with symlinks like kbuild makes, and what `kbuild::build` returns.

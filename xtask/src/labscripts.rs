@@ -33,6 +33,12 @@ pub struct LabInfo {
     pub source_dir: Option<PathBuf>,
     /// Kernel build tree (generated sources) on this host; same rule.
     pub build_dir: Option<PathBuf>,
+    /// The recipe's modules: (`.ko` file name, loaded at boot).
+    pub modules: Vec<(String, bool)>,
+    /// Guest paths of the recipe's programs.
+    pub programs: Vec<String>,
+    /// Names of the recipe's boot-test checks.
+    pub checks: Vec<String>,
 }
 
 /// Renders every generated file; pure, so the golden tests see exactly what a lab gets.
@@ -62,6 +68,8 @@ pub fn render(info: &LabInfo) -> Result<Vec<TextFile>> {
         ("APPEND", shell_quote(&q.append)),
         ("EXTRA_ARGS", extra_args.join(" ")),
         ("GDB_PORT", q.gdb_port.get().to_string()),
+        ("MODULES_GDB", modules_gdb(info)),
+        ("EXERCISE", exercise_readme(info)),
     ];
     // run.sh gets shell-quoted values for everything a recipe can set freely.
     let mut run_vars = vars.clone();
@@ -87,6 +95,64 @@ pub fn render(info: &LabInfo) -> Result<Vec<TextFile>> {
         files.push(TextFile { name: lab::SOURCE_LIST, mode: 0o644, text });
     }
     Ok(files)
+}
+
+/// debug.gdb's `klab-modules` command, for labs with modules (empty otherwise).
+fn modules_gdb(info: &LabInfo) -> String {
+    if info.modules.is_empty() {
+        return String::new();
+    }
+    "# Module symbols: `klab-modules` runs lx-symbols on this lab's modules/ directory. It loads the\n\
+     # symbols of every loaded module found there, and of each one that loads later.\n\
+     define klab-modules\n  lx-symbols modules\nend\n\
+     document klab-modules\nLoad the symbols of this lab's modules (lx-symbols modules), now and whenever one loads.\nend\n"
+        .to_string()
+}
+
+/// The README's section on what the recipe added (empty for a plain lab).
+fn exercise_readme(info: &LabInfo) -> String {
+    if info.modules.is_empty() && info.programs.is_empty() && info.checks.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("## This lab's exercise\n\n");
+    if !info.programs.is_empty() {
+        s.push_str("Programs compiled from the recipe (`cc -static -O2`), owned by the lab user:\n\n");
+        for p in &info.programs {
+            s.push_str(&format!("    {p}\n"));
+        }
+        s.push('\n');
+    }
+    if !info.modules.is_empty() {
+        s.push_str(&format!(
+            "Modules built against this kernel, in `modules/` here (with debug info) and in\n\
+             `/lib/modules/{}/extra/` in the guest:\n\n",
+            info.kernel_version
+        ));
+        for (file, load) in &info.modules {
+            let when = if *load { "loaded by /init at boot" } else { "load it with `insmod`" };
+            s.push_str(&format!("    {file}    ({when})\n"));
+        }
+        let first = info.modules[0].0.trim_end_matches(".ko");
+        s.push_str(&format!(
+            "\nBreak in a module: start `./run.sh --debug` and `./gdb.sh`, then\n\n\
+             \x20      (gdb) klab-modules             # lx-symbols modules: symbols now and at every load\n\
+             \x20      (gdb) continue\n\
+             \x20      ... once the guest has booted, Ctrl-C in gdb ...\n\
+             \x20      (gdb) info functions {first}_  # the module's functions, at their load addresses\n\
+             \x20      (gdb) break {first}_write      # for example\n\
+             \x20      (gdb) continue\n\n\
+             and use the module in the guest. `lx-lsmod` lists the loaded modules with their addresses.\n\n"
+        ));
+    }
+    if !info.checks.is_empty() {
+        s.push_str(&format!(
+            "The boot test (`cargo xtask boot-test --lab .`) also runs the recipe's checks: {}. Each is\n\
+             reported in boot-report.json under `checks`. Run your own program in this lab, N boots in a\n\
+             row, with `cargo xtask exec --lab . PROGRAM` (a static binary or a C source).\n\n",
+            info.checks.join(", ")
+        ));
+    }
+    s
 }
 
 /// Recipe values were checked when the recipe was loaded; the host paths were not, and they
@@ -163,6 +229,9 @@ mod tests {
             },
             source_dir: Some(PathBuf::from("/work/src/linux-6.12.117")),
             build_dir: Some(PathBuf::from("/work/build/lts")),
+            modules: Vec::new(),
+            programs: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -218,6 +287,23 @@ mod tests {
             // Dot files are easy to miss in a review, so the golden copy drops the dot.
             crate::golden::check("lab", file.name.trim_start_matches('.'), &file.text);
         }
+    }
+
+    /// A lab with programs, a module and checks gets the klab-modules command and the README's
+    /// exercise section; the plain lab above has neither.
+    #[test]
+    fn exercise_lab_golden_files() {
+        let mut info = fixed_info();
+        info.modules = vec![("klab.ko".into(), true)];
+        info.programs = vec!["/usr/bin/klab-hello".into()];
+        info.checks = vec!["syscall".into()];
+        let files = render(&info).unwrap();
+        let get = |n: &str| files.iter().find(|f| f.name == n).unwrap().text.clone();
+        crate::golden::check("lab", "debug.gdb-exercise", &get(lab::DEBUG_GDB));
+        crate::golden::check("lab", "README.md-exercise", &get(lab::README));
+        let plain = render(&fixed_info()).unwrap();
+        let plain_gdb = &plain.iter().find(|f| f.name == lab::DEBUG_GDB).unwrap().text;
+        assert!(!plain_gdb.contains("klab-modules") && get(lab::DEBUG_GDB).contains("lx-symbols modules"));
     }
 
     #[test]

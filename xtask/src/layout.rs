@@ -56,8 +56,21 @@ impl Layout {
     pub fn busybox_src(&self, version: &str) -> PathBuf {
         self.artifacts.join("src").join(format!("busybox-{version}"))
     }
-    pub fn kernel_build(&self, recipe: &str, version: &str) -> PathBuf {
-        self.artifacts.join("build").join(format!("linux-{version}-{recipe}"))
+    /// `build` is the recipe's name, or the build its `kernel.build` names.
+    pub fn kernel_build(&self, build: &str, version: &str) -> PathBuf {
+        self.artifacts.join("build").join(format!("linux-{version}-{build}"))
+    }
+    /// A copy of the pristine tree with a recipe's patches applied (`digest` names the patch set).
+    pub fn patched_src(&self, version: &str, digest: &str) -> PathBuf {
+        self.artifacts.join("src").join(format!("linux-{version}+{digest}"))
+    }
+    /// A recipe's compiled programs and out-of-tree module builds.
+    pub fn exercise_build(&self, recipe: &str, version: &str) -> PathBuf {
+        self.artifacts.join("build").join(format!("exercise-{recipe}-{version}"))
+    }
+    /// One `exec` run's reports, logs and rootfs copy.
+    pub fn exec_runs(&self) -> PathBuf {
+        self.artifacts.join("exec")
     }
     pub fn busybox_build(&self, version: &str) -> PathBuf {
         self.artifacts.join("build").join(format!("busybox-{version}"))

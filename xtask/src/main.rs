@@ -8,6 +8,7 @@ mod cpio;
 mod doctor;
 mod download;
 mod e2e;
+mod exec;
 mod extract;
 mod fetch;
 #[cfg(test)]
@@ -22,7 +23,10 @@ mod layout;
 mod lock;
 mod manifest;
 mod mirror;
+mod modules;
+mod patch;
 mod pipeline;
+mod programs;
 mod progress;
 mod ready;
 mod recipe;
@@ -83,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
             None => pipeline::rootfs_command(&sh, &layout, &args.build),
         },
         Command::BootTest(args) => pipeline::boot_test_command(&layout, &args),
+        Command::Exec(args) => exec::command(&sh, &layout, &args),
         Command::Doctor => doctor::run(),
         Command::E2e(args) => e2e::run(&sh, &layout, &args),
         Command::Config(args) => pipeline::config_command(&sh, &layout, &args.action),

@@ -17,10 +17,10 @@ use crate::{
     lab::{self, Lab},
     labscripts,
     layout::{self, Layout},
-    lock, manifest,
+    lock, manifest, modules, patch, programs,
     recipe::{self, LoadedRecipe},
     releases::Request,
-    rootfs,
+    rootfs::{self, GuestFile},
 };
 
 /// Turns recipe + command line into the fetch plan; every later stage reads the plan and lock.
@@ -142,7 +142,7 @@ fn print_plan(layout: &Layout, plan: &FetchPlan) -> Result<()> {
     let b = &lock.busybox;
     println!("busybox:  {} sha256 {}\n          {}", b.version, b.sha256, plan.mirror.busybox(&b.path));
     println!("sources:  {}", layout.kernel_src(&k.version).display());
-    println!("build:    {}", layout.kernel_build(&plan.recipe.name, &k.version).display());
+    println!("build:    {}", layout.kernel_build(plan.recipe.kernel_build_name(), &k.version).display());
     println!("lab:      {}", layout.lab(&plan.recipe.name, &k.version).display());
     Ok(())
 }
@@ -160,20 +160,33 @@ pub fn build_lab(
     let version = &lock.kernel.version;
     let r = &recipe.recipe;
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
-    let kbuild_dir = layout.kernel_build(&recipe.name, version);
+    let patches = patch_paths(layout, recipe)?;
+    // The pristine tree stays as extracted; patches go into a copy named by the patch set.
+    let src = if patches.is_empty() {
+        sources.kernel_src.clone()
+    } else {
+        let dest = layout.patched_src(version, &patch::digest(&patches)?);
+        t.time("patch", || patch::patched_tree(&sources.kernel_src, &dest, &patches))
+            .with_context(|| format!("{}: apply kernel.patches to linux-{version}", recipe.line_of("patches:")))?;
+        dest
+    };
+    let kbuild_dir = layout.kernel_build(recipe.kernel_build_name(), version);
     let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
-    t.time("configure", || kbuild::configure(sh, &sources.kernel_src, &kbuild_dir, r.config.base, &fragments, version, r.qemu.nic))
+    t.time("configure", || kbuild::configure(sh, &src, &kbuild_dir, r.config.base, &fragments, version, r.qemu.nic))
         .with_context(|| format!("configure linux-{version}"))?;
-    let recipe_bytes = std::fs::read(&recipe.path).with_context(|| format!("read recipe {}", recipe.path.display()))?;
+    // Before the long build: a recipe with modules needs a kernel that loads them.
+    modules::require_modules_support(recipe, &kbuild_dir.join(".config"))?;
+    let identity = recipe.kernel_identity()?;
+    let patch_files: Vec<PathBuf> = patches.iter().map(|(_, p)| p.clone()).collect();
     let inputs = kbuild::BuildInputs {
         tarball_sha256: &lock.kernel.sha256,
-        recipe: &recipe_bytes,
+        recipe: identity.as_bytes(),
         fragments: &fragments,
-        patches: &[],
+        patches: &patch_files,
         base: r.config.base,
     };
     let kernel = t
-        .time("kernel", || kbuild::build(sh, &sources.kernel_src, &kbuild_dir, &inputs, make, epoch))
+        .time("kernel", || kbuild::build(sh, &src, &kbuild_dir, &inputs, make, epoch))
         .with_context(|| format!("build linux-{version}"))?;
     if kernel.up_to_date {
         eprintln!("kernel up to date ({})", kbuild_dir.display());
@@ -183,11 +196,17 @@ pub fn build_lab(
         .time("busybox", || build_busybox(sh, layout, recipe, sources, make, epoch))
         .with_context(|| format!("build busybox-{}", lock.busybox.version))?;
 
+    let exercise = if r.rootfs.programs.is_empty() && r.modules.is_empty() {
+        Exercise::default()
+    } else {
+        t.time("exercise", || build_exercise(sh, layout, recipe, &src, &kernel, make, epoch))?
+    };
+
     let dest = layout.lab(&recipe.name, version);
     let phases = t.phases();
     let lab = t
         .time("lab", || {
-            let rootfs = rootfs_archive(recipe, &bb, version, epoch)?;
+            let rootfs = rootfs_archive(recipe, &bb, version, epoch, &exercise)?;
             let scripts = labscripts::render(&labscripts::LabInfo {
                 recipe: recipe.name.clone(),
                 kernel_version: version.clone(),
@@ -196,10 +215,13 @@ pub fn build_lab(
                 uid: r.rootfs.uid,
                 password: r.rootfs.password.clone(),
                 qemu: r.qemu.clone(),
-                source_dir: Some(sources.kernel_src.clone()),
+                source_dir: Some(src.clone()),
                 build_dir: Some(kbuild_dir.clone()),
+                modules: exercise.modules.iter().map(|m| (m.file.clone(), m.load)).collect(),
+                programs: r.rootfs.programs.iter().map(|p| p.guest.clone()).collect(),
+                checks: r.boot_test.checks.iter().map(|c| c.name.to_string()).collect(),
             })?;
-            let (inputs, manifest) = provenance(sh, layout, recipe, sources, &fragments, &kernel, epoch, phases.clone())?;
+            let (inputs, manifest) = provenance(sh, layout, recipe, sources, &fragments, &patches, &kernel, epoch, phases.clone())?;
             let desc = lab::Description {
                 recipe: recipe.name.clone(),
                 kernel_version: version.clone(),
@@ -207,15 +229,18 @@ pub fn build_lab(
                 smp: r.qemu.smp,
                 uid: r.rootfs.uid,
                 nic: r.qemu.nic,
+                checks: r.boot_test.checks.clone(),
             };
+            let module_files: Vec<(String, PathBuf)> = exercise.modules.iter().map(|m| (m.file.clone(), m.ko.clone())).collect();
             let parts = lab::Parts {
                 kernel: &kernel,
-                kernel_src: &sources.kernel_src,
+                kernel_src: &src,
                 rootfs: &rootfs,
                 scripts: &scripts,
                 desc: &desc,
                 inputs: &inputs,
                 manifest: &manifest,
+                modules: &module_files,
             };
             let (lab, wrote) = lab::assemble(sh, &dest, &parts)?;
             if !wrote {
@@ -226,6 +251,73 @@ pub fn build_lab(
         })
         .context("assemble the lab")?;
     Ok((lab, kernel))
+}
+
+/// A recipe's programs and modules, built for the guest.
+#[derive(Default)]
+struct Exercise {
+    files: Vec<GuestFile>,
+    modules: Vec<modules::BuiltModule>,
+}
+
+/// Compiles `rootfs.programs` and builds `modules` against the lab kernel.
+fn build_exercise(
+    sh: &Shell,
+    layout: &Layout,
+    recipe: &LoadedRecipe,
+    src: &Path,
+    kernel: &KernelBuild,
+    make: &MakePlan,
+    epoch: u64,
+) -> Result<Exercise> {
+    let r = &recipe.recipe;
+    let version = kernel_version_of(kernel)?;
+    let work = layout.exercise_build(&recipe.name, &version);
+    let mut files = Vec::new();
+    for p in &r.rootfs.programs {
+        let origin = recipe.line_of(&p.src.display().to_string());
+        let name = p.src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let out = programs::compile(sh, &recipe.dir().join(&p.src), &work.join("programs").join(&name), epoch, &origin)?;
+        let data = std::fs::read(&out).with_context(|| format!("read {}", out.display()))?;
+        let (uid, gid) = (p.uid.unwrap_or(r.rootfs.uid), p.gid.unwrap_or(r.rootfs.uid));
+        files.push(GuestFile { path: p.guest.clone(), mode: p.mode.map_or(0o755, |m| m.0), uid, gid, data });
+    }
+    let built = modules::build(sh, recipe, kernel, src, &work.join("modules"), make, epoch)?;
+    let dir = modules::guest_dir(&version);
+    for m in &built {
+        let data = std::fs::read(&m.ko).with_context(|| format!("read {}", m.ko.display()))?;
+        files.push(GuestFile { path: format!("{dir}/{}", m.file), mode: 0o644, uid: 0, gid: 0, data });
+    }
+    Ok(Exercise { files, modules: built })
+}
+
+/// `uname -r` of a built kernel (include/config/kernel.release in its build tree).
+fn kernel_version_of(kernel: &KernelBuild) -> Result<String> {
+    let path = kernel.dir.join("include/config/kernel.release");
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?.trim().to_string())
+}
+
+/// The recipe's patches: (name as written, file), each beside the recipe or in `recipes/patches/`.
+fn patch_paths(layout: &Layout, recipe: &LoadedRecipe) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for name in &recipe.recipe.kernel.patches {
+        let beside = recipe.dir().join(name);
+        let shared = layout.recipes_dir().join("patches").join(name);
+        let path = if beside.is_file() {
+            beside
+        } else if shared.is_file() {
+            shared
+        } else {
+            bail!(
+                "{}: kernel.patches: {name:?} is neither {} nor {}: fix the name or add the patch",
+                recipe.line_of(name),
+                beside.display(),
+                shared.display()
+            );
+        };
+        out.push((name.clone(), path));
+    }
+    Ok(out)
 }
 
 /// A lab's `inputs/`: (path under `inputs/`, bytes).
@@ -240,6 +332,7 @@ fn provenance(
     recipe: &LoadedRecipe,
     sources: &Sources,
     fragments: &[PathBuf],
+    patches: &[(String, PathBuf)],
     kernel: &KernelBuild,
     epoch: u64,
     phases: Vec<manifest::Phase>,
@@ -268,6 +361,22 @@ fn provenance(
     let bb_paths: Vec<PathBuf> =
         r.busybox.fragments.iter().map(|f| fragment_path(layout, &recipe.path, &format!("busybox/{f}"))).collect::<Result<_>>()?;
     let busybox_fragments = listed(&r.busybox.fragments, &bb_paths, "busybox/")?;
+    // Patches, programs and module sources, where a checkout of the inputs finds them again.
+    let mut patch_inputs = Vec::new();
+    for (name, path) in patches {
+        let bytes = read(path)?;
+        let under = if path.starts_with(recipe.dir()) { format!("recipes/{name}") } else { format!("recipes/patches/{name}") };
+        inputs.push((under, bytes.clone()));
+        patch_inputs.push(manifest::Input { name: name.clone(), sha256: crate::hash::sha256_bytes(&bytes) });
+    }
+    for p in &r.rootfs.programs {
+        inputs.push((format!("recipes/{}", p.src.display()), read(&recipe.dir().join(&p.src))?));
+    }
+    for m in &r.modules {
+        for (rel, bytes) in read_tree(&recipe.dir().join(&m.dir))? {
+            inputs.push((format!("recipes/{}/{rel}", m.dir.display()), bytes));
+        }
+    }
     let b = &lock.busybox;
     let m = manifest::Manifest {
         schema: manifest::SCHEMA,
@@ -297,7 +406,7 @@ fn provenance(
                 busybox_fragments,
                 final_sha256: crate::hash::sha256_file(&kernel.dir.join(".config"))?,
             },
-            patches: vec![],
+            patches: patch_inputs,
             settings: kbuild::settings(epoch),
             toolchain: kbuild::toolchain(sh)?,
             files: vec![],
@@ -305,6 +414,27 @@ fn provenance(
         host: manifest::host_now(phases),
     };
     Ok((inputs, m))
+}
+
+/// Every regular file below `dir`: (relative path, bytes), sorted.
+fn read_tree(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("read {}", dir.display()))?;
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("inspect {}", path.display()))?;
+        if meta.is_dir() {
+            out.extend(read_tree(&path)?.into_iter().map(|(rel, b)| (format!("{name}/{rel}"), b)));
+        } else if meta.is_file() {
+            out.push((name, std::fs::read(&path).with_context(|| format!("read {}", path.display()))?));
+        }
+    }
+    Ok(out)
 }
 
 /// The recipe's static busybox, built from its fragments in `configs/busybox/`.
@@ -321,7 +451,7 @@ fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &S
 }
 
 /// The recipe's rootfs.cpio bytes, every entry dated `epoch`.
-fn rootfs_archive(recipe: &LoadedRecipe, busybox: &Path, kernel_version: &str, epoch: u64) -> Result<Vec<u8>> {
+fn rootfs_archive(recipe: &LoadedRecipe, busybox: &Path, kernel_version: &str, epoch: u64, exercise: &Exercise) -> Result<Vec<u8>> {
     let r = &recipe.recipe;
     let archive = rootfs::build(&rootfs::RootfsInput {
         spec: &r.rootfs,
@@ -330,6 +460,9 @@ fn rootfs_archive(recipe: &LoadedRecipe, busybox: &Path, kernel_version: &str, e
         applets: rootfs::applets(busybox)?,
         kernel_version,
         nic: r.qemu.nic,
+        built: &exercise.files,
+        insmod: &modules::insmod_lines(&exercise.modules, kernel_version),
+        checks: &r.boot_test.checks,
     })?;
     let mtime = u32::try_from(epoch).context("release date after 2106: cpio mtimes are 32-bit")?;
     cpio::to_bytes(&archive, mtime, r.rootfs.gzip)
@@ -375,7 +508,14 @@ pub fn rootfs_command(sh: &Shell, layout: &Layout, args: &RootfsBuildArgs) -> Re
     let lock = &sources.lock;
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
     let bb = build_busybox(sh, layout, &plan.recipe, &sources, &args.make.plan(), epoch)?;
-    let bytes = rootfs_archive(&plan.recipe, &bb, &lock.kernel.version, epoch)?;
+    if !plan.recipe.recipe.rootfs.programs.is_empty() || !plan.recipe.recipe.modules.is_empty() {
+        bail!(
+            "recipe {} has programs or modules, which need the kernel build: use `cargo xtask kernel --recipe {}`",
+            plan.recipe.name,
+            plan.recipe.name
+        );
+    }
+    let bytes = rootfs_archive(&plan.recipe, &bb, &lock.kernel.version, epoch, &Exercise::default())?;
     let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join(lab::ROOTFS);
     crate::layout::write_atomic(&out, &bytes)?;
     println!("rootfs: {}", out.display());
@@ -405,7 +545,7 @@ fn configured_tree(layout: &Layout, args: &ConfigTreeArgs) -> Result<ConfiguredT
         },
     };
     let src = layout.kernel_src(&version);
-    let build = layout.kernel_build(&recipe.name, &version);
+    let build = layout.kernel_build(recipe.kernel_build_name(), &version);
     let config_path = build.join(".config");
     if !config_path.is_file() {
         bail!(

@@ -30,6 +30,7 @@ fn description(version: &str) -> lab::Description {
         smp: NonZeroU32::new(2).unwrap(),
         uid: 1000,
         nic: crate::recipe::Nic::E1000,
+        checks: Vec::new(),
     }
 }
 

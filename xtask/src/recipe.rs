@@ -23,6 +23,12 @@ pub struct Recipe {
     /// How the lab is started.
     #[serde(default)]
     pub qemu: QemuSpec,
+    /// Out-of-tree modules built against the lab kernel (the config needs CONFIG_MODULES).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleSpec>,
+    /// What the boot test checks beyond kernel-lab's own markers.
+    #[serde(default, skip_serializing_if = "BootTestSpec::is_empty")]
+    pub boot_test: BootTestSpec,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -49,6 +55,14 @@ pub struct KernelSpec {
     /// With `exact`: the version, e.g. "6.12.117".
     #[serde(default)]
     pub version: Option<String>,
+    /// Patch files applied in order to a patched copy of the source (the pristine tree is never
+    /// changed): paths relative to the recipe's directory, else names in `recipes/patches/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<String>,
+    /// Name of the kernel build directory (default: the recipe's name). Recipes whose kernel,
+    /// config, patches and NIC are the same can name one build and share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -104,6 +118,148 @@ pub struct RootfsSpec {
     /// Extra files: host path (relative to the recipe file) -> guest path.
     #[serde(default)]
     pub files: Vec<ExtraFile>,
+    /// C programs compiled on the host (static) into the rootfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgramSpec>,
+}
+
+/// A C source compiled with `cc -static -O2` into the rootfs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSpec {
+    /// The C source, relative to the recipe's directory.
+    pub src: PathBuf,
+    /// Absolute destination path in the guest, e.g. /usr/bin/klab-hello.
+    pub guest: String,
+    /// Octal mode string; default "0755".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Owner uid; default the lab user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Owner gid; default the lab user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+/// An out-of-tree module: a directory with a Kbuild file or Makefile.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleSpec {
+    /// The module's directory, relative to the recipe's directory.
+    pub dir: PathBuf,
+    /// Load it (`insmod`) in /init before anything else runs.
+    #[serde(default)]
+    pub load: bool,
+    /// Module parameters for insmod, e.g. "debug=1".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub args: String,
+}
+
+/// Extra boot-test checks from the recipe.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootTestSpec {
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+}
+
+impl BootTestSpec {
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+}
+
+/// One command the boot test runs in the guest, and what it must give.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Names the check in boot-report.json and in its verdict (`check-failed:<name>`).
+    pub name: CheckName,
+    /// Shell command line (`sh -c`) run in the guest.
+    pub run: String,
+    /// Who runs it: the lab user (default) or root.
+    #[serde(default, rename = "as")]
+    pub run_as: RunAs,
+    /// Expected exit status (default 0).
+    #[serde(default)]
+    pub exit: i32,
+    /// What stdout must be, contain or match; unchecked when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<Expected>,
+}
+
+/// Who runs a command in the guest.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RunAs {
+    /// The recipe's unprivileged user.
+    #[default]
+    User,
+    Root,
+}
+
+impl RunAs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunAs::User => "user",
+            RunAs::Root => "root",
+        }
+    }
+}
+
+/// An expectation on a command's output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Expected {
+    /// The whole output, compared without trailing newlines.
+    Exact(String),
+    /// A substring.
+    Contains(String),
+    /// A regular expression (Rust `regex` syntax) that must match somewhere.
+    Regex(String),
+}
+
+impl Expected {
+    /// Whether `output` meets the expectation.
+    pub fn matches(&self, output: &str) -> bool {
+        match self {
+            Expected::Exact(want) => output.trim_end_matches('\n') == want.trim_end_matches('\n'),
+            Expected::Contains(want) => output.contains(want.as_str()),
+            Expected::Regex(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(output)),
+        }
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expected::Exact(s) => write!(f, "exactly {s:?}"),
+            Expected::Contains(s) => write!(f, "containing {s:?}"),
+            Expected::Regex(s) => write!(f, "matching /{s}/"),
+        }
+    }
+}
+
+/// A check's name: lower-case letters, digits, '_' or '-', not one of kernel-lab's own markers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CheckName(String);
+
+impl TryFrom<String> for CheckName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let plain = s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if s.is_empty() || s.len() > 40 || !plain || !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(format!(
+                "check name {s:?} is not valid: use up to 40 lower-case letters, digits, '_' or '-', starting with a letter"
+            ));
+        }
+        if crate::boottest::Check::reserved(&s) {
+            return Err(format!("check name {s:?} is one of kernel-lab's own checks; pick another name"));
+        }
+        Ok(CheckName(s))
+    }
 }
 
 impl Default for RootfsSpec {
@@ -115,6 +271,7 @@ impl Default for RootfsSpec {
             hostname: default_hostname(),
             gzip: false,
             files: Vec::new(),
+            programs: Vec::new(),
         }
     }
 }
@@ -293,6 +450,7 @@ macro_rules! string_newtype {
 }
 string_newtype!(UserName);
 string_newtype!(Hostname);
+string_newtype!(CheckName);
 
 /// A file mode written in octal in YAML (`"0755"`), at most 0o7777.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -331,6 +489,27 @@ impl LoadedRecipe {
     }
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+    /// The kernel build directory's name: `kernel.build`, else the recipe's own name.
+    pub fn kernel_build_name(&self) -> &str {
+        self.recipe.kernel.build.as_deref().unwrap_or(&self.name)
+    }
+    /// What of the recipe decides the kernel image (the kernel and config sections and the NIC):
+    /// recipes that agree on it can share one `kernel.build`.
+    pub fn kernel_identity(&self) -> Result<String> {
+        let r = &self.recipe;
+        let mut kernel = r.kernel.clone();
+        kernel.build = None;
+        Ok(serde_json::to_string(&(&kernel, &r.config, r.qemu.nic))?)
+    }
+    /// `path:line` of the first recipe line that mentions `needle` (for errors about a value),
+    /// else the recipe's path.
+    pub fn line_of(&self, needle: &str) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        match text.lines().position(|l| l.contains(needle)) {
+            Some(i) => format!("{}:{}", self.path.display(), i + 1),
+            None => self.path.display().to_string(),
+        }
     }
     /// The kernel the recipe asks for when no flag overrides it.
     pub fn request(&self) -> crate::releases::Request {
@@ -403,17 +582,50 @@ fn check(r: &Recipe) -> Result<()> {
         }
     }
     for f in &r.rootfs.files {
-        // A recipe travels inside labs (`verify` rebuilds from it): it may name only files beside it.
-        if f.host.is_absolute() || f.host.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            bail!("rootfs.files: host path {:?} must be relative to the recipe's directory, without `..`", f.host.display());
+        check_beside("rootfs.files: host path", &f.host)?;
+        check_guest("rootfs.files", &f.guest)?;
+    }
+    for p in &r.kernel.patches {
+        if crate::manifest::check_rel_path(p).is_err() {
+            bail!("kernel.patches: {p:?} must be a relative path (beside the recipe or in recipes/patches/), without `..`");
         }
-        if !f.guest.starts_with('/') || f.guest.trim_start_matches('/').is_empty() {
-            bail!("rootfs.files: guest path {:?} must be absolute and below / (e.g. \"/home/user/notes\")", f.guest);
+    }
+    if let Some(b) = &r.kernel.build {
+        check_name(b).context("kernel.build names the kernel build directory")?;
+    }
+    for p in &r.rootfs.programs {
+        check_beside("rootfs.programs: src", &p.src)?;
+        if p.src.extension().is_none_or(|e| e != "c") {
+            bail!("rootfs.programs: src {:?} must be a C source file (*.c)", p.src.display());
         }
-        // The boot test runs /init and /etc/kernel-lab/: a recipe that replaced them would test itself.
-        let guest = f.guest.trim_start_matches('/').trim_end_matches('/');
-        if guest == "init" || guest == "etc" || guest == "etc/kernel-lab" || guest.starts_with("etc/kernel-lab/") {
-            bail!("rootfs.files: guest path {:?} would replace kernel-lab's /init or boot self-test; pick another path", f.guest);
+        check_guest("rootfs.programs", &p.guest)?;
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for m in &r.modules {
+        check_beside("modules: dir", &m.dir)?;
+        let name = m.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !names.insert(name.clone()) {
+            bail!("modules: two module directories are named {name:?}; rename one");
+        }
+        // insmod arguments land in /init: plain `name=value` words only.
+        if !m.args.chars().all(|c| c.is_ascii_alphanumeric() || " _=,.-".contains(c)) {
+            bail!("modules: args {:?} of {} may hold only letters, digits, spaces and _=,.- (name=value words)", m.args, m.dir.display());
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for c in &r.boot_test.checks {
+        if !names.insert(c.name.as_str()) {
+            bail!("boot_test.checks: two checks are named {:?}; names must be unique", c.name.as_str());
+        }
+        if c.run.trim().is_empty() || c.run.chars().any(char::is_control) {
+            bail!("boot_test.checks: {}: run {:?} must be one non-empty line of shell", c.name, c.run);
+        }
+        if let Some(Expected::Regex(re)) = &c.stdout {
+            regex::Regex::new(re)
+                .map_err(|e| anyhow::anyhow!("boot_test.checks: {}: stdout regex {re:?} does not compile: {e}", c.name))?;
+        }
+        if !(0..=255).contains(&c.exit) {
+            bail!("boot_test.checks: {}: exit {} is not an exit status (0..255)", c.name, c.exit);
         }
     }
     // These reach run.sh, gdb commands and lab.json, where a newline would split a line.
@@ -438,6 +650,28 @@ fn check(r: &Recipe) -> Result<()> {
     Ok(())
 }
 
+/// A host path in a recipe: relative to the recipe's directory, without `..` (a recipe travels
+/// inside labs and `verify` rebuilds from it, so it may name only files beside it).
+fn check_beside(what: &str, path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() || path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        bail!("{what} {:?} must be relative to the recipe's directory, without `..`", path.display());
+    }
+    Ok(())
+}
+
+/// A guest path in a recipe: absolute, below /, and not kernel-lab's own /init or self-test
+/// (a recipe that replaced them would test itself).
+fn check_guest(what: &str, guest: &str) -> Result<()> {
+    if !guest.starts_with('/') || guest.trim_start_matches('/').is_empty() {
+        bail!("{what}: guest path {guest:?} must be absolute and below / (e.g. \"/home/user/notes\")");
+    }
+    let g = guest.trim_start_matches('/').trim_end_matches('/');
+    if g == "init" || g == "etc" || g == "etc/kernel-lab" || g.starts_with("etc/kernel-lab/") {
+        bail!("{what}: guest path {guest:?} would replace kernel-lab's /init or boot self-test; pick another path");
+    }
+    Ok(())
+}
+
 /// QEMU options that open sockets or change the guest's network (checked in `qemu.extra_args`).
 const LISTENING_OPTIONS: [&str; 12] =
     ["s", "gdb", "monitor", "qmp", "qmp-pretty", "chardev", "serial", "netdev", "nic", "net", "vnc", "spice"];
@@ -457,7 +691,7 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -481,7 +715,7 @@ mod tests {
         assert_eq!(stable.recipe.kernel.channel, Channel::Stable);
     }
 
-    const MINIMAL: &str =
+    pub(crate) const MINIMAL: &str =
         "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragments: [lab.config]\n";
 
     #[test]
@@ -549,6 +783,18 @@ mod tests {
             ("qemu:\n  extra_args: [\"--monitor=telnet::4444,server\"]\n", "opens a socket"),
             ("qemu:\n  memory: \"4G -hda x\"\n", "qemu.memory"),
             ("qemu:\n  append: \"a\\nb\"\n", "control character"),
+            ("rootfs:\n  programs:\n    - {src: ../x.c, guest: /bin/x}\n", "without `..`"),
+            ("rootfs:\n  programs:\n    - {src: x.txt, guest: /bin/x}\n", "must be a C source"),
+            ("rootfs:\n  programs:\n    - {src: x.c, guest: /init}\n", "would replace"),
+            ("modules:\n  - {dir: m, args: \"x=1; reboot\"}\n", "name=value words"),
+            ("modules:\n  - {dir: a/m}\n  - {dir: b/m}\n", "two module directories are named \"m\""),
+            ("boot_test:\n  checks:\n    - {name: Bad, run: x}\n", "check name \"Bad\""),
+            ("boot_test:\n  checks:\n    - {name: a, run: x}\n    - {name: a, run: y}\n", "two checks are named \"a\""),
+            ("boot_test:\n  checks:\n    - {name: a, run: \"\"}\n", "non-empty line"),
+            ("boot_test:\n  checks:\n    - {name: a, run: x, stdout: {regex: \"(\"}}\n", "does not compile"),
+            ("boot_test:\n  checks:\n    - {name: a, run: x, stdout: {glob: \"*\"}}\n", "glob"),
+            ("boot_test:\n  checks:\n    - {name: a, run: x, as: admin}\n", "admin"),
+            ("boot_test:\n  checks:\n    - {name: a, run: x, exit: 300}\n", "exit 300"),
         ];
         for (extra, want) in cases {
             let err = format!("{:#}", parse(&format!("{MINIMAL}{extra}")).unwrap_err());
@@ -558,6 +804,8 @@ mod tests {
             ("fragments: [lab.config]", "fragments: [lab.config, /etc/passwd]", "fragment \"/etc/passwd\" must be a relative name"),
             ("fragments: [lab.config]", "fragments: [../../x.config]", "without `..`"),
             ("version: \"1.35.0\"", "version: \"1.35.0\"\n  fragments: [/etc/shadow]", "must be a relative name"),
+            ("channel: longterm", "channel: longterm\n  patches: [/tmp/x.patch]", "must be a relative path"),
+            ("channel: longterm", "channel: longterm\n  build: \"a/b\"", "kernel.build"),
         ] {
             let err = format!("{:#}", parse(&MINIMAL.replace(from, to)).unwrap_err());
             assert!(err.contains(want), "{to}: {err}");

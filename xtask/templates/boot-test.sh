@@ -45,5 +45,7 @@ check_nic() {
 	echo "${found:-none}"
 }
 
+@RUN_FUNCTION@
+
 @CHECKS@
 poweroff -f

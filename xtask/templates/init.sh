@@ -14,6 +14,7 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 # Reopen the console: the descriptors the kernel gave us point into the /dev we just mounted over.
 exec 0</dev/console 1>/dev/console 2>&1
 echo "7 4 1 7" > /proc/sys/kernel/printk
+@MODULES@
 
 # Unprivileged readers see zero addresses in /proc/kallsyms (kptr_restrict), so take a copy as root.
 cp /proc/kallsyms /tmp/kallsyms && chmod 0444 /tmp/kallsyms

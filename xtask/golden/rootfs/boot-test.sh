@@ -45,6 +45,8 @@ check_nic() {
 	echo "${found:-none}"
 }
 
+. /etc/kernel-lab/klab-run.sh
+
 echo "KLAB:BEGIN"
 v=$(check_uname 2>/dev/null) || v=fail
 echo "KLAB:uname=$v"

@@ -20,3 +20,4 @@ python
 import os
 gdb.execute("target remote localhost:" + os.environ.get("KLAB_GDB_PORT", "{{GDB_PORT}}"))
 end
+{{MODULES_GDB}}
