@@ -555,7 +555,7 @@ pub fn judge<'a>(lines: impl IntoIterator<Item = &'a str>, expect: &Expect) -> F
 
 /// Hex digits (two per byte, as `od -An -tx1` prints them without spaces) to bytes.
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
