@@ -87,6 +87,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
         without_net_ns(sh, layout, &plan, &build)?;
     }
     ready_labs(sh, layout, &first.lab)?;
+    exercises(sh, layout, &plan, &build)?;
     if args.repro {
         let trust = repro::Trust {
             mirror: plan.mirror.clone(),
@@ -195,6 +196,120 @@ fn without_net_ns(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPl
         bail!("a kernel without NET_NS: expected verdict {want}, got {} ({})", report.verdict, report.detail);
     }
     eprintln!("    verdict {}: as expected", report.verdict);
+    Ok(())
+}
+
+/// The shipped exercise recipes (syscall.yaml, module.yaml) share one patched kernel build; each
+/// lab must pass its boot test with every recipe check, `exec` must report a success, a non-zero
+/// exit and an oops with the right verdicts, and a failing check and a module recipe without
+/// CONFIG_MODULES must each fail with their own clear message.
+fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -> Result<()> {
+    let dir = plan.recipe.dir().to_path_buf();
+    // The recipes name their patches, programs and modules relative to themselves.
+    for sub in ["patches", "programs", "modules"] {
+        let (from, to) = (layout.recipes_dir().join(sub), dir.join(sub));
+        let _ = std::fs::remove_dir_all(&to);
+        cmd!(sh, "cp -R {from} {to}").run().with_context(|| format!("copy {}", from.display()))?;
+    }
+    let copy = |name: &str, edit: &dyn Fn(&mut crate::recipe::Recipe)| -> Result<LoadedRecipe> {
+        let shipped = crate::recipe::load(&layout.recipes_dir().join(format!("{name}.yaml")))?;
+        let mut r = shipped.recipe.clone();
+        r.busybox.version = plan.recipe.recipe.busybox.version.clone();
+        edit(&mut r);
+        LoadedRecipe::write(&dir.join(format!("{name}.yaml")), &r, &format!("e2e: recipes/{name}.yaml with the busybox Debian ships"))
+    };
+    let mut labs = Vec::new();
+    for name in ["syscall", "module"] {
+        eprintln!("==> exercise lab: recipes/{name}.yaml (kernel.build {:?})", "exercises");
+        let recipe = copy(name, &|_| {})?;
+        let built = pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, build)?;
+        let report = built.report.context("the exercise labs are boot-tested")?;
+        if !report.passed() {
+            bail!("boot test of {}: {}", built.lab.dir.display(), report.failure_message());
+        }
+        if report.checks.is_empty() || report.checks.iter().any(|c| !c.passed) {
+            bail!("{name}: the recipe checks did not all pass: {:?}", report.checks);
+        }
+        let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+        eprintln!("    boot test pass with recipe checks {names:?}");
+        labs.push(built.lab);
+    }
+    let module_lab = &labs[1];
+
+    eprintln!("==> exec: a program that succeeds (2 boots), one that exits 3, one that oopses the kernel");
+    let scratch = layout.artifacts.join("e2e/exec");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let exit3 = scratch.join("exit3.c");
+    std::fs::write(&exit3, "#include <stdio.h>\nint main(void) { puts(\"leaving with 3\"); return 3; }\n")?;
+    let echo = dir.join("programs/klab-echo.c");
+    let exec = |program: &std::path::Path, args: &[&str], runs: u32| -> Result<crate::exec::Report> {
+        let a = crate::cli::ExecArgs {
+            which: crate::cli::LabSelect { recipe: None, lab: Some(module_lab.dir.clone()) },
+            run_as: crate::recipe::RunAs::User,
+            runs: std::num::NonZeroU32::new(runs).context("runs")?,
+            timeout: BOOT_TIMEOUT.as_secs(),
+            junit: None,
+            program: program.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        crate::exec::run(sh, layout, &a)
+    };
+    let ok = exec(&echo, &["hi"], 2)?;
+    let want = "klab: HI";
+    if ok.succeeded != 2 || !ok.runs.iter().all(|r| r.stdout.trim_end() == want) {
+        bail!("exec klab-echo hi: expected 2 of 2 runs printing {want:?}, got {:?}", ok.runs);
+    }
+    let three = exec(&exit3, &[], 1)?;
+    let r = &three.runs[0];
+    if r.verdict != Verdict::Pass || r.exit != Some(3) || r.succeeded || r.stdout != "leaving with 3\n" {
+        bail!("exec of a program that exits 3: expected verdict pass, exit 3, not succeeded; got {r:?}");
+    }
+    let oops = exec(&echo, &["--oops"], 1)?;
+    let r = &oops.runs[0];
+    if r.verdict != Verdict::Oops || r.succeeded || !r.kernel_log.iter().any(|l| l.contains("klab")) {
+        bail!("exec klab-echo --oops: expected verdict oops with the module in the kernel log; got {r:?}");
+    }
+    eprintln!(
+        "    2/2 succeeded ({want:?}); exit 3 reported as exit 3; the oops as verdict {} ({} kernel lines)",
+        r.verdict,
+        r.kernel_log.len()
+    );
+
+    eprintln!("==> exercise: a failing recipe check is named in the verdict");
+    let recipe = copy("module", &|r| {
+        for c in &mut r.boot_test.checks {
+            if c.name.as_str() == "roundtrip" {
+                c.stdout = Some(crate::recipe::Expected::Exact("klab: WRONG".into()));
+            }
+        }
+    })?;
+    let renamed = dir.join("module-badcheck.yaml");
+    std::fs::rename(&recipe.path, &renamed)?;
+    let recipe = crate::recipe::load(&renamed)?;
+    let built = pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..*build })?;
+    let report = boottest::run(&built.lab, BOOT_TIMEOUT, "")?;
+    if report.verdict.to_string() != "check-failed:roundtrip" || !report.detail.contains("klab: WRONG") {
+        bail!("a failing check: expected verdict check-failed:roundtrip naming the expectation, got {} ({})", report.verdict, report.detail);
+    }
+    eprintln!("    verdict {}: {}", report.verdict, report.detail);
+
+    eprintln!("==> exercise: a module recipe without CONFIG_MODULES fails after configure, before the kernel build");
+    let recipe = copy("module", &|r| {
+        r.config.fragments.retain(|f| f != "modules.config");
+        r.kernel.build = Some("nomodules".into());
+    })?;
+    let renamed = dir.join("module-nomodules.yaml");
+    std::fs::rename(&recipe.path, &renamed)?;
+    let recipe = crate::recipe::load(&renamed)?;
+    let err = match pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..*build }) {
+        Ok(_) => bail!("a module recipe without modules.config built a lab"),
+        Err(e) => format!("{e:#}"),
+    };
+    if !err.contains("need CONFIG_MODULES=y") || !err.contains("modules.config") {
+        bail!("a module recipe without CONFIG_MODULES: the error does not say what modules need:\n{err}");
+    }
+    eprintln!("    refused: {}", err.lines().next().unwrap_or_default());
     Ok(())
 }
 

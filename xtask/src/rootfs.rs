@@ -204,7 +204,7 @@ pub fn run_function(spec: &RootfsSpec) -> Result<String> {
 pub fn boot_test_script(spec: &RootfsSpec, kernel_version: &str, nic: Nic, checks: &[CheckSpec]) -> Result<String> {
     let mut values = placeholders(spec, kernel_version);
     values.push(("@NIC_DRIVER@", nic.driver().to_string()));
-    values.push(("@RUN_FUNCTION@", format!(". /{RUN_FUNCTION_PATH}")));
+    values.push(("@RUN_FUNCTION@", format!("# shellcheck source=/dev/null\n. /{RUN_FUNCTION_PATH}")));
     values.push(("@CHECKS@", boottest::guest_checks(checks).trim_end().to_string()));
     substitute("templates/boot-test.sh", BOOT_TEST_TEMPLATE, &values)
 }

@@ -5,7 +5,7 @@
 # (at most @RUN_CAP@ bytes of each stream, 16 bytes a line) as KLAB:run:NAME:... lines, so
 # nothing the command prints can pose as a marker.
 klab_run() {
-	mkdir -p -m 0700 /run/kernel-lab
+	[ -d /run/kernel-lab ] || mkdir -m 0700 /run/kernel-lab
 	if [ "$2" = root ]; then
 		(cd /root && HOME=/root sh -c "$3") </dev/null >/run/kernel-lab/out 2>/run/kernel-lab/err
 	else

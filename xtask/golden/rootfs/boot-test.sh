@@ -45,6 +45,7 @@ check_nic() {
 	echo "${found:-none}"
 }
 
+# shellcheck source=/dev/null
 . /etc/kernel-lab/klab-run.sh
 
 echo "KLAB:BEGIN"
