@@ -226,7 +226,8 @@ fn print_table(r: &Report) {
             .map(str::to_string)
             .or_else(|| run.kernel_log.iter().find(|l| l.contains("Oops") || l.contains("BUG") || l.contains("panic")).cloned())
             .unwrap_or_default();
-        let first: String = first.chars().take(70).collect();
+        // Guest output: no escape sequences reach the terminal.
+        let first: String = first.chars().filter(|c| !c.is_control()).take(70).collect();
         println!("{:<4} {:<16} {exit:>5} {:>8.1}  {first}", run.run, run.verdict.to_string(), run.seconds);
     }
     println!("{} of {} runs succeeded ({:.0}%)", r.succeeded, r.runs.len(), r.success_rate * 100.0);
