@@ -231,7 +231,11 @@ pub fn judge_check(spec: &CheckSpec, run: Option<&RunOutput>) -> CheckOutcome {
             format!("`{}` as {} exited {}, expected {}", spec.run, spec.run_as.as_str(), r.exit.unwrap_or(-1), spec.exit)
         }
         Some(_) => match &spec.stdout {
-            Some(want) if !want.matches(&o.stdout) => format!("`{}` printed {:?}, expected stdout {want}", spec.run, o.stdout),
+            Some(want) if !want.matches(&o.stdout) => {
+                let shown: String = o.stdout.chars().take(300).collect();
+                let more = if shown.len() < o.stdout.len() { "..." } else { "" };
+                format!("`{}` printed {shown:?}{more}, expected stdout {want}", spec.run)
+            }
             _ => String::new(),
         },
     };
@@ -802,7 +806,10 @@ fn boot(
         match rx.recv_timeout((deadline - now).min(Duration::from_millis(200))) {
             Ok(Msg::Out(line)) => {
                 let _ = writeln!(log, "{line}");
-                tail.push(&line);
+                // Hex-encoded run output says nothing to a reader of the tail; the report has it.
+                if !line.starts_with("KLAB:run:") {
+                    tail.push(&line);
+                }
                 console.push(&line);
                 if let Some(f) = &console.fatal {
                     // The lines after an oops (registers, call trace) are what a reader needs.

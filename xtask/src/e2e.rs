@@ -290,7 +290,11 @@ fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -
     let built = pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..*build })?;
     let report = boottest::run(&built.lab, BOOT_TIMEOUT, "")?;
     if report.verdict.to_string() != "check-failed:roundtrip" || !report.detail.contains("klab: WRONG") {
-        bail!("a failing check: expected verdict check-failed:roundtrip naming the expectation, got {} ({})", report.verdict, report.detail);
+        bail!(
+            "a failing check: expected verdict check-failed:roundtrip naming the expectation, got {} ({})",
+            report.verdict,
+            report.detail
+        );
     }
     eprintln!("    verdict {}: {}", report.verdict, report.detail);
 

@@ -35,6 +35,8 @@ pub struct LabInfo {
     pub build_dir: Option<PathBuf>,
     /// The recipe's modules: (`.ko` file name, loaded at boot).
     pub modules: Vec<(String, bool)>,
+    /// Where the modules' sources are in the lab (`inputs/recipes/<dir>`), for gdb's source path.
+    pub module_sources: Vec<String>,
     /// Guest paths of the recipe's programs.
     pub programs: Vec<String>,
     /// Names of the recipe's boot-test checks.
@@ -102,11 +104,17 @@ fn modules_gdb(info: &LabInfo) -> String {
     if info.modules.is_empty() {
         return String::new();
     }
-    "# Module symbols: `klab-modules` runs lx-symbols on this lab's modules/ directory. It loads the\n\
-     # symbols of every loaded module found there, and of each one that loads later.\n\
-     define klab-modules\n  lx-symbols modules\nend\n\
-     document klab-modules\nLoad the symbols of this lab's modules (lx-symbols modules), now and whenever one loads.\nend\n"
-        .to_string()
+    let mut s = String::from(
+        "# Module symbols: `klab-modules` runs lx-symbols on this lab's modules/ directory. It loads the\n\
+         # symbols of every loaded module found there, and of each one that loads later.\n\
+         define klab-modules\n  lx-symbols modules\nend\n\
+         document klab-modules\nLoad the symbols of this lab's modules (lx-symbols modules), now and whenever one loads.\nend\n\
+         # The modules' sources, copied into the lab with its inputs.\n",
+    );
+    for dir in &info.module_sources {
+        s.push_str(&format!("directory {dir}\n"));
+    }
+    s
 }
 
 /// The README's section on what the recipe added (empty for a plain lab).
@@ -158,6 +166,11 @@ fn exercise_readme(info: &LabInfo) -> String {
 /// Recipe values were checked when the recipe was loaded; the host paths were not, and they
 /// land in file lines, where a newline would split them.
 fn check(info: &LabInfo) -> Result<()> {
+    for dir in &info.module_sources {
+        if dir.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            bail!("module source directory {dir:?} has a space or control character: rename it");
+        }
+    }
     for dir in info.source_dir.iter().chain(info.build_dir.iter()) {
         let text = dir.to_string_lossy();
         if text.chars().any(|c| c.is_control()) {
@@ -230,6 +243,7 @@ mod tests {
             source_dir: Some(PathBuf::from("/work/src/linux-6.12.117")),
             build_dir: Some(PathBuf::from("/work/build/lts")),
             modules: Vec::new(),
+            module_sources: Vec::new(),
             programs: Vec::new(),
             checks: Vec::new(),
         }
@@ -295,6 +309,7 @@ mod tests {
     fn exercise_lab_golden_files() {
         let mut info = fixed_info();
         info.modules = vec![("klab.ko".into(), true)];
+        info.module_sources = vec!["inputs/recipes/modules/klab".into()];
         info.programs = vec!["/usr/bin/klab-hello".into()];
         info.checks = vec!["syscall".into()];
         let files = render(&info).unwrap();

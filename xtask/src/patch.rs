@@ -101,6 +101,7 @@ pub fn digest(patches: &[(String, PathBuf)]) -> Result<String> {
 /// are written only when everything applied. Each file is replaced through a temporary sibling and
 /// a rename, keeping its mode, so a hardlink to the original keeps the old contents. (A write that
 /// fails, say on a full disk, can still leave some files patched: `patched_tree` discards that copy.)
+#[cfg(test)]
 pub fn apply(tree: &Path, patches: &[(String, PathBuf)]) -> Result<()> {
     apply_loaded(tree, &load(patches)?)
 }

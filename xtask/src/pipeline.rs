@@ -218,6 +218,7 @@ pub fn build_lab(
                 source_dir: Some(src.clone()),
                 build_dir: Some(kbuild_dir.clone()),
                 modules: exercise.modules.iter().map(|m| (m.file.clone(), m.load)).collect(),
+                module_sources: r.modules.iter().map(|m| format!("{}/recipes/{}", lab::INPUTS, m.dir.display())).collect(),
                 programs: r.rootfs.programs.iter().map(|p| p.guest.clone()).collect(),
                 checks: r.boot_test.checks.iter().map(|c| c.name.to_string()).collect(),
             })?;

@@ -603,6 +603,10 @@ fn check(r: &Recipe) -> Result<()> {
     let mut names = std::collections::BTreeSet::new();
     for m in &r.modules {
         check_beside("modules: dir", &m.dir)?;
+        // The directory reaches debug.gdb's source path and make's M=: plain path characters only.
+        if !m.dir.to_string_lossy().chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c)) {
+            bail!("modules: dir {:?} may hold only letters, digits and ._/- (rename the directory)", m.dir.display());
+        }
         let name = m.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if !names.insert(name.clone()) {
             bail!("modules: two module directories are named {name:?}; rename one");
