@@ -21,7 +21,9 @@ use crate::recipe::{CheckSpec, Expected, Nic, RunAs};
 
 /// Kernel command-line words that put the guest's init into test mode and turn every oops or
 /// panic into an immediate QEMU exit (with run.sh's -no-reboot), so failures end the run fast.
-pub const TEST_APPEND: &str = "lab.test=1 panic=-1 oops=panic";
+/// `printk.time=1` puts a timestamp before every kernel message, whatever the config says, so a
+/// message (a process name, say) can never be a whole marker line.
+pub const TEST_APPEND: &str = "lab.test=1 panic=-1 oops=panic printk.time=1";
 
 /// Default timeout of each stage: generous, because TCG on a busy 2-core machine is slow.
 pub const DEFAULT_STAGE_TIMEOUT_SECS: u64 = 300;
@@ -185,8 +187,20 @@ pub struct RunOutput {
     pub exit: Option<i32>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Each stream's whole size in the guest (`out-size=`, `err-size=`).
+    pub stdout_size: Option<usize>,
+    pub stderr_size: Option<usize>,
     /// A line that was not valid hex: the output is incomplete.
     pub garbled: bool,
+}
+
+impl RunOutput {
+    /// Every line arrived: an exit status, both sizes, and exactly that many bytes of each
+    /// stream (up to the cap). A kernel message that split a line fails this.
+    pub fn complete(&self) -> bool {
+        let whole = |got: &[u8], size: Option<usize>| size.is_some_and(|n| got.len() == n.min(RUN_OUTPUT_CAP));
+        self.exit.is_some() && !self.garbled && whole(&self.stdout, self.stdout_size) && whole(&self.stderr, self.stderr_size)
+    }
 }
 
 /// A recipe check as judged, for boot-report.json.
@@ -226,15 +240,15 @@ pub fn judge_check(spec: &CheckSpec, run: Option<&RunOutput>) -> CheckOutcome {
     o.detail = match run {
         None => format!("no KLAB:run:{}: lines: the check did not run", spec.name),
         Some(r) if r.exit.is_none() => format!("no exit status for {}", spec.name),
-        Some(r) if r.garbled => format!("the output of {} reached the host garbled", spec.name),
+        Some(r) if !r.complete() => format!("the output of {} reached the host incomplete or garbled", spec.name),
         Some(r) if r.exit != Some(spec.exit) => {
-            format!("`{}` as {} exited {}, expected {}", spec.run, spec.run_as.as_str(), r.exit.unwrap_or(-1), spec.exit)
+            format!("{:?} as {} exited {}, expected {}", spec.run, spec.run_as.as_str(), r.exit.unwrap_or(-1), spec.exit)
         }
         Some(_) => match &spec.stdout {
             Some(want) if !want.matches(&o.stdout) => {
                 let shown: String = o.stdout.chars().take(300).collect();
                 let more = if shown.len() < o.stdout.len() { "..." } else { "" };
-                format!("`{}` printed {shown:?}{more}, expected stdout {want}", spec.run)
+                format!("{:?} printed {shown:?}{more}, expected stdout {want}", spec.run)
             }
             _ => String::new(),
         },
@@ -455,6 +469,13 @@ impl Console {
                 Ok(n) => run.exit = Some(n),
                 Err(_) => run.garbled = true,
             },
+            "out-size" | "err-size" => {
+                let size = if field == "out-size" { &mut run.stdout_size } else { &mut run.stderr_size };
+                match value.parse() {
+                    Ok(n) if size.is_none() => *size = Some(n),
+                    _ => run.garbled = true,
+                }
+            }
             "out" | "err" => {
                 let stream = if field == "out" { &mut run.stdout } else { &mut run.stderr };
                 match decode_hex(value) {
@@ -668,6 +689,9 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     // the command line), where it could pose as a marker.
     if let Some(c) = extra.chars().find(|c| c.is_control()) {
         bail!("extra kernel command line {extra:?} contains the control character {c:?}: use spaces only");
+    }
+    if extra.contains("printk.time") {
+        bail!("extra kernel command line {extra:?} sets printk.time: the boot test needs kernel messages timestamped (markers are whole lines); remove it");
     }
     let append = if extra.trim().is_empty() { TEST_APPEND.to_string() } else { format!("{TEST_APPEND} {}", extra.trim()) };
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
@@ -1221,13 +1245,20 @@ mod tests {
              \x20   - {name: fails, run: \"false\", exit: 1}\n",
         );
         let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let log = "[ 1.2] klab_hello: called by pid 77 (klab-hello) with 20\n";
         let good = [
             "KLAB:run:syscall:exit=0".to_string(),
+            "KLAB:run:syscall:out-size=20".to_string(),
             format!("KLAB:run:syscall:out={}", hex("klab_hello(20) ")),
             format!("KLAB:run:syscall:out={}", hex("= 41\n")),
+            "KLAB:run:syscall:err-size=0".to_string(),
             "KLAB:run:log:exit=0".to_string(),
-            format!("KLAB:run:log:out={}", hex("[ 1.2] klab_hello: called by pid 77 (klab-hello) with 20\n")),
+            format!("KLAB:run:log:out-size={}", log.len()),
+            format!("KLAB:run:log:out={}", hex(log)),
+            "KLAB:run:log:err-size=0".to_string(),
             "KLAB:run:fails:exit=1".to_string(),
+            "KLAB:run:fails:out-size=0".to_string(),
+            "KLAB:run:fails:err-size=0".to_string(),
         ];
         let judge_with = |runs: &[String]| {
             let lines = with_runs(&runs.iter().map(String::as_str).collect::<Vec<_>>());
@@ -1244,23 +1275,28 @@ mod tests {
 
         // Wrong value, wrong exit status, a missing run: each fails its own named check.
         let mut bad = good.clone();
-        bad[2] = format!("KLAB:run:syscall:out={}", hex("= 42\n"));
+        bad[3] = format!("KLAB:run:syscall:out={}", hex("= 42\n"));
         let (f, outcomes) = judge_with(&bad);
         assert_eq!(f.verdict.to_string(), "check-failed:syscall");
         assert!(f.detail.contains("expected stdout exactly \"klab_hello(20) = 41\""), "{}", f.detail);
         assert!(!outcomes[0].passed && outcomes[1].passed);
         let mut bad = good.clone();
-        bad[5] = "KLAB:run:fails:exit=0".into();
+        bad[9] = "KLAB:run:fails:exit=0".into();
         let (f, _) = judge_with(&bad);
         assert_eq!(f.verdict.to_string(), "check-failed:fails");
         assert!(f.detail.contains("exited 0, expected 1"), "{}", f.detail);
-        let (f, outcomes) = judge_with(&good[..3]);
+        let (f, outcomes) = judge_with(&good[..5]);
         assert_eq!(f.verdict.to_string(), "check-failed:log");
         assert!(outcomes[1].detail.contains("did not run"), "{}", outcomes[1].detail);
-        // Garbled hex is never taken as output.
+        // Garbled hex is never taken as output, and a line lost to a kernel message (the size
+        // no longer adds up) fails too, even when what is left would match.
         let mut bad = good.clone();
-        bad[1] = "KLAB:run:syscall:out=6g".into();
+        bad[2] = "KLAB:run:syscall:out=6g".into();
         assert_eq!(judge_with(&bad).0.verdict.to_string(), "check-failed:syscall");
+        let mut lost = good.clone();
+        lost[4] = "KLAB:run:syscall:err-size=5".into();
+        let (f, _) = judge_with(&lost);
+        assert!(f.verdict.to_string() == "check-failed:syscall" && f.detail.contains("incomplete"), "{}", f.detail);
         // A run line outside BEGIN..END (the kernel echoing its command line) is ignored.
         let mut c = Console::default();
         c.push("KLAB:run:syscall:exit=0");

@@ -27,6 +27,10 @@ const EXEC_TEMPLATE: &str = include_str!("../templates/exec.sh");
 const RUN_NAME: &str = "exec";
 /// Kernel messages kept per run in the report.
 const KERNEL_LOG_LINES: usize = 200;
+/// Where the program goes in the guest: off PATH, so it cannot stand in for a tool.
+const GUEST_DIR: &str = "opt/kernel-lab";
+/// The largest program exec copies into an initramfs (it must unpack in the guest's memory).
+const MAX_PROGRAM: u64 = 64 << 20;
 
 /// One boot of `exec`.
 #[derive(Debug, Clone, Serialize)]
@@ -90,7 +94,8 @@ pub fn run(sh: &Shell, layout: &Layout, args: &ExecArgs) -> Result<Report> {
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
 
     let (name, binary) = program(sh, &args.program, &work)?;
-    let view = view(&lab, &work.join("lab"), &name, &binary, args.run_as, &args.args)?;
+    let view_dir = work.join("lab");
+    let view = view(&lab, &view_dir, &name, &binary, args.run_as, &args.args)?;
     let expect = boottest::Expect { builtin: false, checks: Vec::new(), ..lab.expect() };
     let mut runs = Vec::new();
     for i in 1..=args.runs.get() {
@@ -99,6 +104,8 @@ pub fn run(sh: &Shell, layout: &Layout, args: &ExecArgs) -> Result<Report> {
         let report = boottest::boot_once(&view, &expect, Duration::from_secs(args.timeout), &out)?;
         runs.push(judge_run(i, &report));
     }
+    // The reports and console logs stay; the initramfs copy is only for booting.
+    let _ = std::fs::remove_dir_all(&view_dir);
     let succeeded = runs.iter().filter(|r| r.succeeded).count() as u32;
     let report = Report {
         lab: lab.dir.clone(),
@@ -124,6 +131,11 @@ fn program(sh: &Shell, path: &Path, work: &Path) -> Result<(String, Vec<u8>)> {
         let out = programs::compile(sh, path, &work.join("program").join(&name), 0, &format!("exec {}", path.display()))?;
         std::fs::read(&out).with_context(|| format!("read {}", out.display()))?
     } else {
+        let size =
+            std::fs::metadata(path).with_context(|| format!("read program {}: give a static binary or a C source", path.display()))?.len();
+        if size > MAX_PROGRAM {
+            bail!("program {} is {size} bytes: exec copies programs of at most {MAX_PROGRAM} bytes into the initramfs", path.display());
+        }
         let bytes = std::fs::read(path).with_context(|| format!("read program {}: give a static binary or a C source", path.display()))?;
         programs::check_static_elf(&bytes, &path.display().to_string())?;
         bytes
@@ -132,18 +144,23 @@ fn program(sh: &Shell, path: &Path, work: &Path) -> Result<(String, Vec<u8>)> {
 }
 
 /// A lab directory made of symlinks to `lab`'s files plus its own initramfs: the lab's archive
-/// followed by one that adds `/usr/bin/<name>` and replaces the self-test with the run.
+/// followed by one that adds `/opt/kernel-lab/<name>` and replaces the self-test with the run.
 fn view(lab: &Lab, dir: &Path, name: &str, binary: &[u8], run_as: RunAs, args: &[String]) -> Result<Lab> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let original = std::fs::read(lab.file(lab::ROOTFS)).with_context(|| {
-        format!("read {} (exec needs a lab with an uncompressed rootfs.cpio; rebuild it)", lab.file(lab::ROOTFS).display())
-    })?;
+    // run.sh boots rootfs.cpio, else rootfs.cpio.gz (`rootfs.gzip`); the kernel unpacks a gzip
+    // archive followed by a plain one as well.
+    let initrd = [lab::ROOTFS.to_string(), format!("{}.gz", lab::ROOTFS)]
+        .into_iter()
+        .map(|n| lab.file(&n))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{} has neither rootfs.cpio nor rootfs.cpio.gz: rebuild the lab", lab.dir.display()))?;
+    let original = std::fs::read(&initrd).with_context(|| format!("read {}", initrd.display()))?;
     // Labs from before `exec` have no runner to source: say so instead of booting a broken run.
-    let entries = cpio::read(&original).with_context(|| format!("read {}", lab.file(lab::ROOTFS).display()))?;
+    let entries = cpio::read(&original).with_context(|| format!("read {}", initrd.display()))?;
     if !entries.iter().any(|e| e.entry.path.trim_start_matches('/') == rootfs::RUN_FUNCTION_PATH) {
         bail!("{} has no /{}: the lab predates `exec`; rebuild it with `cargo xtask kernel`", lab.dir.display(), rootfs::RUN_FUNCTION_PATH);
     }
-    let mut command = boottest::shell_quote(&format!("/usr/bin/{name}"));
+    let mut command = boottest::shell_quote(&format!("/{GUEST_DIR}/{name}"));
     for a in args {
         if a.chars().any(char::is_control) {
             bail!("program argument {a:?} contains a control character: pass one line per argument");
@@ -156,9 +173,9 @@ fn view(lab: &Lab, dir: &Path, name: &str, binary: &[u8], run_as: RunAs, args: &
         .replace("@RUN@", &boottest::guest_run(RUN_NAME, run_as, &command));
     let mut extra = Archive::new();
     // Same owners and modes as the lab's own directories: the kernel applies them again.
-    extra.add_dir_all("usr/bin", 0o755, 0, 0)?;
+    extra.add_dir_all(GUEST_DIR, 0o755, 0, 0)?;
     extra.add_dir_all("etc/kernel-lab", 0o755, 0, 0)?;
-    extra.add_file(&format!("usr/bin/{name}"), 0o755, 0, 0, binary.to_vec())?;
+    extra.add_file(&format!("{GUEST_DIR}/{name}"), 0o755, 0, 0, binary.to_vec())?;
     extra.add_file(rootfs::BOOT_TEST_PATH, 0o755, 0, 0, script.into_bytes())?;
     let mut initramfs = original;
     // newc archives are 4-byte aligned; the kernel reads concatenated archives in order.
@@ -179,6 +196,11 @@ fn judge_run(i: u32, report: &BootReport) -> Run {
     let console = std::fs::read(&report.console_log).unwrap_or_default();
     let kernel_log = kernel_lines(&String::from_utf8_lossy(&console));
     let exit = run.exit;
+    let detail = if report.verdict == Verdict::Pass && exit.is_some() && !run.complete() {
+        "the program's output reached the host incomplete (a line was lost)".to_string()
+    } else {
+        report.detail.clone()
+    };
     Run {
         run: i,
         verdict: report.verdict.clone(),
@@ -186,10 +208,11 @@ fn judge_run(i: u32, report: &BootReport) -> Run {
         stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
         kernel_log,
-        detail: report.detail.clone(),
+        detail,
         seconds: (report.wall_seconds * 10.0).round() / 10.0,
         console_log: report.console_log.clone(),
-        succeeded: report.verdict == Verdict::Pass && exit == Some(0),
+        // Output that lost a line to a kernel message is not a success, whatever was left of it.
+        succeeded: report.verdict == Verdict::Pass && exit == Some(0) && run.complete(),
     }
 }
 

@@ -25,7 +25,7 @@ pub fn require_modules_support(recipe: &LoadedRecipe, config: &Path) -> Result<(
     let text = std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
     if !text.lines().any(|l| l.trim() == "CONFIG_MODULES=y") {
         bail!(
-            "{}: modules ({} and others) need CONFIG_MODULES=y, but {} does not have it: add `modules.config` (configs/modules.config) to config.fragments",
+            "{}: modules such as {} need CONFIG_MODULES=y, but {} does not have it: add `modules.config` (configs/modules.config) to config.fragments",
             recipe.line_of("modules:"),
             first.dir.display(),
             config.display()
@@ -46,9 +46,24 @@ pub fn build(
     epoch: u64,
 ) -> Result<Vec<BuiltModule>> {
     require_modules_support(recipe, &kernel.dir.join(".config"))?;
-    let mut built = Vec::new();
+    let mut built: Vec<BuiltModule> = Vec::new();
     for spec in &recipe.recipe.modules {
-        built.extend(build_one(sh, recipe, spec, kernel, src, work, make, epoch)?);
+        for m in build_one(sh, recipe, spec, kernel, src, work, make, epoch)? {
+            // The name lands in /init's insmod line and in the lab's modules/ directory.
+            let stem = m.file.trim_end_matches(".ko");
+            if stem.is_empty() || !stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                bail!(
+                    "{}: module file {:?} built from {}: name modules with letters, digits, _ or -",
+                    recipe.line_of("modules:"),
+                    m.file,
+                    spec.dir.display()
+                );
+            }
+            if built.iter().any(|b| b.file == m.file) {
+                bail!("{}: two module directories build {}: rename one module", recipe.line_of("modules:"), m.file);
+            }
+            built.push(m);
+        }
     }
     Ok(built)
 }

@@ -171,12 +171,19 @@ pub fn build_lab(
         dest
     };
     let kbuild_dir = layout.kernel_build(recipe.kernel_build_name(), version);
+    let identity = recipe.kernel_identity()?;
+    if let Some(parent) = kbuild_dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    // Recipes may share a build (`kernel.build`): one run at a time configures, builds and
+    // builds modules in it, and only recipes that ask for the same kernel take turns.
+    let _build_lock = lab::LabLock::exclusive(&kbuild_dir)?;
+    claim_build(&kbuild_dir, recipe, &identity)?;
     let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
     t.time("configure", || kbuild::configure(sh, &src, &kbuild_dir, r.config.base, &fragments, version, r.qemu.nic))
         .with_context(|| format!("configure linux-{version}"))?;
     // Before the long build: a recipe with modules needs a kernel that loads them.
     modules::require_modules_support(recipe, &kbuild_dir.join(".config"))?;
-    let identity = recipe.kernel_identity()?;
     let patch_files: Vec<PathBuf> = patches.iter().map(|(_, p)| p.clone()).collect();
     let inputs = kbuild::BuildInputs {
         tarball_sha256: &lock.kernel.sha256,
@@ -252,6 +259,30 @@ pub fn build_lab(
         })
         .context("assemble the lab")?;
     Ok((lab, kernel))
+}
+
+/// Records which recipe's kernel a build directory holds, and refuses a shared `kernel.build`
+/// whose recipes ask for different kernels (they would rebuild it in turn, each lab's gdb paths
+/// pointing at the other's tree).
+fn claim_build(dir: &Path, recipe: &LoadedRecipe, identity: &str) -> Result<()> {
+    const OWNER: &str = ".kernel-lab-identity";
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(OWNER);
+    let mine = format!("{}\n{identity}\n", recipe.name);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Some((owner, theirs)) = text.split_once('\n') {
+            if owner != recipe.name && theirs.trim_end() != identity {
+                bail!(
+                    "{}: kernel.build {:?} ({}) holds recipe {owner:?}'s kernel, and {:?} asks for a different one (kernel, config, patches or NIC): give one of them its own kernel.build",
+                    recipe.line_of("build:"),
+                    recipe.kernel_build_name(),
+                    dir.display(),
+                    recipe.name
+                );
+            }
+        }
+    }
+    layout::write_atomic(&path, mine.as_bytes())
 }
 
 /// A recipe's programs and modules, built for the guest.

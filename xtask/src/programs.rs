@@ -23,8 +23,14 @@ pub fn flags(src_dir: &Path) -> Vec<String> {
 /// Compiles `src` into `out` (through a temporary sibling). `origin` says where the program was
 /// asked for (a recipe line, a command line) and leads the error, which quotes the compiler.
 pub fn compile(sh: &Shell, src: &Path, out: &Path, epoch: u64, origin: &str) -> Result<PathBuf> {
-    if !src.is_file() {
-        bail!("{origin}: program source {} does not exist: fix the path (it is relative to the recipe's directory)", src.display());
+    match std::fs::symlink_metadata(src) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            bail!("{origin}: program source {} is not a regular file (a symlink or a directory): give the C file itself", src.display())
+        }
+        Err(_) => {
+            bail!("{origin}: program source {} does not exist: fix the path (it is relative to the recipe's directory)", src.display())
+        }
     }
     let dir = src.parent().unwrap_or(Path::new("."));
     let flags = flags(dir);

@@ -236,7 +236,7 @@ impl fmt::Display for Expected {
         match self {
             Expected::Exact(s) => write!(f, "exactly {s:?}"),
             Expected::Contains(s) => write!(f, "containing {s:?}"),
-            Expected::Regex(s) => write!(f, "matching /{s}/"),
+            Expected::Regex(s) => write!(f, "matching the regex {s:?}"),
         }
     }
 }
@@ -506,7 +506,7 @@ impl LoadedRecipe {
     /// else the recipe's path.
     pub fn line_of(&self, needle: &str) -> String {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        match text.lines().position(|l| l.contains(needle)) {
+        match text.lines().position(|l| !l.trim_start().starts_with('#') && l.contains(needle)) {
             Some(i) => format!("{}:{}", self.path.display(), i + 1),
             None => self.path.display().to_string(),
         }
@@ -608,6 +608,9 @@ fn check(r: &Recipe) -> Result<()> {
             bail!("modules: dir {:?} may hold only letters, digits and ._/- (rename the directory)", m.dir.display());
         }
         let name = m.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.is_empty() || name == "." {
+            bail!("modules: dir {:?} must name the module's own directory (e.g. modules/klab)", m.dir.display());
+        }
         if !names.insert(name.clone()) {
             bail!("modules: two module directories are named {name:?}; rename one");
         }
@@ -670,6 +673,13 @@ fn check_guest(what: &str, guest: &str) -> Result<()> {
         bail!("{what}: guest path {guest:?} must be absolute and below / (e.g. \"/home/user/notes\")");
     }
     let g = guest.trim_start_matches('/').trim_end_matches('/');
+    if guest.chars().any(char::is_control) || g.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        bail!("{what}: guest path {guest:?} must be a plain path: no control characters, no empty, `.` or `..` components");
+    }
+    // The boot test's runner calls every tool through /bin/busybox.
+    if g == "bin/busybox" || g == "bin/busybox-suid" {
+        bail!("{what}: guest path {guest:?} would replace busybox, which /init and the boot self-test run; pick another path");
+    }
     if g == "init" || g == "etc" || g == "etc/kernel-lab" || g.starts_with("etc/kernel-lab/") {
         bail!("{what}: guest path {guest:?} would replace kernel-lab's /init or boot self-test; pick another path");
     }
@@ -791,6 +801,11 @@ pub(crate) mod tests {
             ("rootfs:\n  programs:\n    - {src: x.txt, guest: /bin/x}\n", "must be a C source"),
             ("rootfs:\n  programs:\n    - {src: x.c, guest: /init}\n", "would replace"),
             ("modules:\n  - {dir: m, args: \"x=1; reboot\"}\n", "name=value words"),
+            ("modules:\n  - {dir: .}\n", "the module's own directory"),
+            ("modules:\n  - {dir: \"m x\"}\n", "only letters, digits"),
+            ("rootfs:\n  programs:\n    - {src: x.c, guest: /bin/busybox}\n", "would replace busybox"),
+            ("rootfs:\n  programs:\n    - {src: x.c, guest: \"/usr/./bin/x\"}\n", "plain path"),
+            ("rootfs:\n  files:\n    - {host: a, guest: \"/a\\tb\"}\n", "plain path"),
             ("modules:\n  - {dir: a/m}\n  - {dir: b/m}\n", "two module directories are named \"m\""),
             ("boot_test:\n  checks:\n    - {name: Bad, run: x}\n", "check name \"Bad\""),
             ("boot_test:\n  checks:\n    - {name: a, run: x}\n    - {name: a, run: y}\n", "two checks are named \"a\""),
