@@ -296,6 +296,63 @@ pub fn junit_xml(r: &Report) -> String {
 mod tests {
     use super::*;
 
+    /// A lab directory with a real lab.json and rootfs.cpio (with or without the runner).
+    fn fake_lab(dir: &Path, with_runner: bool) -> Lab {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut a = Archive::new();
+        a.add_dir_all("etc/kernel-lab", 0o755, 0, 0).unwrap();
+        a.add_file("etc/kernel-lab/boot-test.sh", 0o755, 0, 0, b"#!/bin/sh\n".to_vec()).unwrap();
+        if with_runner {
+            a.add_file(rootfs::RUN_FUNCTION_PATH, 0o644, 0, 0, b"klab_run() { :; }\n".to_vec()).unwrap();
+        }
+        std::fs::write(dir.join(lab::ROOTFS), cpio::to_bytes(&a, 7, false).unwrap()).unwrap();
+        for f in [lab::RUN_SH, lab::GDB_SH, lab::DEBUG_GDB, lab::BZIMAGE, lab::VMLINUX] {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        crate::lab::write_description(dir, &crate::lab::tests::description()).unwrap();
+        Lab::open(dir).unwrap()
+    }
+
+    #[test]
+    fn a_view_boots_the_lab_with_the_program_and_never_writes_the_lab() {
+        let dir = crate::testutil::scratch("exec-view");
+        let lab = fake_lab(&dir.join("lab"), true);
+        let before = std::fs::read(lab.file(lab::ROOTFS)).unwrap();
+        let args = ["a'b".to_string(), "$(id)".to_string()];
+        let v = view(&lab, &dir.join("view"), "poc", b"\x7fELF...", RunAs::Root, &args).unwrap();
+        assert_eq!(std::fs::read(lab.file(lab::ROOTFS)).unwrap(), before, "the lab's rootfs changed");
+        for f in [lab::RUN_SH, lab::BZIMAGE, lab::VMLINUX, lab::LAB_JSON] {
+            let link = dir.join("view").join(f);
+            assert_eq!(std::fs::read_link(&link).unwrap(), lab.file(f), "{f}");
+        }
+        // The lab's archive, padded to 4 bytes, then ours: the program off PATH and the run.
+        let initramfs = std::fs::read(v.file(lab::ROOTFS)).unwrap();
+        let start = before.len().next_multiple_of(4);
+        assert_eq!(&initramfs[..before.len()], &before[..]);
+        let ours = cpio::read(&initramfs[start..]).unwrap();
+        let get = |p: &str| ours.iter().find(|e| e.entry.path == p).unwrap_or_else(|| panic!("{p} missing")).entry.clone();
+        let prog = get("opt/kernel-lab/poc");
+        assert_eq!((prog.mode, prog.uid), (0o755, 0));
+        let script = match get(rootfs::BOOT_TEST_PATH).kind {
+            crate::cpio::Kind::File(b) => String::from_utf8(b).unwrap(),
+            k => panic!("{k:?}"),
+        };
+        // The command line, quoted word by word, is itself one word for klab_run (`sh -c "$3"`).
+        let command = "'/opt/kernel-lab/poc' 'a'\\''b' '$(id)'";
+        assert!(script.contains(&boottest::guest_run("exec", RunAs::Root, command)), "{script}");
+        let argv = std::process::Command::new("sh").args(["-c", &format!("set -- {command}; printf '%s|' \"$@\"")]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&argv.stdout), "/opt/kernel-lab/poc|a'b|$(id)|");
+        assert!(script.contains(&format!(". /{}", rootfs::RUN_FUNCTION_PATH)) && script.trim_end().ends_with("poweroff -f"), "{script}");
+        // Arguments are lines of their own in the guest script: no control characters.
+        let e = view(&lab, &dir.join("view2"), "poc", b"x", RunAs::User, &["a\nb".to_string()]).unwrap_err();
+        assert!(format!("{e:#}").contains("control character"), "{e:#}");
+        // A lab from before `exec` has no runner: refused with the fix.
+        let old = fake_lab(&dir.join("old"), false);
+        let e = format!("{:#}", view(&old, &dir.join("view3"), "poc", b"x", RunAs::User, &[]).unwrap_err());
+        assert!(e.contains("predates `exec`") && e.contains("rebuild"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn kernel_lines_are_the_messages_between_begin_and_end() {
         let console = "Linux version 6.12\nKLAB:BEGIN\n[    1.0] klab_hello: called\r\nKLAB:run:exec:exit=0\nKLAB:run:exec:out=6869\n[    1.1] second\nKLAB:END\n[    1.2] after\n";

@@ -345,7 +345,7 @@ pub fn write_description(dir: &Path, desc: &Description) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn leftovers(dir: &Path) -> Vec<String> {
@@ -354,7 +354,7 @@ mod tests {
         names
     }
 
-    pub fn description() -> Description {
+    pub(crate) fn description() -> Description {
         Description {
             recipe: "lts".into(),
             kernel_version: "6.12.117".into(),
@@ -463,6 +463,32 @@ mod tests {
         assert!(assemble(&sh, &dest, &Parts { desc: &d2, ..parts }).unwrap().1);
         fs::write(&kernel.inputs_stamp, "inputs v2\n").unwrap();
         assert!(assemble(&sh, &dest, &parts).unwrap().1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Modules land in modules/ and in the manifest; a changed or deleted .ko is repaired by the
+    /// next assembly, not reported as up to date.
+    #[test]
+    fn modules_are_part_of_the_lab() {
+        let dir = scratch("assemble-modules");
+        let (src, kernel) = fake_kernel(&dir);
+        let ko = dir.join("klab.ko");
+        fs::write(&ko, "elf module").unwrap();
+        let dest = dir.join("labs/module-6.12.117");
+        let (desc, sh, s) = (description(), Shell::new().unwrap(), scripts("#!/bin/sh\n"));
+        let modules = [("klab.ko".to_string(), ko.clone())];
+        let parts = Parts { modules: &modules, ..parts(&kernel, &src, &s, &desc) };
+        assert!(assemble(&sh, &dest, &parts).unwrap().1);
+        assert_eq!(fs::read_to_string(dest.join("modules/klab.ko")).unwrap(), "elf module");
+        let m = Manifest::read(&dest).unwrap();
+        assert!(m.reproducible.files.iter().any(|f| f.path == "modules/klab.ko"));
+        assert!(!assemble(&sh, &dest, &parts).unwrap().1, "same parts: nothing to do");
+        fs::write(dest.join("modules/klab.ko"), "tampered").unwrap();
+        assert!(assemble(&sh, &dest, &parts).unwrap().1, "a changed module must be repaired");
+        assert_eq!(fs::read_to_string(dest.join("modules/klab.ko")).unwrap(), "elf module");
+        fs::write(&ko, "rebuilt module").unwrap();
+        assert!(assemble(&sh, &dest, &parts).unwrap().1, "a rebuilt module must reach the lab");
+        assert_eq!(fs::read_to_string(dest.join("modules/klab.ko")).unwrap(), "rebuilt module");
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -285,6 +285,40 @@ fn claim_build(dir: &Path, recipe: &LoadedRecipe, identity: &str) -> Result<()> 
     layout::write_atomic(&path, mine.as_bytes())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two recipes may share a kernel build only while they ask for the same kernel; one recipe
+    /// may change its own kernel (it is rebuilt).
+    #[test]
+    fn a_shared_build_refuses_a_recipe_that_asks_for_another_kernel() {
+        let dir = crate::testutil::scratch("claim-build");
+        let minimal = crate::recipe::tests::MINIMAL;
+        let write = |name: &str, fragments: &str| {
+            let text = minimal.replace("channel: longterm", "channel: longterm\n  build: shared").replace("[lab.config]", fragments);
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&path, text).unwrap();
+            recipe::load(&path).unwrap()
+        };
+        let build = dir.join("linux-6.12.1-shared");
+        let a = write("a", "[lab.config]");
+        let b = write("b", "[lab.config]");
+        claim_build(&build, &a, &a.kernel_identity().unwrap()).unwrap();
+        claim_build(&build, &b, &b.kernel_identity().unwrap()).unwrap();
+        let c = write("c", "[lab.config, smp.config]");
+        let e = format!("{:#}", claim_build(&build, &c, &c.kernel_identity().unwrap()).unwrap_err());
+        assert!(
+            e.contains("holds recipe \"b\"'s kernel") && e.contains("\"c\" asks for a different one") && e.contains("own kernel.build"),
+            "{e}"
+        );
+        // b changing its own kernel is a rebuild, not a conflict.
+        let b2 = write("b", "[lab.config, smp.config]");
+        claim_build(&build, &b2, &b2.kernel_identity().unwrap()).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 /// A recipe's programs and modules, built for the guest.
 #[derive(Default)]
 struct Exercise {
