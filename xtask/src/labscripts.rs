@@ -154,9 +154,10 @@ fn exercise_readme(info: &LabInfo) -> String {
     }
     if !info.checks.is_empty() {
         s.push_str(&format!(
-            "The boot test (`cargo xtask boot-test --lab .`) also runs the recipe's checks: {}. Each is\n\
-             reported in boot-report.json under `checks`. Run your own program in this lab, N boots in a\n\
-             row, with `cargo xtask exec --lab . PROGRAM` (a static binary or a C source).\n\n",
+            "The boot test (`cargo xtask boot-test --lab DIR`, from a kernel-lab checkout, DIR being this\n\
+             directory) also runs the recipe's checks: {}. Each is reported in boot-report.json under\n\
+             `checks`. Run your own program in this lab, N boots in a row, with\n\
+             `cargo xtask exec --lab DIR --runs N PROGRAM` (a static binary or a C source).\n\n",
             info.checks.join(", ")
         ));
     }
