@@ -289,6 +289,36 @@ fn claim_build(dir: &Path, recipe: &LoadedRecipe, identity: &str) -> Result<()> 
 mod tests {
     use super::*;
 
+    /// A patch from `recipes/patches/` goes to `inputs/recipes/patches/`, one beside the recipe
+    /// beside it; in a checkout of those inputs (what `verify` builds from), each resolves to the
+    /// same place again. (verify of the module lab found the shared patch moved.)
+    #[test]
+    fn patch_inputs_resolve_the_same_way_in_a_checkout_of_them() {
+        let dir = crate::testutil::scratch("patch-inputs");
+        let text =
+            crate::recipe::tests::MINIMAL.replace("channel: longterm", "channel: longterm\n  patches: [shared.patch, own/beside.patch]");
+        let place = |root: &Path, recipe_dir: &Path| {
+            let layout = Layout { root: root.to_path_buf(), artifacts: root.join("artifacts"), cache: root.join("cache") };
+            std::fs::create_dir_all(recipe_dir.join("own")).unwrap();
+            std::fs::create_dir_all(layout.recipes_dir().join("patches")).unwrap();
+            std::fs::write(recipe_dir.join("r.yaml"), &text).unwrap();
+            std::fs::write(recipe_dir.join("own/beside.patch"), "b").unwrap();
+            std::fs::write(layout.recipes_dir().join("patches/shared.patch"), "s").unwrap();
+            let recipe = recipe::load(&recipe_dir.join("r.yaml")).unwrap();
+            let found = patch_paths(&layout, &recipe).unwrap();
+            found.iter().map(|(name, path)| (patch_input(&recipe, name), std::fs::read_to_string(path).unwrap())).collect::<Vec<_>>()
+        };
+        // The e2e's layout: the recipe outside recipes/, the shared patch in the checkout's recipes/patches/.
+        let repo = place(&dir.join("repo"), &dir.join("repo/artifacts/e2e/recipes"));
+        let want =
+            vec![("recipes/patches/shared.patch".to_string(), "s".to_string()), ("recipes/own/beside.patch".to_string(), "b".to_string())];
+        assert_eq!(repo, want);
+        // verify's checkout: inputs/ copied to checkout/, the recipe in checkout/recipes/.
+        let checkout = place(&dir.join("checkout"), &dir.join("checkout/recipes"));
+        assert_eq!(checkout, want);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Two recipes may share a kernel build only while they ask for the same kernel; one recipe
     /// may change its own kernel (it is rebuilt).
     #[test]
@@ -363,6 +393,16 @@ fn kernel_version_of(kernel: &KernelBuild) -> Result<String> {
     Ok(std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?.trim().to_string())
 }
 
+/// Where a patch goes in the lab's `inputs/` (a checkout): beside the recipe when it was found
+/// there, else in `recipes/patches/`, so that `patch_paths` finds it the same way in the copy.
+fn patch_input(recipe: &LoadedRecipe, name: &str) -> String {
+    if recipe.dir().join(name).is_file() {
+        format!("recipes/{name}")
+    } else {
+        format!("recipes/patches/{name}")
+    }
+}
+
 /// The recipe's patches: (name as written, file), each beside the recipe or in `recipes/patches/`.
 fn patch_paths(layout: &Layout, recipe: &LoadedRecipe) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
@@ -431,7 +471,7 @@ fn provenance(
     let mut patch_inputs = Vec::new();
     for (name, path) in patches {
         let bytes = read(path)?;
-        let under = if path.starts_with(recipe.dir()) { format!("recipes/{name}") } else { format!("recipes/patches/{name}") };
+        let under = patch_input(recipe, name);
         inputs.push((under, bytes.clone()));
         patch_inputs.push(manifest::Input { name: name.clone(), sha256: crate::hash::sha256_bytes(&bytes) });
     }
