@@ -290,16 +290,18 @@ pub fn make_command<'a>(sh: &'a Shell, src: &Path, build: &Path, make: &MakePlan
     let cc = make.cc_arg();
     // With loadable modules, `modules` also writes Module.symvers, which out-of-tree modules
     // (`make M=`) link against.
-    let modules = config_has(build, "CONFIG_MODULES=y").then_some("modules");
+    // `build` checked that the .config exists; unreadable, it fails make anyway.
+    let modules = config_has(&build.join(".config"), "CONFIG_MODULES=y").unwrap_or(false).then_some("modules");
     reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux {modules...} scripts_gdb"), epoch)
         .env("KBUILD_BUILD_VERSION", BUILD_VERSION)
         .env("KCFLAGS", &maps)
         .env("KAFLAGS", &maps)
 }
 
-/// Whether the build's `.config` has the line `line` (e.g. `CONFIG_MODULES=y`).
-pub(crate) fn config_has(build: &Path, line: &str) -> bool {
-    std::fs::read_to_string(build.join(".config")).is_ok_and(|c| c.lines().any(|l| l.trim() == line))
+/// Whether the `.config` at `config` has the line `line` (e.g. `CONFIG_MODULES=y`).
+pub(crate) fn config_has(config: &Path, line: &str) -> Result<bool> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
+    Ok(text.lines().any(|l| l.trim() == line))
 }
 
 /// `-ffile-prefix-map` for both trees, without a trailing slash: with `<build>/=` the build

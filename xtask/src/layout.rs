@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -91,6 +91,31 @@ impl Layout {
     pub fn default_mirror_dir(&self) -> PathBuf {
         self.artifacts.join("mirror")
     }
+}
+
+/// Copies the tree at `from` into `to` (created): directories and regular files only. A symlink
+/// or device is refused, so a copied tree (a lab's inputs, a module's sources) cannot pull in
+/// files from elsewhere on the host.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+    let mut names: Vec<_> = fs::read_dir(from)
+        .with_context(|| format!("list {}", from.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("list {}", from.display()))?;
+    names.sort();
+    for name in names {
+        let (src, dst) = (from.join(&name), to.join(&name));
+        let meta = fs::symlink_metadata(&src).with_context(|| format!("inspect {}", src.display()))?;
+        if meta.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if meta.is_file() {
+            fs::copy(&src, &dst).with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
+        } else {
+            bail!("{} is not a regular file or directory: symlinks and devices are not copied", src.display());
+        }
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename, so readers never see a

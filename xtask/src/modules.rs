@@ -22,8 +22,7 @@ pub struct BuiltModule {
 /// load them.
 pub fn require_modules_support(recipe: &LoadedRecipe, config: &Path) -> Result<()> {
     let Some(first) = recipe.recipe.modules.first() else { return Ok(()) };
-    let text = std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
-    if !text.lines().any(|l| l.trim() == "CONFIG_MODULES=y") {
+    if !kbuild::config_has(config, "CONFIG_MODULES=y")? {
         bail!(
             "{}: modules such as {} need CONFIG_MODULES=y, but {} does not have it: add `modules.config` (configs/modules.config) to config.fragments",
             recipe.line_of("modules:"),
@@ -91,7 +90,8 @@ fn build_one(
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    copy_sources(&from, &dir)?;
+    // Symlinks are refused, so a recipe cannot pull in files from outside its directory.
+    crate::layout::copy_tree(&from, &dir).with_context(|| format!("{origin}: copy module sources"))?;
     let build = &kernel.dir;
     let m = {
         let mut m = std::ffi::OsString::from("M=");
@@ -116,30 +116,6 @@ fn build_one(
         bail!("{origin}: make built no .ko in {}: does its Kbuild say `obj-m += NAME.o`? see {}", dir.display(), log.display());
     }
     Ok(kos.into_iter().map(|file| BuiltModule { ko: dir.join(&file), file, load: spec.load, args: spec.args.clone() }).collect())
-}
-
-/// Copies a module's sources (regular files and directories; symlinks are refused so a recipe
-/// cannot pull in files from outside its directory).
-fn copy_sources(from: &Path, to: &Path) -> Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(from)
-        .with_context(|| format!("read module directory {}", from.display()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("read module directory {}", from.display()))?;
-    names.sort();
-    for name in names {
-        let (src, dst) = (from.join(&name), to.join(&name));
-        let meta = std::fs::symlink_metadata(&src).with_context(|| format!("inspect {}", src.display()))?;
-        if meta.is_dir() {
-            std::fs::create_dir_all(&dst).with_context(|| format!("create {}", dst.display()))?;
-            copy_sources(&src, &dst)?;
-        } else if meta.is_file() {
-            std::fs::copy(&src, &dst).with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
-        } else {
-            bail!("{} is not a regular file or directory: module sources may not be symlinks or devices", src.display());
-        }
-    }
-    Ok(())
 }
 
 /// The /init lines that load the recipe's modules, in recipe order.

@@ -88,7 +88,7 @@ pub fn verify(sh: &Shell, layout: &Layout, dir: &Path, trust: &Trust, make: &Mak
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let work = layout.artifacts.join("verify").join(format!("{name}-{stamp}"));
     let checkout = work.join("checkout");
-    copy_tree(&dir.join(lab::INPUTS), &checkout).with_context(|| format!("copy the inputs of {}", dir.display()))?;
+    crate::layout::copy_tree(&dir.join(lab::INPUTS), &checkout).with_context(|| format!("copy the inputs of {}", dir.display()))?;
     refuse_host_paths(&checkout.join("configs"))?;
     let other = Layout { root: checkout.clone(), artifacts: checkout.join("artifacts/elsewhere"), cache: layout.cache.clone() };
     let recipe_path = other.recipes_dir().join(format!("{}.yaml", r.recipe.name));
@@ -208,24 +208,6 @@ fn refuse_host_paths(dir: &Path) -> Result<()> {
             if name.starts_with("CONFIG_") && (value.starts_with('/') || value.starts_with('~') || value.contains("..")) {
                 bail!("{}: {name} names a host path ({value:?}): verify does not build host files into a lab; refusing it", path.display());
             }
-        }
-    }
-    Ok(())
-}
-
-/// Copies regular files and directories (a lab's inputs hold nothing else).
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
-    for entry in fs::read_dir(from).with_context(|| format!("list {}", from.display()))? {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let meta = fs::symlink_metadata(&src)?;
-        if meta.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if meta.is_file() {
-            fs::copy(&src, &dst).with_context(|| format!("copy {}", src.display()))?;
-        } else {
-            bail!("{} is neither a file nor a directory", src.display());
         }
     }
     Ok(())
