@@ -206,7 +206,7 @@ pub fn build_lab(
     let exercise = if r.rootfs.programs.is_empty() && r.modules.is_empty() {
         Exercise::default()
     } else {
-        t.time("exercise", || build_exercise(sh, layout, recipe, &src, &kernel, make, epoch))?
+        t.time("exercise", || build_exercise(sh, layout, recipe, &src, &kernel, version, make, epoch))?
     };
 
     let dest = layout.lab(&recipe.name, version);
@@ -285,70 +285,6 @@ fn claim_build(dir: &Path, recipe: &LoadedRecipe, identity: &str) -> Result<()> 
     layout::write_atomic(&path, mine.as_bytes())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A patch from `recipes/patches/` goes to `inputs/recipes/patches/`, one beside the recipe
-    /// beside it; in a checkout of those inputs (what `verify` builds from), each resolves to the
-    /// same place again. (verify of the module lab found the shared patch moved.)
-    #[test]
-    fn patch_inputs_resolve_the_same_way_in_a_checkout_of_them() {
-        let dir = crate::testutil::scratch("patch-inputs");
-        let text =
-            crate::recipe::tests::MINIMAL.replace("channel: longterm", "channel: longterm\n  patches: [shared.patch, own/beside.patch]");
-        let place = |root: &Path, recipe_dir: &Path| {
-            let layout = Layout { root: root.to_path_buf(), artifacts: root.join("artifacts"), cache: root.join("cache") };
-            std::fs::create_dir_all(recipe_dir.join("own")).unwrap();
-            std::fs::create_dir_all(layout.recipes_dir().join("patches")).unwrap();
-            std::fs::write(recipe_dir.join("r.yaml"), &text).unwrap();
-            std::fs::write(recipe_dir.join("own/beside.patch"), "b").unwrap();
-            std::fs::write(layout.recipes_dir().join("patches/shared.patch"), "s").unwrap();
-            let recipe = recipe::load(&recipe_dir.join("r.yaml")).unwrap();
-            let found = patch_paths(&layout, &recipe).unwrap();
-            found.iter().map(|(name, path)| (patch_input(&recipe, name), std::fs::read_to_string(path).unwrap())).collect::<Vec<_>>()
-        };
-        // The e2e's layout: the recipe outside recipes/, the shared patch in the checkout's recipes/patches/.
-        let repo = place(&dir.join("repo"), &dir.join("repo/artifacts/e2e/recipes"));
-        let want =
-            vec![("recipes/patches/shared.patch".to_string(), "s".to_string()), ("recipes/own/beside.patch".to_string(), "b".to_string())];
-        assert_eq!(repo, want);
-        // verify's checkout: inputs/ copied to checkout/, the recipe in checkout/recipes/.
-        let checkout = place(&dir.join("checkout"), &dir.join("checkout/recipes"));
-        assert_eq!(checkout, want);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    /// Two recipes may share a kernel build only while they ask for the same kernel; one recipe
-    /// may change its own kernel (it is rebuilt).
-    #[test]
-    fn a_shared_build_refuses_a_recipe_that_asks_for_another_kernel() {
-        let dir = crate::testutil::scratch("claim-build");
-        let minimal = crate::recipe::tests::MINIMAL;
-        let write = |name: &str, fragments: &str| {
-            let text = minimal.replace("channel: longterm", "channel: longterm\n  build: shared").replace("[lab.config]", fragments);
-            let path = dir.join(format!("{name}.yaml"));
-            std::fs::write(&path, text).unwrap();
-            recipe::load(&path).unwrap()
-        };
-        let build = dir.join("linux-6.12.1-shared");
-        let a = write("a", "[lab.config]");
-        let b = write("b", "[lab.config]");
-        claim_build(&build, &a, &a.kernel_identity().unwrap()).unwrap();
-        claim_build(&build, &b, &b.kernel_identity().unwrap()).unwrap();
-        let c = write("c", "[lab.config, smp.config]");
-        let e = format!("{:#}", claim_build(&build, &c, &c.kernel_identity().unwrap()).unwrap_err());
-        assert!(
-            e.contains("holds recipe \"b\"'s kernel") && e.contains("\"c\" asks for a different one") && e.contains("own kernel.build"),
-            "{e}"
-        );
-        // b changing its own kernel is a rebuild, not a conflict.
-        let b2 = write("b", "[lab.config, smp.config]");
-        claim_build(&build, &b2, &b2.kernel_identity().unwrap()).unwrap();
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-}
-
 /// A recipe's programs and modules, built for the guest.
 #[derive(Default)]
 struct Exercise {
@@ -357,18 +293,19 @@ struct Exercise {
 }
 
 /// Compiles `rootfs.programs` and builds `modules` against the lab kernel.
+#[allow(clippy::too_many_arguments)]
 fn build_exercise(
     sh: &Shell,
     layout: &Layout,
     recipe: &LoadedRecipe,
     src: &Path,
     kernel: &KernelBuild,
+    version: &str,
     make: &MakePlan,
     epoch: u64,
 ) -> Result<Exercise> {
     let r = &recipe.recipe;
-    let version = kernel_version_of(kernel)?;
-    let work = layout.exercise_build(&recipe.name, &version);
+    let work = layout.exercise_build(&recipe.name, version);
     let mut files = Vec::new();
     for p in &r.rootfs.programs {
         let origin = recipe.line_of(&p.src.display().to_string());
@@ -379,7 +316,8 @@ fn build_exercise(
         files.push(GuestFile { path: p.guest.clone(), mode: p.mode.map_or(0o755, |m| m.0), uid, gid, data });
     }
     let built = modules::build(sh, recipe, kernel, src, &work.join("modules"), make, epoch)?;
-    let dir = modules::guest_dir(&version);
+    // The version /init's insmod lines use too (the generated config makes `uname -r` exactly it).
+    let dir = modules::guest_dir(version);
     for m in &built {
         let data = std::fs::read(&m.ko).with_context(|| format!("read {}", m.ko.display()))?;
         files.push(GuestFile { path: format!("{dir}/{}", m.file), mode: 0o644, uid: 0, gid: 0, data });
@@ -387,16 +325,11 @@ fn build_exercise(
     Ok(Exercise { files, modules: built })
 }
 
-/// `uname -r` of a built kernel (include/config/kernel.release in its build tree).
-fn kernel_version_of(kernel: &KernelBuild) -> Result<String> {
-    let path = kernel.dir.join("include/config/kernel.release");
-    Ok(std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?.trim().to_string())
-}
-
-/// Where a patch goes in the lab's `inputs/` (a checkout): beside the recipe when it was found
-/// there, else in `recipes/patches/`, so that `patch_paths` finds it the same way in the copy.
-fn patch_input(recipe: &LoadedRecipe, name: &str) -> String {
-    if recipe.dir().join(name).is_file() {
+/// Where a patch `patch_paths` found at `path` goes in the lab's `inputs/` (a checkout): beside
+/// the recipe when it was found there, else in `recipes/patches/`, so that `patch_paths` finds it
+/// the same way in the copy.
+fn patch_input(recipe: &LoadedRecipe, name: &str, path: &Path) -> String {
+    if path == recipe.dir().join(name) {
         format!("recipes/{name}")
     } else {
         format!("recipes/patches/{name}")
@@ -471,7 +404,7 @@ fn provenance(
     let mut patch_inputs = Vec::new();
     for (name, path) in patches {
         let bytes = read(path)?;
-        let under = patch_input(recipe, name);
+        let under = patch_input(recipe, name, path);
         inputs.push((under, bytes.clone()));
         patch_inputs.push(manifest::Input { name: name.clone(), sha256: crate::hash::sha256_bytes(&bytes) });
     }
@@ -727,4 +660,68 @@ pub fn config_command(sh: &Shell, layout: &Layout, action: &ConfigAction) -> Res
     std::fs::write(out, text).with_context(|| format!("write the fragment to {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A patch from `recipes/patches/` goes to `inputs/recipes/patches/`, one beside the recipe
+    /// beside it; in a checkout of those inputs (what `verify` builds from), each resolves to the
+    /// same place again. (verify of the module lab found the shared patch moved.)
+    #[test]
+    fn patch_inputs_resolve_the_same_way_in_a_checkout_of_them() {
+        let dir = crate::testutil::scratch("patch-inputs");
+        let text =
+            crate::recipe::tests::MINIMAL.replace("channel: longterm", "channel: longterm\n  patches: [shared.patch, own/beside.patch]");
+        let place = |root: &Path, recipe_dir: &Path| {
+            let layout = Layout { root: root.to_path_buf(), artifacts: root.join("artifacts"), cache: root.join("cache") };
+            std::fs::create_dir_all(recipe_dir.join("own")).unwrap();
+            std::fs::create_dir_all(layout.recipes_dir().join("patches")).unwrap();
+            std::fs::write(recipe_dir.join("r.yaml"), &text).unwrap();
+            std::fs::write(recipe_dir.join("own/beside.patch"), "b").unwrap();
+            std::fs::write(layout.recipes_dir().join("patches/shared.patch"), "s").unwrap();
+            let recipe = recipe::load(&recipe_dir.join("r.yaml")).unwrap();
+            let found = patch_paths(&layout, &recipe).unwrap();
+            found.iter().map(|(name, path)| (patch_input(&recipe, name, path), std::fs::read_to_string(path).unwrap())).collect::<Vec<_>>()
+        };
+        // The e2e's layout: the recipe outside recipes/, the shared patch in the checkout's recipes/patches/.
+        let repo = place(&dir.join("repo"), &dir.join("repo/artifacts/e2e/recipes"));
+        let want =
+            vec![("recipes/patches/shared.patch".to_string(), "s".to_string()), ("recipes/own/beside.patch".to_string(), "b".to_string())];
+        assert_eq!(repo, want);
+        // verify's checkout: inputs/ copied to checkout/, the recipe in checkout/recipes/.
+        let checkout = place(&dir.join("checkout"), &dir.join("checkout/recipes"));
+        assert_eq!(checkout, want);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Two recipes may share a kernel build only while they ask for the same kernel; one recipe
+    /// may change its own kernel (it is rebuilt).
+    #[test]
+    fn a_shared_build_refuses_a_recipe_that_asks_for_another_kernel() {
+        let dir = crate::testutil::scratch("claim-build");
+        let minimal = crate::recipe::tests::MINIMAL;
+        let write = |name: &str, fragments: &str| {
+            let text = minimal.replace("channel: longterm", "channel: longterm\n  build: shared").replace("[lab.config]", fragments);
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&path, text).unwrap();
+            recipe::load(&path).unwrap()
+        };
+        let build = dir.join("linux-6.12.1-shared");
+        let a = write("a", "[lab.config]");
+        let b = write("b", "[lab.config]");
+        claim_build(&build, &a, &a.kernel_identity().unwrap()).unwrap();
+        claim_build(&build, &b, &b.kernel_identity().unwrap()).unwrap();
+        let c = write("c", "[lab.config, smp.config]");
+        let e = format!("{:#}", claim_build(&build, &c, &c.kernel_identity().unwrap()).unwrap_err());
+        assert!(
+            e.contains("holds recipe \"b\"'s kernel") && e.contains("\"c\" asks for a different one") && e.contains("own kernel.build"),
+            "{e}"
+        );
+        // b changing its own kernel is a rebuild, not a conflict.
+        let b2 = write("b", "[lab.config, smp.config]");
+        claim_build(&build, &b2, &b2.kernel_identity().unwrap()).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
