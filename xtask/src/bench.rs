@@ -218,7 +218,7 @@ fn extraction(sh: &Shell, s: &Sources, scratch: &Path) -> Result<Row> {
 /// One boot test of the lab, per stage.
 fn boot(lab: &Path, scratch: &Path) -> Result<Vec<Row>> {
     let lab = Lab::open(lab)?;
-    let report = boottest::run_into(&lab, Duration::from_secs(boottest::DEFAULT_STAGE_TIMEOUT_SECS), "", &scratch.join("boot"))?;
+    let report = boottest::run_into(&lab, Duration::from_secs(boottest::DEFAULT_STAGE_TIMEOUT_SECS), "", None, &scratch.join("boot"))?;
     let mut rows: Vec<Row> =
         report.stages.iter().map(|s| Row { ours: Some(s.seconds), ..Row::new(&format!("boot-test stage {}", s.stage), "", "") }).collect();
     let mut total = Row::new("boot test (whole)", "", "banner <= 3 s");

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Serialize, Serializer};
 
 use crate::lab::{self, Lab};
+use crate::mitigations::{self, Item, Mitigations, Setting};
 use crate::recipe::{CheckSpec, Expected, Nic, RunAs};
 
 /// Kernel command-line words that put the guest's init into test mode and turn every oops or
@@ -24,6 +25,9 @@ use crate::recipe::{CheckSpec, Expected, Nic, RunAs};
 /// `printk.time=1` puts a timestamp before every kernel message, whatever the config says, so a
 /// message (a process name, say) can never be a whole marker line.
 pub const TEST_APPEND: &str = "lab.test=1 panic=-1 oops=panic printk.time=1";
+
+/// The same words without `lab.test=1`, for the gdb stage's boot: /init starts the user's shell.
+const GDB_APPEND: &str = "panic=-1 oops=panic printk.time=1";
 
 /// Default timeout of each stage: generous, because TCG on a busy 2-core machine is slow.
 pub const DEFAULT_STAGE_TIMEOUT_SECS: u64 = 300;
@@ -51,6 +55,11 @@ pub struct Expect {
     pub builtin: bool,
     /// The recipe's own checks, judged after the built-in markers.
     pub checks: Vec<CheckSpec>,
+    /// The mitigation profile run.sh boots (`--mitigations`); with `builtin`, the guest's
+    /// evidence is judged against it.
+    pub mitigations: Mitigations,
+    /// `_text` in the lab's System.map, for the KASLR offset.
+    pub link_text: Option<u64>,
 }
 
 /// The stages of a boot test, in order; each has its own timeout.
@@ -160,6 +169,7 @@ pub fn guest_checks(recipe_checks: &[CheckSpec]) -> String {
         let n = c.name();
         out.push_str(&format!("v=$(check_{n} 2>/dev/null) || v=fail\necho \"KLAB:{n}=$v\"\n"));
     }
+    out.push_str("check_mitigations 2>/dev/null | while IFS= read -r line; do echo \"KLAB:mit:$line\"; done\n");
     for c in recipe_checks {
         out.push_str(&guest_run(c.name.as_str(), c.run_as, &c.run));
     }
@@ -260,13 +270,15 @@ pub fn judge_check(spec: &CheckSpec, run: Option<&RunOutput>) -> CheckOutcome {
 /// A step of the gdb stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GdbStep {
-    /// `break start_kernel` was hit.
+    /// debug.gdb found the running kernel's KASLR offset and relocated vmlinux's symbols.
+    Kaslr,
+    /// `hbreak __x64_sys_sethostname` was hit when the guest's user ran `hostname`.
     Breakpoint,
     /// `p linux_banner` printed the expected version.
     Banner,
     /// `lx-version` (the kernel's gdb scripts) printed it too.
     LxVersion,
-    /// `p $lx_current().pid` printed a number.
+    /// `p $lx_current().comm` named the process that hit the breakpoint.
     LxCurrent,
     /// gdb ran to the last step.
     Done,
@@ -275,6 +287,7 @@ pub enum GdbStep {
 impl GdbStep {
     pub fn name(self) -> &'static str {
         match self {
+            GdbStep::Kaslr => "kaslr",
             GdbStep::Breakpoint => "breakpoint",
             GdbStep::Banner => "banner",
             GdbStep::LxVersion => "lx-version",
@@ -301,6 +314,8 @@ pub enum Verdict {
     CheckFailed(Check),
     /// A recipe check (`boot_test.checks`) failed.
     RecipeCheckFailed(String),
+    /// An item of the mitigation profile does not hold in the guest.
+    MitigationFailed(Item),
     /// The gdb stage failed at the named step.
     GdbFailed(GdbStep),
     Interrupted,
@@ -320,6 +335,7 @@ impl fmt::Display for Verdict {
             Verdict::Exited(s) => write!(f, "exited-{}", s.name()),
             Verdict::CheckFailed(c) => write!(f, "check-failed:{}", c.name()),
             Verdict::RecipeCheckFailed(name) => write!(f, "check-failed:{name}"),
+            Verdict::MitigationFailed(item) => write!(f, "check-failed:mitigation:{item}"),
             Verdict::GdbFailed(s) => write!(f, "gdb-failed:{}", s.name()),
             Verdict::Interrupted => f.write_str("interrupted"),
         }
@@ -373,6 +389,12 @@ pub struct BootReport {
     /// The recipe's checks, each judged on its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckOutcome>,
+    /// The mitigation profile and the guest's evidence for each item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mitigations: Option<mitigations::Report>,
+    /// The KASLR offset gdb found in the gdb stage's boot (another boot than the checks').
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gdb_kaslr_offset: Option<String>,
     /// Every run the guest reported, raw (`exec` reads its program's here).
     #[serde(skip)]
     pub runs: Vec<(String, RunOutput)>,
@@ -414,6 +436,8 @@ pub struct Console {
     pub runs: Vec<(String, RunOutput)>,
     /// The first fatal message, with its line.
     pub fatal: Option<Finding>,
+    /// The guest's mitigation evidence (`KLAB:mit:<key>=<value>`).
+    pub mit: mitigations::Observed,
 }
 
 impl Console {
@@ -442,6 +466,8 @@ impl Console {
             self.end = true;
         } else if let Some(rest) = line.strip_prefix("KLAB:run:") {
             self.push_run(rest);
+        } else if let Some(rest) = line.strip_prefix("KLAB:mit:") {
+            self.mit.push(rest);
         } else if let Some((name, value)) = line.strip_prefix("KLAB:").and_then(|r| r.split_once('=')) {
             if let Some(check) = Check::of_marker(name) {
                 if self.marker(check).is_none() {
@@ -497,6 +523,11 @@ impl Console {
         expect.checks.iter().map(|c| judge_check(c, self.run(c.name.as_str()))).collect()
     }
 
+    /// The guest's mitigation evidence judged against the profile (a boot test's guest prints it).
+    pub fn mitigation_report(&self, expect: &Expect) -> Option<mitigations::Report> {
+        expect.builtin.then(|| mitigations::judge(&expect.mitigations, &self.mit, expect.link_text))
+    }
+
     pub fn marker(&self, check: Check) -> Option<&str> {
         self.markers.iter().find(|(c, _)| *c == check).map(|(_, v)| v.as_str())
     }
@@ -538,6 +569,15 @@ impl Console {
         }
         if !self.end {
             return Err(Finding::new(Verdict::CheckFailed(Check::End), "no KLAB:END line"));
+        }
+        if let Some(report) = self.mitigation_report(expect) {
+            if let Some(o) = report.first_failure() {
+                let wanted = serde_json::to_value(o.wanted).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                return Err(Finding::new(
+                    Verdict::MitigationFailed(o.item),
+                    format!("profile {} wants {}={wanted}, the guest shows {} ({})", report.spec, o.item, o.seen, o.evidence),
+                ));
+            }
         }
         if let Some(failed) = self.check_outcomes(expect).into_iter().find(|o| !o.passed) {
             return Err(Finding::new(Verdict::RecipeCheckFailed(failed.name), failed.detail));
@@ -603,25 +643,35 @@ pub fn classify_fatal(line: &str) -> Option<Verdict> {
     }
 }
 
-/// gdb commands of the gdb stage; the echo lines split the transcript into steps.
-const GDB_STEPS: [&str; 12] = [
-    "echo KLAB-GDB:breakpoint\\n",
-    "break start_kernel",
-    "continue",
+/// gdb commands of the gdb stage, run on a booted guest; the echo lines split the transcript
+/// into steps. debug.gdb has already relocated the symbols when it connected; `klab-kaslr` says
+/// by how much. The host types `hostname` into the guest's shell until the breakpoint hits, so
+/// the stop is in a process of the user's (`$lx_current()`), at an address KASLR moved.
+const GDB_STEPS: [&str; 14] = [
+    "echo KLAB-GDB:kaslr\\n",
+    "klab-kaslr",
     "echo KLAB-GDB:banner\\n",
     "p linux_banner",
     "echo KLAB-GDB:lx-version\\n",
     "lx-version",
+    "echo KLAB-GDB:breakpoint\\n",
+    "hbreak __x64_sys_sethostname",
+    "continue",
     "echo KLAB-GDB:lx-current\\n",
-    "p $lx_current().pid",
+    "p $lx_current().comm",
     "echo KLAB-GDB:done\\n",
     // A kill packet makes QEMU exit at once; the process-group kill afterwards is the backstop.
     "kill",
     "echo KLAB-GDB:killed\\n",
 ];
 
-/// Checks a gdb transcript of GDB_STEPS against the expected kernel.
-pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
+/// What the guest's shell gets typed into it until the breakpoint hits: an unprivileged
+/// `hostname NAME` still enters sethostname(2), and nothing else in the guest calls it.
+const GDB_TRIGGER: &[u8] = b"hostname klab-gdb\n";
+
+/// Checks a gdb transcript of GDB_STEPS against the expected kernel; returns the KASLR offset
+/// debug.gdb found. With `kaslr_off`, that offset must be zero.
+pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool) -> Result<String, Finding> {
     let section = |step: GdbStep| -> Option<&str> {
         let marker = format!("KLAB-GDB:{}\n", step.name());
         let start = transcript.find(&marker)? + marker.len();
@@ -629,15 +679,22 @@ pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
         Some(rest.find("KLAB-GDB:").map_or(rest, |end| &rest[..end]))
     };
     let fail = |step: GdbStep, why: String| Err(Finding::new(Verdict::GdbFailed(step), why));
-    match section(GdbStep::Breakpoint) {
-        Some(s) if s.contains("Breakpoint 1, start_kernel") => {}
-        _ => return fail(GdbStep::Breakpoint, "gdb did not print `Breakpoint 1, start_kernel`".into()),
+    // `kernel-lab: KASLR offset 0x1c000000 (vmlinux symbols relocated)`.
+    let offset = section(GdbStep::Kaslr).and_then(|s| {
+        s.lines().find_map(|l| l.split("KASLR offset ").nth(1)).and_then(|r| r.split_whitespace().next()).map(str::to_string)
+    });
+    let offset = match offset {
+        Some(o) if o.starts_with("0x") && u64::from_str_radix(&o[2..], 16).is_ok() => o,
+        _ => return fail(GdbStep::Kaslr, "`klab-kaslr` did not print `KASLR offset 0x...` (see the transcript)".into()),
+    };
+    if kaslr_off && offset != "0x0" {
+        return fail(GdbStep::Kaslr, format!("the profile has kaslr=off, but gdb found the kernel moved by {offset}"));
     }
     let banner = format!("Linux version {version} ");
     match section(GdbStep::Banner) {
         // gdb prints the array as `$1 = 0xffffffff81666fc0 <linux_banner> "Linux version ..."`.
         Some(s) if s.lines().any(|l| l.starts_with('$') && l.contains(&format!("\"{banner}"))) => {}
-        _ => return fail(GdbStep::Banner, format!("`p linux_banner` did not print \"{banner}...\"")),
+        _ => return fail(GdbStep::Banner, format!("`p linux_banner` did not print \"{banner}...\" (symbols relocated by {offset})")),
     }
     match section(GdbStep::LxVersion) {
         Some(s) if s.lines().any(|l| l.starts_with(&banner)) => {}
@@ -648,19 +705,18 @@ pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
             )
         }
     }
-    let is_number = |l: &str| {
-        l.strip_prefix('$')
-            .and_then(|l| l.split_once(" = "))
-            .is_some_and(|(n, v)| n.parse::<u32>().is_ok() && v.trim().parse::<i64>().is_ok())
-    };
+    match section(GdbStep::Breakpoint) {
+        Some(s) if s.contains("Breakpoint 1, ") && s.contains("sethostname") => {}
+        _ => return fail(GdbStep::Breakpoint, "gdb did not stop at `Breakpoint 1, ... __x64_sys_sethostname`".into()),
+    }
     match section(GdbStep::LxCurrent) {
-        Some(s) if s.lines().any(is_number) => {}
-        _ => return fail(GdbStep::LxCurrent, "`p $lx_current().pid` did not print a number".into()),
+        Some(s) if s.lines().any(|l| l.starts_with('$') && l.contains("= \"hostname")) => {}
+        _ => return fail(GdbStep::LxCurrent, "`p $lx_current().comm` did not print \"hostname\"".into()),
     }
     if section(GdbStep::Done).is_none() {
         return fail(GdbStep::Done, "gdb stopped before the last step".into());
     }
-    Ok(())
+    Ok(offset)
 }
 
 /// Boots `lab` with its run.sh, checks the markers and poweroff, then attaches gdb to a second
@@ -668,14 +724,19 @@ pub fn judge_gdb(transcript: &str, version: &str) -> Result<(), Finding> {
 /// the lab and returns the report for every verdict; an error means the test could not run at
 /// all (a missing file, a tool not installed). `extra` is added to the kernel command line of
 /// both boots, e.g. `maxcpus=1` to check that a broken boot gets the right verdict.
-pub fn run(lab: &Lab, timeout: Duration, extra: &str) -> Result<BootReport> {
-    run_into(lab, timeout, extra, &lab.dir)
+/// `mitigations` picks the profile (a spec, or overrides on top of the lab's); `None` is the lab's.
+pub fn run(lab: &Lab, timeout: Duration, extra: &str, mitigations: Option<&str>) -> Result<BootReport> {
+    run_into(lab, timeout, extra, mitigations, &lab.dir)
 }
 
 /// `run`, with the report and logs written into `out` instead of the lab (a deliberately broken
 /// boot must not leave its verdict in the lab).
-pub fn run_into(lab: &Lab, timeout: Duration, extra: &str, out: &Path) -> Result<BootReport> {
-    run_with(lab, &lab.expect(), timeout, extra, out, true)
+pub fn run_into(lab: &Lab, timeout: Duration, extra: &str, mitigations: Option<&str>, out: &Path) -> Result<BootReport> {
+    let mut expect = lab.expect()?;
+    if let Some(spec) = mitigations {
+        expect.mitigations = Mitigations::parse(spec, &lab.desc.mitigations)?;
+    }
+    run_with(lab, &expect, timeout, extra, out, true)
 }
 
 /// One boot without the gdb stage, judged against `expect` (an `exec` run: its guest script
@@ -711,7 +772,7 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     // Its own free loopback port: a running lab or another boot test on the recipe's port must
     // not collide with this boot (QEMU would refuse to start and the verdict would mislead).
     let port = free_port()?.to_string();
-    let qemu_command = dry_run(lab, &port, &append)?;
+    let qemu_command = dry_run(lab, &port, &append, &expect.mitigations.spec)?;
     let console_log = out.join(lab::CONSOLE_LOG);
     let mut report = BootReport {
         verdict: Verdict::Pass,
@@ -723,6 +784,8 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
         gdb_transcript: None,
         last_lines: Vec::new(),
         checks: Vec::new(),
+        mitigations: None,
+        gdb_kaslr_offset: None,
         runs: Vec::new(),
         report: report_path,
     };
@@ -732,7 +795,12 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
         let transcript = out.join(lab::GDB_TRANSCRIPT);
         report.gdb_transcript = Some(transcript.clone());
         let gdb_start = Instant::now();
-        outcome = gdb_stage(lab, &append, expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG));
+        let gdb_append = if extra.trim().is_empty() { GDB_APPEND.to_string() } else { format!("{GDB_APPEND} {}", extra.trim()) };
+        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG))
+            .map(|(finding, offset)| {
+                report.gdb_kaslr_offset = offset;
+                finding
+            });
         if let Ok(f) = &outcome {
             if f.verdict == Verdict::Pass {
                 report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
@@ -771,10 +839,10 @@ fn preflight(lab: &Lab) -> Result<()> {
 }
 
 /// The QEMU command run.sh would run, for the report; also proves run.sh accepts the options.
-fn dry_run(lab: &Lab, port: &str, append: &str) -> Result<String> {
+fn dry_run(lab: &Lab, port: &str, append: &str, mitigations: &str) -> Result<String> {
     let run_sh = lab.file(lab::RUN_SH);
     let out = Command::new(&run_sh)
-        .args(["--dry-run", "--gdb-port", port, "--append", append])
+        .args(["--dry-run", "--gdb-port", port, "--mitigations", mitigations, "--append", append])
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("run {} --dry-run", run_sh.display()))?;
@@ -804,7 +872,10 @@ fn boot(
 ) -> Result<Finding> {
     let mut log = std::io::BufWriter::new(File::create(console_log).with_context(|| format!("create {}", console_log.display()))?);
     let mut cmd = Command::new(lab.file(lab::RUN_SH));
-    cmd.args(["--gdb-port", port, "--append", append]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["--gdb-port", port, "--mitigations", &expect.mitigations.spec, "--append", append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
     let (tx, rx) = mpsc::channel();
     let stdout = qemu.child.stdout.take().context("run.sh stdout")?;
@@ -885,6 +956,7 @@ fn boot(
     qemu.kill();
     log.flush().with_context(|| format!("write {}", console_log.display()))?;
     report.checks = console.check_outcomes(expect);
+    report.mitigations = console.mitigation_report(expect);
     report.runs = console.runs.clone();
     Ok(finding)
 }
@@ -942,17 +1014,65 @@ fn forward_lines(from: impl Read + Send + 'static, tx: mpsc::Sender<Msg>, wrap: 
     });
 }
 
-/// Stage 5: `run.sh --debug` on a free port, then `gdb.sh -batch` through GDB_STEPS.
-fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transcript: &Path, console_path: &Path) -> Result<Finding> {
+/// Stage 5: a second boot, to the user's shell, then `gdb.sh -batch` through GDB_STEPS while the
+/// host types GDB_TRIGGER into the shell. Returns the finding and the KASLR offset gdb found.
+fn gdb_stage(
+    lab: &Lab,
+    append: &str,
+    expect: &Expect,
+    timeout: Duration,
+    transcript: &Path,
+    console_path: &Path,
+) -> Result<(Finding, Option<String>)> {
     let port = free_port()?.to_string();
-    let console = File::create(console_path).with_context(|| format!("create {}", console_path.display()))?;
+    let mut console = File::create(console_path).with_context(|| format!("create {}", console_path.display()))?;
     let mut qemu_cmd = Command::new(lab.file(lab::RUN_SH));
     qemu_cmd
-        .args(["--debug", "--gdb-port", &port, "--append", append])
-        .stdin(Stdio::null())
-        .stdout(console.try_clone().context("duplicate the gdb console log handle")?)
-        .stderr(console);
-    let mut qemu = Group::spawn(&mut qemu_cmd, "run.sh --debug")?;
+        .args(["--gdb-port", &port, "--mitigations", &expect.mitigations.spec, "--append", append])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut qemu = Group::spawn(&mut qemu_cmd, "run.sh")?;
+    let mut guest_input = qemu.child.stdin.take().context("run.sh stdin")?;
+    let (tx, rx) = mpsc::channel();
+    forward_lines(qemu.child.stdout.take().context("run.sh stdout")?, tx.clone(), Msg::Out, Some(Msg::OutClosed));
+    forward_lines(qemu.child.stderr.take().context("run.sh stderr")?, tx, Msg::Err, None);
+    let mut log_line = |line: &str| {
+        let _ = writeln!(console, "{line}");
+    };
+
+    // Up to the user's shell: /init prints this line just before starting it.
+    let deadline = Instant::now() + timeout;
+    let mut fatal = Console::default();
+    loop {
+        if interrupt::interrupted() {
+            return Ok((Finding::new(Verdict::Interrupted, "interrupted by a signal"), None));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok((
+                Finding::new(Verdict::Timeout(Stage::Gdb), format!("the guest reached no shell within {} s", timeout.as_secs_f64())),
+                None,
+            ));
+        }
+        match rx.recv_timeout((deadline - now).min(Duration::from_millis(200))) {
+            Ok(Msg::Out(line)) => {
+                log_line(&line);
+                fatal.push(&line);
+                if let Some(f) = &fatal.fatal {
+                    return Ok((f.clone(), None));
+                }
+                if line.starts_with("Logged in as ") {
+                    break;
+                }
+            }
+            Ok(Msg::Err(line)) => log_line(&format!("[run.sh stderr] {line}")),
+            Ok(Msg::OutClosed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Ok((Finding::new(Verdict::Exited(Stage::Gdb), "QEMU exited before the guest's shell started"), None));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
 
     let out = File::create(transcript).with_context(|| format!("create {}", transcript.display()))?;
     let mut gdb_cmd = Command::new(lab.file(lab::GDB_SH));
@@ -963,9 +1083,10 @@ fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transc
     gdb_cmd.stdin(Stdio::null()).stdout(out.try_clone().context("duplicate the gdb transcript handle")?).stderr(out);
     let mut gdb = Group::spawn(&mut gdb_cmd, "gdb.sh")?;
     let deadline = Instant::now() + timeout;
+    let mut typed = Instant::now();
     let finished = loop {
         if interrupt::interrupted() {
-            return Ok(Finding::new(Verdict::Interrupted, "interrupted by a signal"));
+            return Ok((Finding::new(Verdict::Interrupted, "interrupted by a signal"), None));
         }
         if gdb.try_wait().is_some() {
             break true;
@@ -973,17 +1094,30 @@ fn gdb_stage(lab: &Lab, append: &str, expect: &Expect, timeout: Duration, transc
         if Instant::now() >= deadline {
             break false;
         }
+        // Until the breakpoint hits: the first lines may run before gdb has set it.
+        if typed.elapsed() >= Duration::from_secs(1) {
+            let _ = guest_input.write_all(GDB_TRIGGER).and_then(|_| guest_input.flush());
+            typed = Instant::now();
+        }
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Out(line) => log_line(&line),
+                Msg::Err(line) => log_line(&format!("[run.sh stderr] {line}")),
+                Msg::OutClosed => {}
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     gdb.kill();
     qemu.kill();
     if !finished {
-        return Ok(Finding::new(Verdict::Timeout(Stage::Gdb), format!("gdb did not finish within {} s", timeout.as_secs_f64())));
+        return Ok((Finding::new(Verdict::Timeout(Stage::Gdb), format!("gdb did not finish within {} s", timeout.as_secs_f64())), None));
     }
     let text = std::fs::read_to_string(transcript).with_context(|| format!("read {}", transcript.display()))?;
-    Ok(match judge_gdb(&text, &expect.kernel_version) {
-        Ok(()) => Finding::new(Verdict::Pass, ""),
-        Err(f) => f,
+    let kaslr_off = expect.mitigations.get(Item::Kaslr) == Setting::Off;
+    Ok(match judge_gdb(&text, &expect.kernel_version, kaslr_off) {
+        Ok(offset) => (Finding::new(Verdict::Pass, ""), Some(offset)),
+        Err(f) => (f, None),
     })
 }
 
@@ -1152,7 +1286,31 @@ mod tests {
     use super::*;
 
     fn expect() -> Expect {
-        Expect { kernel_version: "6.12.117".to_string(), smp: 4, uid: 1000, nic: Nic::E1000, builtin: true, checks: Vec::new() }
+        Expect {
+            kernel_version: "6.12.117".to_string(),
+            smp: 4,
+            uid: 1000,
+            nic: Nic::E1000,
+            builtin: true,
+            checks: Vec::new(),
+            mitigations: Mitigations::parse("none", "none").unwrap(),
+            link_text: Some(LINK_TEXT),
+        }
+    }
+
+    const LINK_TEXT: u64 = 0xffff_ffff_8100_0000;
+
+    /// What a guest booted with the `none` profile shows.
+    fn none_evidence() -> Vec<&'static str> {
+        vec![
+            "KLAB:mit:text=ffffffff81000000",
+            "KLAB:mit:phys=01000000",
+            "KLAB:mit:flags=",
+            "KLAB:mit:meltdown=Not affected",
+            "KLAB:mit:spectre_v2=Vulnerable",
+            "KLAB:mit:kptr_restrict=0",
+            "KLAB:mit:dmesg_restrict=0",
+        ]
     }
 
     /// A passing console with the usual noise: timestamps, \r, kernel messages between markers.
@@ -1170,10 +1328,10 @@ mod tests {
             "KLAB:uid=1000",
             "KLAB:kallsyms=31337",
             "KLAB:nic=eth0",
-            "KLAB:END\r",
-            "[    1.650000] reboot: Power down",
         ]
-        .iter()
+        .into_iter()
+        .chain(none_evidence())
+        .chain(["KLAB:END\r", "[    1.650000] reboot: Power down"])
         .map(|s| s.to_string())
         .collect()
     }
@@ -1422,8 +1580,8 @@ mod tests {
     fn guest_template_and_host_agree_on_every_marker() {
         let template = include_str!("../templates/boot-test.sh");
         let defined: Vec<&str> = template.lines().filter_map(|l| l.strip_prefix("check_").and_then(|r| r.strip_suffix("() {"))).collect();
-        let expected: Vec<&str> = Check::MARKERS.iter().map(|c| c.name()).collect();
-        assert_eq!(defined, expected, "check_* functions in templates/boot-test.sh vs Check::MARKERS");
+        let expected: Vec<&str> = Check::MARKERS.iter().map(|c| c.name()).chain(["mitigations"]).collect();
+        assert_eq!(defined, expected, "check_* functions in templates/boot-test.sh vs Check::MARKERS and check_mitigations");
         assert!(template.contains("@CHECKS@"), "the template must include the rendered checks");
         assert!(!template.contains("KLAB:"), "markers are printed only by the rendered lines (guest_checks)");
         let rendered = guest_checks(&[]);
@@ -1432,6 +1590,10 @@ mod tests {
         let mut console = vec!["[    0.0] Linux version 6.12.117 (x@y) #1".to_string()];
         let mut value = None;
         for line in rendered.lines() {
+            if line.starts_with("check_mitigations ") {
+                console.extend(none_evidence().iter().map(|l| l.to_string()));
+                continue;
+            }
             if let Some(call) = line.strip_prefix("v=$(check_") {
                 let name = call.split_once(' ').unwrap().0;
                 value = Some(values[Check::MARKERS.iter().position(|c| c.name() == name).unwrap()]);
@@ -1469,7 +1631,8 @@ mod tests {
         assert_eq!(stages[0], Stage::Banner);
         assert_eq!(stages[1], Stage::Markers);
         assert_eq!(stages[4], Stage::Checks);
-        assert_eq!(stages[12], Stage::Poweroff);
+        assert_eq!(stages[18], Stage::Checks);
+        assert_eq!(stages[19], Stage::Poweroff);
         assert_eq!(c.marker(Check::Nproc), Some("4"));
     }
 
@@ -1494,36 +1657,67 @@ mod tests {
         assert_eq!(serde_json::to_string(&Verdict::Oops).unwrap(), "\"oops\"");
     }
 
-    const GOOD_GDB: &str = "0x000000000000fff0 in ?? ()\n\
-        KLAB-GDB:breakpoint\n\
-        Breakpoint 1 at 0xffffffff82f0a8b0: file init/main.c, line 904.\n\n\
-        Thread 1 hit Breakpoint 1, start_kernel () at ./init/main.c:875\n\
-        875\t{\n\
+    const GOOD_GDB: &str = "kernel-lab: KASLR offset 0x1c000000 (vmlinux symbols relocated)\n\
+        KLAB-GDB:kaslr\n\
+        kernel-lab: KASLR offset 0x1c000000 (vmlinux symbols relocated)\n\
         KLAB-GDB:banner\n\
-        $1 = 0xffffffff81666fc0 <linux_banner> \"Linux version 6.12.117 (kernel-lab@kernel-lab) (gcc) #1 SMP\\n\"\n\
+        $1 = 0xffffffff9d666fc0 <linux_banner> \"Linux version 6.12.117 (kernel-lab@kernel-lab) (gcc) #1 SMP\\n\"\n\
         KLAB-GDB:lx-version\n\
         Linux version 6.12.117 (kernel-lab@kernel-lab) (gcc) #1 SMP\n\
+        KLAB-GDB:breakpoint\n\
+        Hardware assisted breakpoint 1 at 0xffffffff9d0b3f10: file kernel/sys.c, line 1383.\n\n\
+        Thread 2 hit Breakpoint 1, __x64_sys_sethostname (regs=0xffffc90000427f58) at kernel/sys.c:1383\n\
+        1383\tSYSCALL_DEFINE2(sethostname, char __user *, name, int, len)\n\
         KLAB-GDB:lx-current\n\
-        $2 = 0\n\
+        $2 = \"hostname\\000\\000\\000\\000\\000\\000\\000\"\n\
         KLAB-GDB:done\n\
         [Inferior 1 (process 1) killed]\n\
         KLAB-GDB:killed\n";
 
     #[test]
     fn gdb_transcript_checks() {
-        assert_eq!(judge_gdb(GOOD_GDB, "6.12.117"), Ok(()));
-        let step = |text: &str, version: &str| judge_gdb(text, version).unwrap_err().verdict;
+        assert_eq!(judge_gdb(GOOD_GDB, "6.12.117", false), Ok("0x1c000000".to_string()));
+        let step = |text: &str, version: &str| judge_gdb(text, version, false).unwrap_err().verdict;
         assert_eq!(step(GOOD_GDB, "6.1.0"), Verdict::GdbFailed(GdbStep::Banner));
-        let no_break = GOOD_GDB.replace("Breakpoint 1, start_kernel", "Program received signal SIGTRAP");
+        // Under kaslr=off the kernel must not have moved.
+        let f = judge_gdb(GOOD_GDB, "6.12.117", true).unwrap_err();
+        assert_eq!(f.verdict, Verdict::GdbFailed(GdbStep::Kaslr));
+        assert!(f.detail.contains("moved by 0x1c000000"), "{}", f.detail);
+        let unmoved = GOOD_GDB.replace("0x1c000000", "0x0");
+        assert_eq!(judge_gdb(&unmoved, "6.12.117", true), Ok("0x0".to_string()));
+        let no_offset = GOOD_GDB.replace("KLAB-GDB:kaslr\nkernel-lab: KASLR offset", "KLAB-GDB:kaslr\nkernel-lab: the kernel has not set up");
+        assert_eq!(step(&no_offset, "6.12.117"), Verdict::GdbFailed(GdbStep::Kaslr));
+        let no_break = GOOD_GDB.replace("Breakpoint 1, __x64_sys_sethostname", "Program received signal SIGTRAP");
         assert_eq!(step(&no_break, "6.12.117"), Verdict::GdbFailed(GdbStep::Breakpoint));
         let no_lx =
             GOOD_GDB.replace("KLAB-GDB:lx-version\nLinux version", "KLAB-GDB:lx-version\nUndefined command: \"lx-version\".\nLinux versio");
         assert_eq!(step(&no_lx, "6.12.117"), Verdict::GdbFailed(GdbStep::LxVersion));
-        let no_pid = GOOD_GDB.replace("$2 = 0", "No symbol \"lx_current\" in current context.");
-        assert_eq!(step(&no_pid, "6.12.117"), Verdict::GdbFailed(GdbStep::LxCurrent));
+        let other = GOOD_GDB.replace("$2 = \"hostname", "$2 = \"swapper/0");
+        assert_eq!(step(&other, "6.12.117"), Verdict::GdbFailed(GdbStep::LxCurrent));
         let cut = &GOOD_GDB[..GOOD_GDB.find("KLAB-GDB:done").unwrap()];
         assert_eq!(step(cut, "6.12.117"), Verdict::GdbFailed(GdbStep::Done));
-        assert_eq!(step("localhost:1234: Connection refused.\n", "6.12.117"), Verdict::GdbFailed(GdbStep::Breakpoint));
+        assert_eq!(step("localhost:1234: Connection refused.\n", "6.12.117"), Verdict::GdbFailed(GdbStep::Kaslr));
+    }
+
+    #[test]
+    fn a_profile_that_does_not_hold_is_a_named_verdict() {
+        let mut lines = good_console();
+        let at = lines.iter().position(|l| l == "KLAB:mit:flags=").unwrap();
+        lines[at] = "KLAB:mit:flags=smep".to_string();
+        let f = judge(lines.iter().map(String::as_str), &expect());
+        assert_eq!(f.verdict, Verdict::MitigationFailed(Item::Smep));
+        assert_eq!(f.verdict.to_string(), "check-failed:mitigation:smep");
+        assert!(f.detail.contains("profile none wants smep=off, the guest shows on (cpuinfo flags: smep)"), "{}", f.detail);
+        // The same evidence passes a profile that allows it; a missing line fails the item.
+        let mut e = expect();
+        e.mitigations = Mitigations::parse("none,smep=on", "none").unwrap();
+        assert_eq!(judge(lines.iter().map(String::as_str), &e).verdict, Verdict::Pass);
+        lines.retain(|l| !l.starts_with("KLAB:mit:kptr_restrict="));
+        assert_eq!(judge(lines.iter().map(String::as_str), &e).verdict, Verdict::MitigationFailed(Item::KptrRestrict));
+        // Outside BEGIN..END (the command line echo) evidence does not count.
+        let mut c = Console::default();
+        c.push("KLAB:mit:flags=smep smap pti");
+        assert!(c.mit.get("flags").is_none());
     }
 
     // --- The runner, with shell scripts standing in for run.sh/gdb.sh (no QEMU, no kernel). ---
@@ -1553,17 +1747,20 @@ mod tests {
             uid: e.uid,
             nic: e.nic,
             checks: Vec::new(),
+            mitigations: "none".into(),
         };
         lab::write_description(&dir, &desc).unwrap();
+        std::fs::write(dir.join(lab::SYSTEM_MAP), "ffffffff81000000 T _text\n").unwrap();
         std::fs::write(dir.join("console.txt"), console.join("\n") + "\n").unwrap();
-        std::fs::write(dir.join("gdb.txt"), GOOD_GDB).unwrap();
+        // The `none` profile: gdb finds the kernel where vmlinux says.
+        std::fs::write(dir.join("gdb.txt"), GOOD_GDB.replace("0x1c000000", "0x0")).unwrap();
         let lab_s = dir.display();
         script(
             &dir.join(lab::RUN_SH),
             &format!(
                 "echo \"$*\" >> {lab_s}/calls\n\
-                 [ \"$1\" = --dry-run ] && {{ echo qemu-system-x86_64 -gdb \"tcp:127.0.0.1:$3\" -append \"$5\"; exit 0; }}\n\
-                 [ \"$1\" = --debug ] && exec sleep 600\n\
+                 [ \"$1\" = --dry-run ] && {{ echo qemu-system-x86_64 -gdb \"tcp:127.0.0.1:$3\" -append \"$7\"; exit 0; }}\n\
+                 case \"$*\" in *lab.test=1*) ;; *) echo 'Logged in as user (uid 1000)'; exec sleep 600 ;; esac\n\
                  echo $$ > {lab_s}/pid\n\
                  echo 'run.sh: KVM not usable; emulating with TCG' >&2\n\
                  cat {lab_s}/console.txt\n{after}\n"
@@ -1589,7 +1786,7 @@ mod tests {
     #[test]
     fn runner_passes_a_good_lab_and_writes_the_report() {
         let lab = fake_lab("pass", &good_console(), "exit 0");
-        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::Pass);
         assert!(report.passed() && report.last_lines.is_empty());
         let stages: Vec<&str> = report.stages.iter().map(|s| s.stage).collect();
@@ -1605,20 +1802,25 @@ mod tests {
         // Both boots get their own free port, never the recipe's fixed one, and the report shows
         // the command of the boot that ran.
         let port_of = |call: &str, prefix: &str| call.strip_prefix(prefix).unwrap().split(' ').next().unwrap().parse::<u16>().unwrap();
-        let (boot_port, gdb_port) = (port_of(&calls[1], "--gdb-port "), port_of(&calls[2], "--debug --gdb-port "));
-        assert!(boot_port != 1234 && gdb_port != 1234, "{calls:?}");
-        assert_eq!(calls[0], format!("--dry-run --gdb-port {boot_port} --append {TEST_APPEND}"));
+        let (boot_port, gdb_port) = (port_of(&calls[1], "--gdb-port "), port_of(&calls[2], "--gdb-port "));
+        assert!(boot_port != 1234 && gdb_port != 1234 && boot_port != gdb_port, "{calls:?}");
+        assert_eq!(calls[0], format!("--dry-run --gdb-port {boot_port} --mitigations none --append {TEST_APPEND}"));
+        // The gdb boot goes to the user's shell (no lab.test=1) under the same profile.
+        assert_eq!(calls[2], format!("--gdb-port {gdb_port} --mitigations none --append {GDB_APPEND}"));
+        assert_eq!(json["mitigations"]["spec"], "none");
+        assert_eq!(json["mitigations"]["kaslr_offset"], "0x0");
+        assert_eq!(json["gdb_kaslr_offset"], "0x0");
         assert!(report.qemu_command.contains(&format!("tcp:127.0.0.1:{boot_port}")), "{}", report.qemu_command);
         assert!(calls[1].ends_with(&format!("--append {TEST_APPEND}")), "{calls:?}");
         let gdb_args = std::fs::read_to_string(lab.file("gdb-args")).unwrap();
-        assert!(gdb_args.starts_with("--port ") && gdb_args.contains("-batch -ex echo KLAB-GDB:breakpoint"), "{gdb_args}");
+        assert!(gdb_args.starts_with(&format!("--port {gdb_port} -batch -ex echo KLAB-GDB:kaslr")), "{gdb_args}");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
     fn runner_reports_a_failed_check_with_the_console_tail() {
         let lab = fake_lab("nproc", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
-        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc));
         assert_eq!(report.detail, "KLAB:nproc=1, expected 4");
         assert!(report.last_lines.iter().any(|l| l == "KLAB:netns=ok:lo"), "{:?}", report.last_lines);
@@ -1640,7 +1842,7 @@ mod tests {
         console.truncate(3);
         // The guest hangs before init: no markers ever come.
         let lab = fake_lab("hang", &console, "exec sleep 600");
-        let report = run(&lab, Duration::from_secs(2), "").unwrap();
+        let report = run(&lab, Duration::from_secs(2), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::Timeout(Stage::Markers));
         assert!(!alive(&lab.file("pid")), "run.sh's process survived the timeout");
         assert_eq!(report_json(&lab)["verdict"], "timeout-markers");
@@ -1650,7 +1852,7 @@ mod tests {
     #[test]
     fn runner_notices_a_guest_that_does_not_power_off() {
         let lab = fake_lab("nopoweroff", &good_console(), "exec sleep 600");
-        assert_eq!(run(&lab, Duration::from_secs(2), "").unwrap().verdict, Verdict::Timeout(Stage::Poweroff));
+        assert_eq!(run(&lab, Duration::from_secs(2), "", None).unwrap().verdict, Verdict::Timeout(Stage::Poweroff));
         assert!(!alive(&lab.file("pid")));
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
@@ -1661,7 +1863,7 @@ mod tests {
         console.truncate(5);
         console.push("[    1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100".into());
         let lab = fake_lab("panic", &console, "exec sleep 600");
-        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::InitDied);
         assert!(report.detail.contains("Attempted to kill init"), "{}", report.detail);
         assert!(!alive(&lab.file("pid")));
@@ -1672,8 +1874,8 @@ mod tests {
     fn runner_fails_a_broken_gdb_stage() {
         let lab = fake_lab("gdbfail", &good_console(), "exit 0");
         std::fs::write(lab.file("gdb.txt"), "localhost:1: Connection refused.\n").unwrap();
-        let report = run(&lab, Duration::from_secs(60), "").unwrap();
-        assert_eq!(report.verdict, Verdict::GdbFailed(GdbStep::Breakpoint));
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::GdbFailed(GdbStep::Kaslr));
         assert_eq!(report.last_lines, ["localhost:1: Connection refused."], "the transcript, not the console");
         assert!(report.failure_message().contains(lab::GDB_TRANSCRIPT));
         let _ = std::fs::remove_dir_all(&lab.dir);
@@ -1685,25 +1887,28 @@ mod tests {
         let mut console = with_marker("nproc", Some("KLAB:nproc=1"));
         console[2] = format!("[    0.000000] Command line: console=ttyS0 {TEST_APPEND} maxcpus=1 KLAB:BEGIN KLAB:nproc=4");
         let lab = fake_lab("append", &console, "exit 0");
-        let report = run(&lab, Duration::from_secs(60), " maxcpus=1 KLAB:BEGIN KLAB:nproc=4 ").unwrap();
+        let report = run(&lab, Duration::from_secs(60), " maxcpus=1 KLAB:BEGIN KLAB:nproc=4 ", None).unwrap();
         assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc));
         let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
         let want = format!("--append {TEST_APPEND} maxcpus=1 KLAB:BEGIN KLAB:nproc=4");
         assert_eq!(calls.matches(&want).count(), 2, "dry run and boot: {calls}");
         // A newline could put a line of the user's choosing on the console: refused up front.
-        let err = format!("{:#}", run(&lab, Duration::from_secs(60), "maxcpus=1\nKLAB:BEGIN").unwrap_err());
+        let err = format!("{:#}", run(&lab, Duration::from_secs(60), "maxcpus=1\nKLAB:BEGIN", None).unwrap_err());
         assert!(err.contains("control character"), "{err}");
         std::fs::write(lab.file("console.txt"), good_console().join("\n") + "\n").unwrap();
-        assert_eq!(run(&lab, Duration::from_secs(60), "maxcpus=1").unwrap().verdict, Verdict::Pass);
+        assert_eq!(run(&lab, Duration::from_secs(60), "maxcpus=1", Some("kaslr=on")).unwrap().verdict, Verdict::MitigationFailed(Item::Kaslr));
+        assert_eq!(run(&lab, Duration::from_secs(60), "maxcpus=1", None).unwrap().verdict, Verdict::Pass);
         let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
-        assert_eq!(calls.matches(&format!("--append {TEST_APPEND} maxcpus=1\n")).count(), 3, "dry run, boot and gdb boot: {calls}");
+        assert_eq!(calls.matches(&format!("--mitigations none,kaslr=on --append {TEST_APPEND} maxcpus=1\n")).count(), 2, "dry run and boot: {calls}");
+        assert_eq!(calls.matches(&format!("--mitigations none --append {TEST_APPEND} maxcpus=1\n")).count(), 2, "dry run and boot: {calls}");
+        assert_eq!(calls.matches(&format!("--append {GDB_APPEND} maxcpus=1\n")).count(), 1, "gdb boot: {calls}");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
     #[test]
     fn a_guest_that_closes_its_console_but_keeps_running_did_not_power_off() {
         let lab = fake_lab("closed", &good_console(), "exec >&- 2>&-\nexec sleep 600");
-        let report = run(&lab, Duration::from_secs(60), "").unwrap();
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::Timeout(Stage::Poweroff), "{}", report.detail);
         assert!(!alive(&lab.file("pid")));
         let _ = std::fs::remove_dir_all(&lab.dir);
@@ -1714,7 +1919,7 @@ mod tests {
         let lab = fake_lab("into", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
         std::fs::write(lab.file(lab::REPORT), "{\"verdict\": \"pass\"}").unwrap();
         let out = lab.dir.join("negative");
-        let report = run_into(&lab, Duration::from_secs(60), "maxcpus=1", &out).unwrap();
+        let report = run_into(&lab, Duration::from_secs(60), "maxcpus=1", None, &out).unwrap();
         assert_eq!(report.report, out.join(lab::REPORT));
         assert_eq!(report_json_at(&out)["verdict"], "check-failed:nproc");
         assert!(out.join(lab::CONSOLE_LOG).is_file());
@@ -1728,7 +1933,7 @@ mod tests {
         // The report of an earlier passing run must not survive a run that cannot start.
         std::fs::write(lab.file(lab::REPORT), "{\"verdict\": \"pass\"}").unwrap();
         std::fs::remove_file(lab.file(lab::VMLINUX)).unwrap();
-        let err = format!("{:#}", run(&lab, Duration::from_secs(60), "").unwrap_err());
+        let err = format!("{:#}", run(&lab, Duration::from_secs(60), "", None).unwrap_err());
         assert!(err.contains("vmlinux is missing"), "{err}");
         assert!(!lab.file(lab::REPORT).exists(), "a test that could not run wrote a report");
         let _ = std::fs::remove_dir_all(&lab.dir);
@@ -1748,7 +1953,8 @@ mod real {
         let dir = PathBuf::from(std::env::var("KLAB_BOOTTEST_LAB").expect("set KLAB_BOOTTEST_LAB to a lab directory"));
         let lab = Lab::open(&dir).unwrap();
         let append = std::env::var("KLAB_BOOTTEST_APPEND").unwrap_or_default();
-        let report = run(&lab, Duration::from_secs(120), &append).unwrap();
+        let profile = std::env::var("KLAB_BOOTTEST_MITIGATIONS").ok();
+        let report = run(&lab, Duration::from_secs(120), &append, profile.as_deref()).unwrap();
         eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
         assert!(report.passed(), "{}", report.failure_message());
     }

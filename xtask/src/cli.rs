@@ -273,6 +273,11 @@ pub struct KernelArgs {
     /// Print the plan (versions, URLs, paths) and stop
     #[arg(long)]
     pub dry_run: bool,
+    /// Boot-test the lab under this mitigation profile (the lab's run.sh keeps the recipe's as
+    /// its default): none, default or hardened, and/or item=on|off|auto overrides of kaslr, smep,
+    /// smap, pti, spectre, kptr_restrict, dmesg_restrict, e.g. hardened,smap=off
+    #[arg(long, value_name = "SPEC")]
+    pub mitigations: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -382,6 +387,11 @@ pub struct BootTestArgs {
     /// Extra kernel command line for this boot (e.g. to break it on purpose)
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub append: String,
+    /// Mitigation profile: none, default or hardened, and/or item=on|off|auto overrides of kaslr,
+    /// smep, smap, pti, spectre, kptr_restrict, dmesg_restrict (e.g. hardened,smap=off); overrides
+    /// alone apply on top of the recipe's (the lab's) profile
+    #[arg(long, value_name = "SPEC")]
+    pub mitigations: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -400,6 +410,11 @@ pub struct ExecArgs {
     /// Also write the runs as JUnit XML to FILE
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Mitigation profile: none, default or hardened, and/or item=on|off|auto overrides of kaslr,
+    /// smep, smap, pti, spectre, kptr_restrict, dmesg_restrict (e.g. hardened,smap=off); overrides
+    /// alone apply on top of the recipe's (the lab's) profile
+    #[arg(long, value_name = "SPEC")]
+    pub mitigations: Option<String>,
     /// A static x86_64 binary, or a C source compiled with cc -static -O2
     #[arg(value_name = "PROGRAM")]
     pub program: PathBuf,

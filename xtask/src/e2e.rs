@@ -73,7 +73,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     // The mirror key verifies the kernel sums and the mirror's busybox/sha256sums.asc: Debian's
     // busybox orig tarball has no upstream .sig for the pinned busybox key to check.
     let plan = FetchPlan { keyring: Some(mirror_key), ..FetchPlan::new(recipe, Mirror::new(&url)?) };
-    let build = BuildPlan { make: args.make.plan(), boot_timeout: Some(BOOT_TIMEOUT) };
+    let build = BuildPlan { make: args.make.plan(), boot_timeout: Some(BOOT_TIMEOUT), mitigations: None };
     let first = pipeline::kernel(sh, layout, &plan, &build)?;
     match &first.report {
         Some(r) if r.passed() => {}
@@ -123,7 +123,7 @@ fn negative(layout: &Layout, lab: &Lab) -> Result<()> {
         eprintln!("==> negative boot: append {append:?}, expecting {want}");
         // Reports and logs of broken boots stay out of the lab, whose report says `pass`.
         let out = layout.artifacts.join(format!("e2e/negative/{i}"));
-        let report = boottest::run_into(lab, BOOT_TIMEOUT, append, &out)?;
+        let report = boottest::run_into(lab, BOOT_TIMEOUT, append, None, &out)?;
         if report.verdict != want {
             bail!("negative boot with {append:?}: expected verdict {want}, got {} ({})", report.verdict, report.detail);
         }
@@ -189,8 +189,8 @@ fn without_net_ns(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPl
     let path = plan.recipe.dir().join("nonetns.yaml");
     let recipe = LoadedRecipe::write(&path, &without, "e2e: the lts lab without network namespaces (must fail its boot test)")?;
     let plan = FetchPlan { recipe, ..plan.clone() };
-    let built = pipeline::kernel(sh, layout, &plan, &BuildPlan { boot_timeout: None, ..*build })?;
-    let report = boottest::run(&built.lab, BOOT_TIMEOUT, "")?;
+    let built = pipeline::kernel(sh, layout, &plan, &BuildPlan { boot_timeout: None, ..build.clone() })?;
+    let report = boottest::run(&built.lab, BOOT_TIMEOUT, "", None)?;
     let want = Verdict::CheckFailed(Check::Netns);
     if report.verdict != want {
         bail!("a kernel without NET_NS: expected verdict {want}, got {} ({})", report.verdict, report.detail);
@@ -250,6 +250,7 @@ fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -
             runs: std::num::NonZeroU32::new(runs).context("runs")?,
             timeout: BOOT_TIMEOUT.as_secs(),
             junit: None,
+            mitigations: None,
             program: program.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
         };
@@ -287,8 +288,8 @@ fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -
     let renamed = dir.join("module-badcheck.yaml");
     std::fs::rename(&recipe.path, &renamed)?;
     let recipe = crate::recipe::load(&renamed)?;
-    let built = pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..*build })?;
-    let report = boottest::run(&built.lab, BOOT_TIMEOUT, "")?;
+    let built = pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..build.clone() })?;
+    let report = boottest::run(&built.lab, BOOT_TIMEOUT, "", None)?;
     if report.verdict.to_string() != "check-failed:roundtrip" || !report.detail.contains("klab: WRONG") {
         bail!(
             "a failing check: expected verdict check-failed:roundtrip naming the expectation, got {} ({})",
@@ -306,7 +307,7 @@ fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -
     let renamed = dir.join("module-nomodules.yaml");
     std::fs::rename(&recipe.path, &renamed)?;
     let recipe = crate::recipe::load(&renamed)?;
-    let err = match pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..*build }) {
+    let err = match pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..build.clone() }) {
         Ok(_) => bail!("a module recipe without modules.config built a lab"),
         Err(e) => format!("{e:#}"),
     };
@@ -393,7 +394,7 @@ fn ready_labs(sh: &Shell, layout: &Layout, lab: &Lab) -> Result<()> {
 }
 
 fn boot_must_pass(lab: &Lab) -> Result<()> {
-    let report = boottest::run(lab, BOOT_TIMEOUT, "")?;
+    let report = boottest::run(lab, BOOT_TIMEOUT, "", None)?;
     if !report.passed() {
         bail!("boot test of {}: {}", lab.dir.display(), report.failure_message());
     }

@@ -18,6 +18,7 @@ use crate::cli::ExecArgs;
 use crate::cpio::{self, Archive};
 use crate::lab::{self, Lab};
 use crate::layout::Layout;
+use crate::mitigations::Mitigations;
 use crate::programs;
 use crate::recipe::RunAs;
 use crate::rootfs;
@@ -96,7 +97,10 @@ pub fn run(sh: &Shell, layout: &Layout, args: &ExecArgs) -> Result<Report> {
     let (name, binary) = program(sh, &args.program, &work)?;
     let view_dir = work.join("lab");
     let view = view(&lab, &view_dir, &name, &binary, args.run_as, &args.args)?;
-    let expect = boottest::Expect { builtin: false, checks: Vec::new(), ..lab.expect() };
+    let mut expect = boottest::Expect { builtin: false, checks: Vec::new(), ..lab.expect()? };
+    if let Some(spec) = &args.mitigations {
+        expect.mitigations = Mitigations::parse(spec, &lab.desc.mitigations).context("--mitigations")?;
+    }
     let mut runs = Vec::new();
     for i in 1..=args.runs.get() {
         eprintln!("==> run {i}/{}: {name} as {}", args.runs, args.run_as.as_str());

@@ -17,6 +17,7 @@ use crate::boottest::Expect;
 use crate::kbuild::KernelBuild;
 use crate::layout::{self, tmp_sibling};
 use crate::manifest::{self, Manifest};
+use crate::mitigations::Mitigations;
 use crate::recipe::{CheckSpec, Nic};
 
 pub const BZIMAGE: &str = "bzImage";
@@ -70,6 +71,14 @@ pub struct Description {
     /// The recipe's boot-test checks (the guest script runs them; the host judges them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSpec>,
+    /// The mitigation profile run.sh boots by default (labs from before profiles: `none`, which
+    /// is how they booted).
+    #[serde(default = "default_mitigations")]
+    pub mitigations: String,
+}
+
+fn default_mitigations() -> String {
+    "none".to_string()
 }
 
 /// A built lab directory and its description.
@@ -88,8 +97,10 @@ impl Lab {
         let path = dir.join(LAB_JSON);
         let text = fs::read_to_string(&path)
             .with_context(|| format!("read {}: is {} a lab built by `cargo xtask kernel`?", path.display(), dir.display()))?;
-        let desc =
+        let desc: Description =
             serde_json::from_str(&text).with_context(|| format!("parse {}: rebuild the lab with `cargo xtask kernel`", path.display()))?;
+        // lab.json travels with fetched labs; its profile reaches run.sh's command line.
+        Mitigations::parse(&desc.mitigations, "none").with_context(|| format!("{}: field mitigations", path.display()))?;
         Ok(Lab { dir, desc })
     }
 
@@ -97,17 +108,21 @@ impl Lab {
         self.dir.join(name)
     }
 
-    /// What the booted lab must report about itself.
-    pub fn expect(&self) -> Expect {
+    /// What the booted lab must report about itself, under the lab's own mitigation profile.
+    pub fn expect(&self) -> Result<Expect> {
         let d = &self.desc;
-        Expect {
+        let map = self.file(SYSTEM_MAP);
+        let link_text = fs::read_to_string(&map).ok().and_then(|m| crate::mitigations::link_text(&m));
+        Ok(Expect {
             kernel_version: d.kernel_version.clone(),
             smp: d.smp.get(),
             uid: d.uid,
             nic: d.nic,
             builtin: true,
             checks: d.checks.clone(),
-        }
+            mitigations: Mitigations::parse(&d.mitigations, "none").with_context(|| format!("{}: field mitigations", self.file(LAB_JSON).display()))?,
+            link_text,
+        })
     }
 
     /// Holds the lab in place (no assembly replaces it) until the guard is dropped.
@@ -363,6 +378,7 @@ pub(crate) mod tests {
             uid: 1000,
             nic: Nic::E1000,
             checks: Vec::new(),
+            mitigations: "none".into(),
         }
     }
 
@@ -596,7 +612,7 @@ pub(crate) mod tests {
         assert!(err.contains("rtl8139"), "{err}");
         write_description(&dir, &description()).unwrap();
         let lab = Lab::open(&dir).unwrap();
-        assert_eq!(lab.expect().smp, 4);
+        assert_eq!(lab.expect().unwrap().smp, 4);
         let err = format!("{:#}", lab.check_bootable().unwrap_err());
         assert!(err.contains("run.sh is missing"), "{err}");
         for f in BOOTABLE {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use crate::lab::{self, TextFile};
+use crate::mitigations::{self, Item, Mitigations};
 use crate::recipe::{QemuSpec, UserName};
 
 const RUN_SH: &str = include_str!("../templates/lab/run.sh");
@@ -41,6 +42,10 @@ pub struct LabInfo {
     pub programs: Vec<String>,
     /// Names of the recipe's boot-test checks.
     pub checks: Vec<String>,
+    /// The mitigation profile run.sh boots by default.
+    pub mitigations: Mitigations,
+    /// Items this lab's kernel cannot turn on, with the option it lacks (run.sh refuses them).
+    pub kernel_lacks: Vec<(Item, &'static str)>,
 }
 
 /// Renders every generated file; pure, so the golden tests see exactly what a lab gets.
@@ -72,6 +77,9 @@ pub fn render(info: &LabInfo) -> Result<Vec<TextFile>> {
         ("GDB_PORT", q.gdb_port.get().to_string()),
         ("MODULES_GDB", modules_gdb(info)),
         ("EXERCISE", exercise_readme(info)),
+        ("MITIGATIONS", shell_quote(&info.mitigations.spec)),
+        ("MITIGATION_TABLE", mitigations::run_sh_table(&info.kernel_lacks)),
+        ("MITIGATIONS_README", mitigations_readme(info)),
     ];
     // run.sh gets shell-quoted values for everything a recipe can set freely.
     let mut run_vars = vars.clone();
@@ -114,6 +122,64 @@ fn modules_gdb(info: &LabInfo) -> String {
     for dir in &info.module_sources {
         s.push_str(&format!("directory {dir}\n"));
     }
+    s
+}
+
+/// The README's section on mitigation profiles: the table, what this lab boots by default, and
+/// what its kernel cannot give.
+fn mitigations_readme(info: &LabInfo) -> String {
+    let mut s = format!(
+        "## Mitigations\n\n\
+         This lab boots the mitigation profile `{}` by default; `./run.sh --mitigations SPEC` picks\n\
+         another for one boot: a profile, and/or `item=on|off|auto` overrides, comma-separated\n\
+         (`hardened,smap=off`; overrides alone apply on top of the default, e.g. `kaslr=on`). One\n\
+         kernel serves every profile: the options are built in and switched at boot, on the kernel\n\
+         command line and in QEMU's CPU model. `auto` leaves an item to the kernel and the CPU.\n\n\
+         | item | none | default | hardened | switched by |\n\
+         |------|------|---------|----------|-------------|\n",
+        info.mitigations.spec
+    );
+    for row in mitigations::readme_rows() {
+        s.push_str(&row);
+        s.push('\n');
+    }
+    s.push_str(
+        "\nSMEP and SMAP are CPU features: QEMU's default CPU under TCG has neither, so run.sh uses\n\
+         `-cpu max` under TCG and `-cpu host` under KVM, plus `+smep`/`-smep` and `+smap`/`-smap`\n\
+         from the profile (under KVM, only what the host CPU has can be turned on). Under TCG the\n\
+         `max` CPU says AuthenticAMD, which the kernel counts as not affected by Meltdown: there\n\
+         `/sys/devices/system/cpu/vulnerabilities/meltdown` reads `Not affected` even with KPTI on,\n\
+         and the `pti` flag in `/proc/cpuinfo` is what shows KPTI. `spectre=off` passes\n\
+         `mitigations=off`, which turns KPTI off too, so `pti=on` needs `spectre=auto` or `on`.\n\n\
+         The guest's banner shows the profile (`mitigations: ...`). With `kptr_restrict` on, even\n\
+         root sees zeros in `/proc/kallsyms`; `/init` lifts it for a moment to make `/tmp/kallsyms`,\n\
+         which is then readable by root only. `cargo xtask boot-test --lab DIR --mitigations SPEC`\n\
+         (from a kernel-lab checkout) proves each item from inside the guest and reports it in\n\
+         `boot-report.json` under `mitigations`: a profile that does not hold is the verdict\n\
+         `check-failed:mitigation:<item>`.\n\n",
+    );
+    if !info.kernel_lacks.is_empty() {
+        let lacks: Vec<String> = info.kernel_lacks.iter().map(|(i, o)| format!("`{i}=on` (needs {o})")).collect();
+        s.push_str(&format!(
+            "This lab's kernel cannot give {}: run.sh refuses them. Rebuild with `mitigations.config` in\n\
+             the recipe's `config.fragments`.\n\n",
+            lacks.join(", ")
+        ));
+    }
+    s.push_str(
+        "### gdb with KASLR on\n\n\
+         When gdb.sh connects to a running kernel, debug.gdb reads the KASLR offset from the CPU: the\n\
+         divide-error handler's address in the IDT (at its fixed address, 0xfffffe0000000000) minus\n\
+         its address in `System.map`. It then loads vmlinux's symbols moved by that offset (the\n\
+         per-CPU section stays at 0, as in the kernel) and says `kernel-lab: KASLR offset 0x...`.\n\
+         Breakpoints (`hbreak`, `break`), `lx-version`, `$lx_current()` and `lx-symbols` then work as\n\
+         without KASLR. `klab-kaslr` reads the offset again, e.g. after the guest rebooted.\n\n\
+         `./run.sh --debug` stops the CPU before the kernel has chosen its offset, so vmlinux's\n\
+         addresses are right only with `kaslr=off` (the `none` profile): there `break start_kernel`\n\
+         works as usual. With KASLR on, `continue`, let the guest boot, press Ctrl-C, run\n\
+         `klab-kaslr`, then set breakpoints; or start the lab without `--debug` and attach `./gdb.sh`\n\
+         once it runs. Early boot code can only be debugged with `kaslr=off`.\n\n",
+    );
     s
 }
 
@@ -247,6 +313,8 @@ mod tests {
             module_sources: Vec::new(),
             programs: Vec::new(),
             checks: Vec::new(),
+            mitigations: Mitigations::parse("none", "none").unwrap(),
+            kernel_lacks: Vec::new(),
         }
     }
 
@@ -423,7 +491,7 @@ mod tests {
         assert!(has_pair(&args, "-device", "e1000,netdev=net0,romfile="), "{args:?}");
         assert!(has_pair(&args, "-netdev", "user,id=net0"), "{args:?}");
         assert!(has_pair(&args, "-accel", "tcg"), "{args:?}");
-        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr loglevel=7 quiet's lab.test=1 panic=-1 oops=panic"), "{args:?}");
+        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr pti=off mitigations=off sysctl.kernel.kptr_restrict=0 sysctl.kernel.dmesg_restrict=0 lab.mitigations=none loglevel=7 quiet's lab.test=1 panic=-1 oops=panic"), "{args:?}");
         for flag in ["-nographic", "-no-reboot"] {
             assert!(args.contains(&flag.to_string()), "{flag} missing: {args:?}");
         }
@@ -449,7 +517,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: the gdb stub listens on 0.0.0.0:1234"));
         let out = run(&lab.join("run.sh"), &["--no-kvm", "--gdb-listen", "1.2.3.4,server=on"], Some(&path));
         assert_eq!(out.status.code(), Some(2));
-        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr loglevel=7 quiet's"), "{args:?}");
+        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr pti=off mitigations=off sysctl.kernel.kptr_restrict=0 sysctl.kernel.dmesg_restrict=0 lab.mitigations=none loglevel=7 quiet's"), "{args:?}");
 
         // --dry-run prints instead of running.
         let out = run(&lab.join("run.sh"), &["--dry-run", "--no-kvm", "--mem", "512M"], Some(&path));
@@ -465,6 +533,57 @@ mod tests {
         let printed = String::from_utf8(run(&lab.join("run.sh"), &dry_opts, Some(&path)).stdout).unwrap();
         let pasted = Command::new("bash").arg("-c").arg(printed.trim()).env("PATH", &path).output().unwrap();
         assert_eq!(args_of(&pasted), direct, "{printed}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// run.sh's rendered table and mitigations.rs switch every profile and override alike: the
+    /// kernel words and CPU flags run.sh gives QEMU are the ones the host expects.
+    #[test]
+    fn run_sh_switches_mitigations_as_the_host_expects() {
+        let dir = scratch("mitigations");
+        let mut info = fixed_info();
+        info.qemu.append = String::new();
+        info.mitigations = Mitigations::parse("default", "none").unwrap();
+        fake_lab(&dir, &info);
+        let path = fake_bin(&dir, "qemu-system-x86_64");
+        for (flag, spec) in [
+            ("none", "none"),
+            ("default", "default"),
+            ("hardened", "hardened"),
+            ("hardened,smap=off,kaslr=off", "hardened,smap=off,kaslr=off"),
+            // Overrides alone apply on top of the lab's default.
+            ("pti=on,kptr_restrict=on", "default,pti=on,kptr_restrict=on"),
+            ("none,pti=on,spectre=auto", "none,pti=on,spectre=auto"),
+        ] {
+            let want = Mitigations::parse(flag, "default").unwrap();
+            assert_eq!(want.spec, spec);
+            let out = run(&dir.join("run.sh"), &["--no-kvm", "--mitigations", flag], Some(&path));
+            assert!(out.status.success(), "{flag}: {}", String::from_utf8_lossy(&out.stderr));
+            let args = args_of(&out);
+            assert!(has_pair(&args, "-cpu", &format!("max{}", want.cpu_flags().iter().map(|f| format!(",{f}")).collect::<String>())), "{flag}: {args:?}");
+            let words: Vec<&str> = std::iter::once("console=ttyS0").chain(want.cmdline()).collect();
+            assert!(has_pair(&args, "-append", &format!("{} lab.mitigations={spec}", words.join(" "))), "{flag}: {args:?}");
+        }
+        // Bad specs are usage errors naming the problem; a lab kernel without KASLR refuses kaslr=on.
+        for (bad, needle) in [
+            ("harden", "unknown profile 'harden'"),
+            ("none,smepp=on", "'smepp=on' is not an item"),
+            ("none,smep=yes", "smep=yes: use on, off or auto"),
+            ("none,pti=on", "add spectre=auto"),
+            ("none;reboot", "wants a profile"),
+            ("none,,kaslr=on", "'' is not an item"),
+        ] {
+            let out = run(&dir.join("run.sh"), &["--no-kvm", "--dry-run", "--mitigations", bad], Some(&path));
+            assert_eq!(out.status.code(), Some(2), "{bad}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        info.kernel_lacks = vec![(Item::Kaslr, "CONFIG_RANDOMIZE_BASE=y")];
+        fake_lab(&dir, &info);
+        let out = run(&dir.join("run.sh"), &["--no-kvm", "--dry-run", "--mitigations", "hardened"], Some(&path));
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("kaslr=on needs CONFIG_RANDOMIZE_BASE=y"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(run(&dir.join("run.sh"), &["--no-kvm", "--dry-run", "--mitigations", "hardened,kaslr=off"], Some(&path)).status.success());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -22,6 +22,7 @@ mod labscripts;
 mod layout;
 mod lock;
 mod manifest;
+mod mitigations;
 mod mirror;
 mod modules;
 mod patch;

@@ -17,7 +17,9 @@ use crate::{
     lab::{self, Lab},
     labscripts,
     layout::{self, Layout},
-    lock, manifest, modules, patch, programs,
+    lock, manifest,
+    mitigations::Mitigations,
+    modules, patch, programs,
     recipe::{self, LoadedRecipe},
     releases::Request,
     rootfs::{self, GuestFile},
@@ -45,16 +47,22 @@ pub fn fetch_plan(layout: &Layout, args: &FetchArgs) -> Result<FetchPlan> {
 }
 
 /// Everything the `kernel` job does after fetching, decided before anything runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BuildPlan {
     pub make: MakePlan,
     /// `None`: stop after building the lab.
     pub boot_timeout: Option<Duration>,
+    /// The boot test's mitigation profile (`None`: the recipe's); checked right after configure.
+    pub mitigations: Option<String>,
 }
 
 impl BuildPlan {
     pub fn of(args: &KernelArgs) -> BuildPlan {
-        BuildPlan { make: args.make.plan(), boot_timeout: (!args.no_boot_test).then(|| Duration::from_secs(args.boot_timeout)) }
+        BuildPlan {
+            make: args.make.plan(),
+            boot_timeout: (!args.no_boot_test).then(|| Duration::from_secs(args.boot_timeout)),
+            mitigations: args.mitigations.clone(),
+        }
     }
 }
 
@@ -109,12 +117,12 @@ pub fn kernel(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) 
     doctor::require()?;
     let mut t = Timings::default();
     let sources = t.time("fetch", || fetch::run(layout, plan))?;
-    let (lab, _) = build_lab(sh, layout, &plan.recipe, &sources, &build.make, &mut t)?;
+    let (lab, _) = build_lab(sh, layout, &plan.recipe, &sources, &build.make, build.mitigations.as_deref(), &mut t)?;
     let report = match build.boot_timeout {
         Some(timeout) => {
             // Held across the test and the record, so the verdict lands in the lab it is about.
             let _hold = lab.lock_shared()?;
-            let report = t.time("boot-test", || boottest::run(&lab, timeout, ""));
+            let report = t.time("boot-test", || boottest::run(&lab, timeout, "", build.mitigations.as_deref()));
             t.print();
             let report = report?;
             manifest::record_boot(&lab.dir, &report.verdict.to_string(), report.wall_seconds)?;
@@ -154,6 +162,7 @@ pub fn build_lab(
     recipe: &LoadedRecipe,
     sources: &Sources,
     make: &MakePlan,
+    boot_profile: Option<&str>,
     t: &mut Timings,
 ) -> Result<(Lab, KernelBuild)> {
     let lock = &sources.lock;
@@ -182,8 +191,23 @@ pub fn build_lab(
     let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
     t.time("configure", || kbuild::configure(sh, &src, &kbuild_dir, r.config.base, &fragments, version, r.qemu.nic))
         .with_context(|| format!("configure linux-{version}"))?;
-    // Before the long build: a recipe with modules needs a kernel that loads them.
+    // Before the long build: a recipe with modules needs a kernel that loads them, and its
+    // mitigation profile (and the boot test's) needs the options that switch it.
     modules::require_modules_support(recipe, &kbuild_dir.join(".config"))?;
+    let config_path = kbuild_dir.join(".config");
+    let config = std::fs::read_to_string(&config_path).with_context(|| format!("read {}", config_path.display()))?;
+    let profile = recipe.mitigations()?;
+    let boot = boot_profile.map(|p| Mitigations::parse(p, &profile.spec)).transpose().context("--mitigations")?;
+    for (m, whose) in std::iter::once((&profile, recipe.line_of("mitigations:"))).chain(boot.iter().map(|b| (b, "--mitigations".to_string()))) {
+        if let Some((item, option)) = m.missing_options(&config).first() {
+            bail!(
+                "{whose}: mitigations {} needs {item}=on, but {} lacks {option}: add mitigations.config to config.fragments (or ask for {item}=off)",
+                m.spec,
+                config_path.display()
+            );
+        }
+    }
+    let kernel_lacks = Mitigations::parse("hardened", "none")?.missing_options(&config);
     let patch_files: Vec<PathBuf> = patches.iter().map(|(_, p)| p.clone()).collect();
     let inputs = kbuild::BuildInputs {
         tarball_sha256: &lock.kernel.sha256,
@@ -228,6 +252,8 @@ pub fn build_lab(
                 module_sources: r.modules.iter().map(|m| format!("{}/recipes/{}", lab::INPUTS, m.dir.display())).collect(),
                 programs: r.rootfs.programs.iter().map(|p| p.guest.clone()).collect(),
                 checks: r.boot_test.checks.iter().map(|c| c.name.to_string()).collect(),
+                mitigations: profile.clone(),
+                kernel_lacks: kernel_lacks.clone(),
             })?;
             let (inputs, manifest) = provenance(sh, layout, recipe, sources, &fragments, &patches, &kernel, epoch, phases.clone())?;
             let desc = lab::Description {
@@ -238,6 +264,7 @@ pub fn build_lab(
                 uid: r.rootfs.uid,
                 nic: r.qemu.nic,
                 checks: r.boot_test.checks.clone(),
+                mitigations: profile.spec.clone(),
             };
             let module_files: Vec<(String, PathBuf)> = exercise.modules.iter().map(|m| (m.file.clone(), m.ko.clone())).collect();
             let parts = lab::Parts {
@@ -532,7 +559,7 @@ pub fn boot_test_command(layout: &Layout, args: &BootTestArgs) -> Result<()> {
         (None, r) => layout.lab_link(r.as_deref().unwrap_or("lts")),
     };
     let lab = Lab::open(&dir)?;
-    let report = boottest::run(&lab, Duration::from_secs(args.timeout), &args.append)?;
+    let report = boottest::run(&lab, Duration::from_secs(args.timeout), &args.append, args.mitigations.as_deref())?;
     if !report.passed() {
         bail!("boot test of {}: {}", lab.dir.display(), report.failure_message());
     }

@@ -29,6 +29,10 @@ pub struct Recipe {
     /// What the boot test checks beyond kernel-lab's own markers.
     #[serde(default, skip_serializing_if = "BootTestSpec::is_empty")]
     pub boot_test: BootTestSpec,
+    /// The mitigation profile the lab boots by default (`none`, `default`, `hardened`, with
+    /// `item=on|off|auto` overrides); absent means `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mitigations: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -511,6 +515,12 @@ impl LoadedRecipe {
             None => self.path.display().to_string(),
         }
     }
+    /// The recipe's mitigation profile (`none` when it names none); checked at load.
+    pub fn mitigations(&self) -> Result<crate::mitigations::Mitigations> {
+        crate::mitigations::Mitigations::parse(self.recipe.mitigations.as_deref().unwrap_or("none"), "none")
+            .with_context(|| format!("{}: mitigations", self.line_of("mitigations:")))
+    }
+
     /// The kernel the recipe asks for when no flag overrides it.
     pub fn request(&self) -> crate::releases::Request {
         use crate::releases::Request;
@@ -635,6 +645,9 @@ fn check(r: &Recipe) -> Result<()> {
             bail!("boot_test.checks: {}: exit {} is not an exit status (0..255)", c.name, c.exit);
         }
     }
+    if let Some(spec) = &r.mitigations {
+        crate::mitigations::Mitigations::parse(spec, "none").context("mitigations")?;
+    }
     // These reach run.sh, gdb commands and lab.json, where a newline would split a line.
     let q = &r.qemu;
     if q.memory.is_empty() || q.memory.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -652,6 +665,10 @@ fn check(r: &Recipe) -> Result<()> {
         let opt = opt.split_once('=').map_or(opt, |(o, _)| o);
         if arg.starts_with('-') && LISTENING_OPTIONS.contains(&opt) {
             bail!("qemu.extra_args: {arg:?} opens a socket or changes networking, which run.sh owns; remove it (use ./run.sh --gdb-port/--gdb-listen for the stub)");
+        }
+        // The mitigation profile's proof depends on the CPU model run.sh picks (SMEP, SMAP).
+        if arg.starts_with('-') && opt == "cpu" {
+            bail!("qemu.extra_args: {arg:?} replaces the CPU model, which run.sh picks for the mitigation profile (SMEP and SMAP); use `mitigations:` (e.g. hardened,smap=off) instead");
         }
     }
     Ok(())

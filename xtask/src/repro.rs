@@ -113,7 +113,7 @@ pub fn verify(sh: &Shell, layout: &Layout, dir: &Path, trust: &Trust, make: &Mak
     println!("verify {name}: rebuilding from its inputs in {}", work.display());
     let sources = fetch::run(&other, &plan).context("fetch the lab's locked sources")?;
     let mut t = pipeline::Timings::default();
-    let (rebuilt, _) = pipeline::build_lab(sh, &other, &plan.recipe, &sources, make, &mut t)?;
+    let (rebuilt, _) = pipeline::build_lab(sh, &other, &plan.recipe, &sources, make, None, &mut t)?;
     let again = Manifest::read(&rebuilt.dir)?;
     rows.extend(compare(&m, &again));
     let differing = rows.iter().filter(|(d, _)| *d).count();

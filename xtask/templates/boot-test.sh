@@ -45,6 +45,26 @@ check_nic() {
 	echo "${found:-none}"
 }
 
+# Mitigation evidence, one <key>=<value> line each (the rendered checks add the marker prefix); the
+# host judges it against the profile. _text comes from the copy /init made as root, which has
+# the real addresses whatever kptr_restrict says.
+check_mitigations() {
+	text=$(sed -n 's/^\([0-9a-f]*\) [Tt] _text$/\1/p' /tmp/kallsyms 2>/dev/null)
+	echo "text=${text:-none}"
+	phys=$(sed -n 's/^ *\([0-9a-f]*\)-[0-9a-f]* : Kernel code$/\1/p' /proc/iomem)
+	echo "phys=${phys:-none}"
+	flags=
+	for f in smep smap pti; do
+		grep -m1 '^flags' /proc/cpuinfo | grep -qw "$f" && flags="$flags $f"
+	done
+	echo "flags=${flags# }"
+	v=/sys/devices/system/cpu/vulnerabilities
+	echo "meltdown=$(cat "$v/meltdown" 2>/dev/null || echo none)"
+	echo "spectre_v2=$(cat "$v/spectre_v2" 2>/dev/null || echo none)"
+	echo "kptr_restrict=$(cat /proc/sys/kernel/kptr_restrict)"
+	echo "dmesg_restrict=$(cat /proc/sys/kernel/dmesg_restrict)"
+}
+
 @RUN_FUNCTION@
 
 @CHECKS@

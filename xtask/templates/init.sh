@@ -16,8 +16,14 @@ exec 0</dev/console 1>/dev/console 2>&1
 echo "7 4 1 7" > /proc/sys/kernel/printk
 @MODULES@
 
-# Unprivileged readers see zero addresses in /proc/kallsyms (kptr_restrict), so take a copy as root.
-cp /proc/kallsyms /tmp/kallsyms && chmod 0444 /tmp/kallsyms
+# Unprivileged readers see zero addresses in /proc/kallsyms, so take a copy as root. With
+# kptr_restrict=2 (the hardened profile) root sees zeros too: lift it for the copy, and keep the
+# copy root-only then, since its addresses give the KASLR offset away.
+kptr=$(cat /proc/sys/kernel/kptr_restrict)
+echo 0 > /proc/sys/kernel/kptr_restrict
+cp /proc/kallsyms /tmp/kallsyms
+echo "$kptr" > /proc/sys/kernel/kptr_restrict
+if [ "$kptr" = 0 ]; then chmod 0444 /tmp/kallsyms; else chmod 0400 /tmp/kallsyms; fi
 
 hostname @HOSTNAME@
 ip link set lo up
@@ -27,6 +33,13 @@ echo "kernel-lab: Linux $(uname -r) on $(hostname)"
 grep -m1 bugs /proc/cpuinfo
 # One line, whatever the command line holds: a newline in it must not start a line of its own.
 echo "cmdline: $(tr '\n' ' ' < /proc/cmdline)"
+# The mitigation profile run.sh booted (lab.mitigations=), and what the CPU and sysctls show.
+profile=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^lab\.mitigations=\([a-z_=,]*\)$/\1/p')
+cpu=
+for f in smep smap pti; do
+	grep -m1 '^flags' /proc/cpuinfo | grep -qw "$f" && cpu="$cpu $f"
+done
+echo "mitigations: ${profile:-unknown} (cpu:${cpu:- none}; kptr_restrict=$kptr dmesg_restrict=$(cat /proc/sys/kernel/dmesg_restrict))"
 echo
 
 case " $(cat /proc/cmdline) " in

@@ -16,6 +16,8 @@ NIC=e1000
 RECIPE_APPEND='loglevel=7 quiet'\''s'
 RECIPE_QEMU_ARGS=(-rtc base=utc)
 GDB_PORT="${KLAB_GDB_PORT:-1234}"
+# The mitigation profile the recipe asks for; --mitigations overrides it (README: Mitigations).
+MITIGATIONS=none
 # QEMU's gdb stub drives the whole machine and, through `monitor`, QEMU itself: loopback only,
 # unless --gdb-listen says otherwise.
 GDB_LISTEN=127.0.0.1
@@ -34,6 +36,9 @@ options:
   --smp N          number of CPUs (default $SMP$SMP_TOPOLOGY)
   --mem SIZE       guest memory, QEMU syntax such as 512M or 4G (default $MEM)
   --append TEXT    add TEXT to the kernel command line (repeatable)
+  --mitigations SPEC  a profile (none, default, hardened) and/or item=on|off|auto overrides
+                   of kaslr, smep, smap, pti, spectre, kptr_restrict, dmesg_restrict, comma-
+                   separated; overrides alone apply on top of the default (default $MITIGATIONS)
   --gdb-port PORT  TCP port of QEMU's gdb stub (default $GDB_PORT; env KLAB_GDB_PORT)
   --gdb-listen ADDR  address the gdb stub listens on (default $GDB_LISTEN). DANGER: anyone who
                    can reach a non-loopback stub controls the guest and, via monitor, QEMU
@@ -62,7 +67,7 @@ while [ $# -gt 0 ]; do
         --*=*) val="${opt#*=}"; opt="${opt%%=*}"; has_val=1 ;;
     esac
     case "$opt" in
-        --smp|--mem|--append|--gdb-port|--gdb-listen)
+        --smp|--mem|--append|--gdb-port|--gdb-listen|--mitigations)
             if [ "$has_val" = 0 ]; then
                 [ $# -ge 2 ] || die_usage "$opt needs a value"
                 val="$2"
@@ -91,6 +96,13 @@ while [ $# -gt 0 ]; do
             # A newline would reach the guest's console as a line of its own (init prints /proc/cmdline).
             [[ "$val" != *[[:cntrl:]]* ]] || die_usage "--append takes one line of text, without control characters"
             APPEND_EXTRA="${APPEND_EXTRA:+$APPEND_EXTRA }$val"
+            ;;
+        --mitigations)
+            [[ "$val" =~ ^[a-z_=,]+$ ]] || die_usage "--mitigations wants a profile and/or item=on|off|auto overrides, got '$val'"
+            case "${val%%,*}" in
+                *=*) MITIGATIONS="$MITIGATIONS,$val" ;;
+                *) MITIGATIONS="$val" ;;
+            esac
             ;;
         --gdb-port)
             if ! { [[ "$val" =~ ^[1-9][0-9]*$ ]] && [ "$val" -le 65535 ]; }; then
@@ -121,6 +133,72 @@ kvm_problem() {
     fi
 }
 
+# Rendered from xtask/src/mitigations.rs: each profile's settings, in item order.
+profile_settings() {
+    case "$1" in
+        none) echo "kaslr=off smep=off smap=off pti=off spectre=off kptr_restrict=off dmesg_restrict=off" ;;
+        default) echo "kaslr=auto smep=on smap=on pti=auto spectre=auto kptr_restrict=auto dmesg_restrict=auto" ;;
+        hardened) echo "kaslr=on smep=on smap=on pti=on spectre=on kptr_restrict=on dmesg_restrict=on" ;;
+        *) return 1 ;;
+    esac
+}
+
+# item=setting -> kernel command-line words and -cpu flags; unknown items and values fail.
+switch_item() {
+    case "$1" in
+        kaslr=on) : ;;
+        kaslr=off) KWORDS="${KWORDS:+$KWORDS }nokaslr" ;;
+        kaslr=auto) : ;;
+        smep=on) CPU_FLAGS="$CPU_FLAGS,+smep" ;;
+        smep=off) CPU_FLAGS="$CPU_FLAGS,-smep" ;;
+        smep=auto) : ;;
+        smap=on) CPU_FLAGS="$CPU_FLAGS,+smap" ;;
+        smap=off) CPU_FLAGS="$CPU_FLAGS,-smap" ;;
+        smap=auto) : ;;
+        pti=on) KWORDS="${KWORDS:+$KWORDS }pti=on" ;;
+        pti=off) KWORDS="${KWORDS:+$KWORDS }pti=off" ;;
+        pti=auto) : ;;
+        spectre=on) : ;;
+        spectre=off) KWORDS="${KWORDS:+$KWORDS }mitigations=off" ;;
+        spectre=auto) : ;;
+        kptr_restrict=on) KWORDS="${KWORDS:+$KWORDS }sysctl.kernel.kptr_restrict=2" ;;
+        kptr_restrict=off) KWORDS="${KWORDS:+$KWORDS }sysctl.kernel.kptr_restrict=0" ;;
+        kptr_restrict=auto) : ;;
+        dmesg_restrict=on) KWORDS="${KWORDS:+$KWORDS }sysctl.kernel.dmesg_restrict=1" ;;
+        dmesg_restrict=off) KWORDS="${KWORDS:+$KWORDS }sysctl.kernel.dmesg_restrict=0" ;;
+        dmesg_restrict=auto) : ;;
+        *) return 1 ;;
+    esac
+}
+
+# Resolves $MITIGATIONS into kernel words (KWORDS) and -cpu flags (CPU_FLAGS): the profile's
+# settings first, then each override, then every item switched in order.
+declare -A SETTING
+ITEMS=()
+first=1
+IFS=, read -ra words <<< "$MITIGATIONS"
+for word in "${words[@]}"; do
+    if [ "$first" = 1 ]; then
+        first=0
+        settings="$(profile_settings "$word")" || die_usage "--mitigations: unknown profile '$word' (none, default or hardened)"
+        for s in $settings; do
+            ITEMS+=("${s%%=*}")
+            SETTING["${s%%=*}"]="${s#*=}"
+        done
+        continue
+    fi
+    item="${word%%=*}"
+    [[ "$word" == *=* && -n "$item" && -n "${SETTING[$item]+set}" ]] || die_usage "--mitigations: '$word' is not an item=on|off|auto override (items: ${ITEMS[*]})"
+    SETTING["$item"]="${word#*=}"
+done
+[ "${SETTING[pti]}=${SETTING[spectre]}" != on=off ] ||
+    die_usage "--mitigations: pti=on cannot hold with spectre=off (mitigations=off turns KPTI off too): add spectre=auto"
+KWORDS=""
+CPU_FLAGS=""
+for item in "${ITEMS[@]}"; do
+    switch_item "$item=${SETTING[$item]}" || die_usage "--mitigations: $item=${SETTING[$item]}: use on, off or auto"
+done
+
 problem="$(kvm_problem)"
 case "$ACCEL" in
     kvm)
@@ -128,18 +206,24 @@ case "$ACCEL" in
             echo "run.sh: --kvm given but KVM is not usable: $problem" >&2
             exit 1
         fi
-        ACCEL_ARGS=(-accel kvm -cpu host)
+        ACCEL=kvm
         ;;
-    tcg) ACCEL_ARGS=(-accel tcg) ;;
     auto)
         if [ -z "$problem" ]; then
-            ACCEL_ARGS=(-accel kvm -cpu host)
+            ACCEL=kvm
         else
             echo "run.sh: KVM not usable: $problem; emulating with TCG (slower)" >&2
-            ACCEL_ARGS=(-accel tcg)
+            ACCEL=tcg
         fi
         ;;
 esac
+# SMEP and SMAP come from the CPU model: QEMU's default model under TCG has neither, `max` has
+# both (and the profile's +/- flags switch them); under KVM the host CPU decides what exists.
+if [ "$ACCEL" = kvm ]; then
+    ACCEL_ARGS=(-accel kvm -cpu "host$CPU_FLAGS")
+else
+    ACCEL_ARGS=(-accel tcg -cpu "max$CPU_FLAGS")
+fi
 
 INITRD="$LAB/rootfs.cpio"
 [ -e "$INITRD" ] || [ ! -e "$LAB/rootfs.cpio.gz" ] || INITRD="$LAB/rootfs.cpio.gz"
@@ -147,8 +231,8 @@ for f in "$LAB/bzImage" "$INITRD"; do
     [ -e "$f" ] || { echo "run.sh: $f is missing: rebuild the lab with cargo xtask" >&2; exit 1; }
 done
 
-# nokaslr keeps the kernel where vmlinux says it is, so gdb breakpoints land.
-CMDLINE="console=ttyS0 nokaslr"
+# The profile's switches, and its name for the guest's banner (lab.* words are left to /init).
+CMDLINE="console=ttyS0${KWORDS:+ $KWORDS} lab.mitigations=$MITIGATIONS"
 [ -z "$RECIPE_APPEND" ] || CMDLINE="$CMDLINE $RECIPE_APPEND"
 [ -z "$APPEND_EXTRA" ] || CMDLINE="$CMDLINE $APPEND_EXTRA"
 

@@ -20,4 +20,92 @@ python
 import os
 gdb.execute("target remote localhost:" + os.environ.get("KLAB_GDB_PORT", "{{GDB_PORT}}"))
 end
+# KASLR: the running kernel's offset is read from the CPU, not from the guest: the IDT sits at
+# a fixed address (the cpu_entry_area), and its first gate points at asm_exc_divide_error. Its
+# address there minus the one in System.map is the offset; vmlinux's symbols are then loaded
+# moved by it, except the per-CPU section, which KASLR does not move (it is linked at 0).
+# lx-symbols reloads vmlinux without an offset, so its symbol-file is rewritten to keep it.
+python
+import re
+
+KLAB_IDT = 0xfffffe0000000000
+klab_offset = 0
+
+
+def klab_link_address(name):
+    with open("System.map") as f:
+        for line in f:
+            words = line.split()
+            if len(words) == 3 and words[2] == name:
+                return int(words[0], 16)
+    raise gdb.GdbError("kernel-lab: %s is not in System.map" % name)
+
+
+def klab_load_vmlinux(offset):
+    gdb.execute("symbol-file", to_string=True)
+    if offset == 0:
+        gdb.execute("symbol-file vmlinux", to_string=True)
+    else:
+        gdb.execute("add-symbol-file vmlinux -o %#x -s .data..percpu 0" % offset, to_string=True)
+
+
+def klab_kaslr():
+    global klab_offset
+    regs = gdb.execute("monitor info registers", to_string=True)
+    m = re.search(r"IDT=\s*([0-9a-f]+)", regs)
+    if not m or int(m.group(1), 16) != KLAB_IDT:
+        raise gdb.GdbError("kernel-lab: the kernel has not set up its IDT yet (stopped before boot?): "
+                           "vmlinux's addresses hold only with kaslr=off; continue, let it boot, "
+                           "Ctrl-C, then klab-kaslr")
+    gate = bytes(gdb.selected_inferior().read_memory(KLAB_IDT, 16))
+    handler = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
+               | int.from_bytes(gate[8:12], "little") << 32)
+    offset = (handler - klab_link_address("asm_exc_divide_error")) & 0xffffffffffffffff
+    # KASLR moves the kernel by a multiple of 2 MiB within 1 GiB; anything else is not an offset.
+    if offset % 0x200000 or offset >= 0x40000000:
+        raise gdb.GdbError("kernel-lab: IDT gate 0 points at %#x, not at a moved asm_exc_divide_error" % handler)
+    if offset != klab_offset:
+        klab_load_vmlinux(offset)
+        klab_offset = offset
+    gdb.write("kernel-lab: KASLR offset %#x (vmlinux symbols %s)\n"
+              % (offset, "relocated" if offset else "at their link addresses"))
+
+
+class KlabKaslr(gdb.Command):
+    """Read the running kernel's KASLR offset from the IDT and load vmlinux's symbols moved by it."""
+
+    def __init__(self):
+        super().__init__("klab-kaslr", gdb.COMMAND_DATA)
+
+    def invoke(self, arg, from_tty):
+        klab_kaslr()
+
+
+KlabKaslr()
+
+
+class KlabGdb:
+    """gdb, as lx-symbols sees it: its `symbol-file vmlinux` keeps the KASLR offset."""
+
+    def __getattr__(self, name):
+        return getattr(gdb, name)
+
+    def execute(self, command, *args, **kwargs):
+        words = command.split()
+        if len(words) == 2 and words[0] == "symbol-file" and words[1].endswith("vmlinux") and klab_offset:
+            command = "add-symbol-file %s -o %#x -s .data..percpu 0" % (words[1], klab_offset)
+        return gdb.execute(command, *args, **kwargs)
+
+
+try:
+    import linux.symbols
+    linux.symbols.gdb = KlabGdb()
+except ImportError:
+    pass
+
+try:
+    klab_kaslr()
+except gdb.GdbError as e:
+    gdb.write("%s\n" % e)
+end
 {{MODULES_GDB}}
