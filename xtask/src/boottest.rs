@@ -278,6 +278,8 @@ pub enum GdbStep {
     Banner,
     /// `lx-version` (the kernel's gdb scripts) printed it too.
     LxVersion,
+    /// In a lab with modules: `lx-symbols modules` loaded them, and vmlinux stayed relocated.
+    LxSymbols,
     /// `p $lx_current().comm` named the process that hit the breakpoint.
     LxCurrent,
     /// gdb ran to the last step.
@@ -291,6 +293,7 @@ impl GdbStep {
             GdbStep::Breakpoint => "breakpoint",
             GdbStep::Banner => "banner",
             GdbStep::LxVersion => "lx-version",
+            GdbStep::LxSymbols => "lx-symbols",
             GdbStep::LxCurrent => "lx-current",
             GdbStep::Done => "done",
         }
@@ -665,13 +668,17 @@ const GDB_STEPS: [&str; 14] = [
     "echo KLAB-GDB:killed\\n",
 ];
 
+/// Steps for a lab with modules, after `lx-version`: lx-symbols reloads vmlinux (debug.gdb keeps
+/// the KASLR offset) and loads each module at its address; the banner must still read.
+const GDB_MODULE_STEPS: [&str; 3] = ["echo KLAB-GDB:lx-symbols\\n", "lx-symbols modules", "p linux_banner"];
+
 /// What the guest's shell gets typed into it until the breakpoint hits: an unprivileged
 /// `hostname NAME` still enters sethostname(2), and nothing else in the guest calls it.
 const GDB_TRIGGER: &[u8] = b"hostname klab-gdb\n";
 
 /// Checks a gdb transcript of GDB_STEPS against the expected kernel; returns the KASLR offset
 /// debug.gdb found. With `kaslr_off`, that offset must be zero.
-pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool) -> Result<String, Finding> {
+pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool, modules: bool) -> Result<String, Finding> {
     let section = |step: GdbStep| -> Option<&str> {
         let marker = format!("KLAB-GDB:{}\n", step.name());
         let start = transcript.find(&marker)? + marker.len();
@@ -703,6 +710,17 @@ pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool) -> Result<Str
                 GdbStep::LxVersion,
                 format!("`lx-version` did not print \"{banner}...\" (are vmlinux-gdb.py and scripts/gdb in the lab?)"),
             )
+        }
+    }
+    if modules {
+        match section(GdbStep::LxSymbols) {
+            Some(s) if s.contains("loading @0x") && s.lines().any(|l| l.starts_with('$') && l.contains(&format!("\"{banner}"))) => {}
+            _ => return fail(
+                GdbStep::LxSymbols,
+                format!(
+                    "`lx-symbols modules` loaded no module (`loading @0x...`), or `p linux_banner` no longer read \"{banner}...\" after it"
+                ),
+            ),
         }
     }
     match section(GdbStep::Breakpoint) {
@@ -796,11 +814,10 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
         report.gdb_transcript = Some(transcript.clone());
         let gdb_start = Instant::now();
         let gdb_append = if extra.trim().is_empty() { GDB_APPEND.to_string() } else { format!("{GDB_APPEND} {}", extra.trim()) };
-        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG))
-            .map(|(finding, offset)| {
-                report.gdb_kaslr_offset = offset;
-                finding
-            });
+        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG)).map(|(finding, offset)| {
+            report.gdb_kaslr_offset = offset;
+            finding
+        });
         if let Ok(f) = &outcome {
             if f.verdict == Verdict::Pass {
                 report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
@@ -1077,7 +1094,10 @@ fn gdb_stage(
     let out = File::create(transcript).with_context(|| format!("create {}", transcript.display()))?;
     let mut gdb_cmd = Command::new(lab.file(lab::GDB_SH));
     gdb_cmd.args(["--port", &port, "-batch"]);
-    for step in GDB_STEPS {
+    let modules = lab.file(lab::MODULES).is_dir();
+    let at = GDB_STEPS.iter().position(|s| *s == "lx-version").expect("GDB_STEPS has lx-version") + 1;
+    let steps = GDB_STEPS[..at].iter().chain(if modules { &GDB_MODULE_STEPS[..] } else { &[] }).chain(&GDB_STEPS[at..]);
+    for step in steps {
         gdb_cmd.args(["-ex", step]);
     }
     gdb_cmd.stdin(Stdio::null()).stdout(out.try_clone().context("duplicate the gdb transcript handle")?).stderr(out);
@@ -1115,7 +1135,7 @@ fn gdb_stage(
     }
     let text = std::fs::read_to_string(transcript).with_context(|| format!("read {}", transcript.display()))?;
     let kaslr_off = expect.mitigations.get(Item::Kaslr) == Setting::Off;
-    Ok(match judge_gdb(&text, &expect.kernel_version, kaslr_off) {
+    Ok(match judge_gdb(&text, &expect.kernel_version, kaslr_off, modules) {
         Ok(offset) => (Finding::new(Verdict::Pass, ""), Some(offset)),
         Err(f) => (f, None),
     })
@@ -1676,16 +1696,17 @@ mod tests {
 
     #[test]
     fn gdb_transcript_checks() {
-        assert_eq!(judge_gdb(GOOD_GDB, "6.12.117", false), Ok("0x1c000000".to_string()));
-        let step = |text: &str, version: &str| judge_gdb(text, version, false).unwrap_err().verdict;
+        assert_eq!(judge_gdb(GOOD_GDB, "6.12.117", false, false), Ok("0x1c000000".to_string()));
+        let step = |text: &str, version: &str| judge_gdb(text, version, false, false).unwrap_err().verdict;
         assert_eq!(step(GOOD_GDB, "6.1.0"), Verdict::GdbFailed(GdbStep::Banner));
         // Under kaslr=off the kernel must not have moved.
-        let f = judge_gdb(GOOD_GDB, "6.12.117", true).unwrap_err();
+        let f = judge_gdb(GOOD_GDB, "6.12.117", true, false).unwrap_err();
         assert_eq!(f.verdict, Verdict::GdbFailed(GdbStep::Kaslr));
         assert!(f.detail.contains("moved by 0x1c000000"), "{}", f.detail);
         let unmoved = GOOD_GDB.replace("0x1c000000", "0x0");
-        assert_eq!(judge_gdb(&unmoved, "6.12.117", true), Ok("0x0".to_string()));
-        let no_offset = GOOD_GDB.replace("KLAB-GDB:kaslr\nkernel-lab: KASLR offset", "KLAB-GDB:kaslr\nkernel-lab: the kernel has not set up");
+        assert_eq!(judge_gdb(&unmoved, "6.12.117", true, false), Ok("0x0".to_string()));
+        let no_offset =
+            GOOD_GDB.replace("KLAB-GDB:kaslr\nkernel-lab: KASLR offset", "KLAB-GDB:kaslr\nkernel-lab: the kernel has not set up");
         assert_eq!(step(&no_offset, "6.12.117"), Verdict::GdbFailed(GdbStep::Kaslr));
         let no_break = GOOD_GDB.replace("Breakpoint 1, __x64_sys_sethostname", "Program received signal SIGTRAP");
         assert_eq!(step(&no_break, "6.12.117"), Verdict::GdbFailed(GdbStep::Breakpoint));
@@ -1697,6 +1718,17 @@ mod tests {
         let cut = &GOOD_GDB[..GOOD_GDB.find("KLAB-GDB:done").unwrap()];
         assert_eq!(step(cut, "6.12.117"), Verdict::GdbFailed(GdbStep::Done));
         assert_eq!(step("localhost:1234: Connection refused.\n", "6.12.117"), Verdict::GdbFailed(GdbStep::Kaslr));
+        // A lab with modules: lx-symbols must load one and leave vmlinux relocated.
+        let banner_line = GOOD_GDB.lines().find(|l| l.starts_with("$1 = ")).unwrap();
+        let with_modules = GOOD_GDB.replace(
+            "KLAB-GDB:breakpoint\n",
+            &format!("KLAB-GDB:lx-symbols\nloading vmlinux\nscanning for modules in /lab/modules\nloading @0xffffffffc0200000: /lab/modules/klab.ko\n{}\nKLAB-GDB:breakpoint\n", banner_line.replace("$1", "$3")),
+        );
+        assert_eq!(judge_gdb(&with_modules, "6.12.117", false, true), Ok("0x1c000000".to_string()));
+        assert_eq!(judge_gdb(GOOD_GDB, "6.12.117", false, true).unwrap_err().verdict, Verdict::GdbFailed(GdbStep::LxSymbols));
+        let unrelocated =
+            with_modules.replace("$3 = 0xffffffff9d666fc0 <linux_banner> \"Linux", "$3 = 0xffffffff81666fc0 <linux_banner> \"\\000");
+        assert_eq!(judge_gdb(&unrelocated, "6.12.117", false, true).unwrap_err().verdict, Verdict::GdbFailed(GdbStep::LxSymbols));
     }
 
     #[test]
@@ -1896,11 +1928,22 @@ mod tests {
         let err = format!("{:#}", run(&lab, Duration::from_secs(60), "maxcpus=1\nKLAB:BEGIN", None).unwrap_err());
         assert!(err.contains("control character"), "{err}");
         std::fs::write(lab.file("console.txt"), good_console().join("\n") + "\n").unwrap();
-        assert_eq!(run(&lab, Duration::from_secs(60), "maxcpus=1", Some("kaslr=on")).unwrap().verdict, Verdict::MitigationFailed(Item::Kaslr));
+        assert_eq!(
+            run(&lab, Duration::from_secs(60), "maxcpus=1", Some("kaslr=on")).unwrap().verdict,
+            Verdict::MitigationFailed(Item::Kaslr)
+        );
         assert_eq!(run(&lab, Duration::from_secs(60), "maxcpus=1", None).unwrap().verdict, Verdict::Pass);
         let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
-        assert_eq!(calls.matches(&format!("--mitigations none,kaslr=on --append {TEST_APPEND} maxcpus=1\n")).count(), 2, "dry run and boot: {calls}");
-        assert_eq!(calls.matches(&format!("--mitigations none --append {TEST_APPEND} maxcpus=1\n")).count(), 2, "dry run and boot: {calls}");
+        assert_eq!(
+            calls.matches(&format!("--mitigations none,kaslr=on --append {TEST_APPEND} maxcpus=1\n")).count(),
+            2,
+            "dry run and boot: {calls}"
+        );
+        assert_eq!(
+            calls.matches(&format!("--mitigations none --append {TEST_APPEND} maxcpus=1\n")).count(),
+            2,
+            "dry run and boot: {calls}"
+        );
         assert_eq!(calls.matches(&format!("--append {GDB_APPEND} maxcpus=1\n")).count(), 1, "gdb boot: {calls}");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }

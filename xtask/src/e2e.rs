@@ -81,6 +81,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
         None => bail!("the e2e's first build must boot-test its lab"),
     }
 
+    mitigation_profiles(sh, layout, &first, &plan, &build)?;
     if args.negative {
         negative(layout, &first.lab)?;
         kconfig_explained(sh, layout, &first.lab)?;
@@ -107,6 +108,67 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
     }
     let _ = cmd!(sh, "gpgconf --kill gpg-agent").quiet().ignore_stderr().run();
     println!("e2e: pass ({})", first.lab.dir.display());
+    Ok(())
+}
+
+/// The first boot test ran the recipe's profile (`none`); the same kernel must hold `hardened`
+/// too, with gdb working under KASLR; a profile that does not hold is a named verdict; a recipe
+/// whose config cannot give its profile fails right after configure, naming the option.
+fn mitigation_profiles(sh: &Shell, layout: &Layout, first: &pipeline::Built, plan: &FetchPlan, build: &BuildPlan) -> Result<()> {
+    eprintln!("==> mitigations: the lab's own profile (none), then hardened on the same kernel");
+    let check = |report: &boottest::BootReport, spec: &str| -> Result<()> {
+        let m = report.mitigations.as_ref().context("the boot report has no mitigations")?;
+        if !report.passed() || m.spec != spec || m.first_failure().is_some() || report.gdb_kaslr_offset.is_none() {
+            bail!(
+                "profile {spec}: expected a pass with every item held and gdb's KASLR offset, got {}: {}",
+                report.verdict,
+                report.failure_message()
+            );
+        }
+        let items: Vec<String> = m.items.iter().map(|i| format!("{}={}", i.item, i.seen)).collect();
+        eprintln!(
+            "    {spec}: pass; {}; KASLR offset {} (gdb's boot: {})",
+            items.join(" "),
+            m.kaslr_offset.as_deref().unwrap_or("?"),
+            report.gdb_kaslr_offset.as_deref().unwrap_or("?")
+        );
+        Ok(())
+    };
+    let none = first.report.as_ref().context("the e2e's first build is boot-tested")?;
+    check(none, "none")?;
+    if none.gdb_kaslr_offset.as_deref() != Some("0x0") {
+        bail!("profile none: gdb found a KASLR offset {:?}, expected 0x0", none.gdb_kaslr_offset);
+    }
+    let out = layout.artifacts.join("e2e/mitigations");
+    let hardened = boottest::run_into(&first.lab, BOOT_TIMEOUT, "", Some("hardened"), &out.join("hardened"))?;
+    check(&hardened, "hardened")?;
+    let kaslr = hardened.mitigations.as_ref().and_then(|m| m.items.iter().find(|i| i.item == crate::mitigations::Item::Kaslr));
+    if kaslr.is_none_or(|k| k.seen != "on") {
+        bail!("profile hardened: KASLR is not on: {kaslr:?}");
+    }
+
+    eprintln!("==> mitigations: hardened with SMEP taken away (clearcpuid=smep), expecting check-failed:mitigation:smep");
+    let broken = boottest::run_into(&first.lab, BOOT_TIMEOUT, "clearcpuid=smep", Some("hardened"), &out.join("nosmep"))?;
+    if broken.verdict.to_string() != "check-failed:mitigation:smep" {
+        bail!("hardened without SMEP: expected check-failed:mitigation:smep, got {} ({})", broken.verdict, broken.detail);
+    }
+    eprintln!("    verdict {}: {}", broken.verdict, broken.detail);
+
+    eprintln!("==> mitigations: a hardened recipe without mitigations.config fails after configure, before the kernel build");
+    let mut r = plan.recipe.recipe.clone();
+    r.config.fragments.retain(|f| f != "mitigations.config");
+    r.mitigations = Some("hardened".into());
+    r.kernel.build = Some("nomitigations".into());
+    let recipe = LoadedRecipe::write(&plan.recipe.dir().join("nomitigations.yaml"), &r, "e2e: a hardened profile its config cannot give")?;
+    let err = match pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..build.clone() })
+    {
+        Ok(_) => bail!("a hardened recipe without mitigations.config built a lab"),
+        Err(e) => format!("{e:#}"),
+    };
+    if !err.contains("lacks CONFIG_RANDOMIZE_BASE=y") || !err.contains("mitigations.config") {
+        bail!("a hardened recipe without mitigations.config: the error does not name the missing option:\n{err}");
+    }
+    eprintln!("    refused: {}", err.lines().next().unwrap_or_default());
     Ok(())
 }
 
@@ -235,6 +297,12 @@ fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -
         labs.push(built.lab);
     }
     let module_lab = &labs[1];
+    eprintln!("==> exercise: the module lab under hardened: gdb's lx-symbols loads the module with KASLR on");
+    let hardened = boottest::run_into(module_lab, BOOT_TIMEOUT, "", Some("hardened"), &layout.artifacts.join("e2e/mitigations/module"))?;
+    if !hardened.passed() {
+        bail!("the module lab under hardened: {}", hardened.failure_message());
+    }
+    eprintln!("    pass; gdb found KASLR offset {}", hardened.gdb_kaslr_offset.as_deref().unwrap_or("?"));
 
     eprintln!("==> exec: a program that succeeds (2 boots), one that exits 3, one that oopses the kernel");
     let scratch = layout.artifacts.join("e2e/exec");
@@ -307,7 +375,8 @@ fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -
     let renamed = dir.join("module-nomodules.yaml");
     std::fs::rename(&recipe.path, &renamed)?;
     let recipe = crate::recipe::load(&renamed)?;
-    let err = match pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..build.clone() }) {
+    let err = match pipeline::kernel(sh, layout, &FetchPlan { recipe, ..plan.clone() }, &BuildPlan { boot_timeout: None, ..build.clone() })
+    {
         Ok(_) => bail!("a module recipe without modules.config built a lab"),
         Err(e) => format!("{e:#}"),
     };

@@ -120,7 +120,8 @@ impl Lab {
             nic: d.nic,
             builtin: true,
             checks: d.checks.clone(),
-            mitigations: Mitigations::parse(&d.mitigations, "none").with_context(|| format!("{}: field mitigations", self.file(LAB_JSON).display()))?,
+            mitigations: Mitigations::parse(&d.mitigations, "none")
+                .with_context(|| format!("{}: field mitigations", self.file(LAB_JSON).display()))?,
             link_text,
         })
     }

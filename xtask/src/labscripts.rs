@@ -560,7 +560,10 @@ mod tests {
             let out = run(&dir.join("run.sh"), &["--no-kvm", "--mitigations", flag], Some(&path));
             assert!(out.status.success(), "{flag}: {}", String::from_utf8_lossy(&out.stderr));
             let args = args_of(&out);
-            assert!(has_pair(&args, "-cpu", &format!("max{}", want.cpu_flags().iter().map(|f| format!(",{f}")).collect::<String>())), "{flag}: {args:?}");
+            assert!(
+                has_pair(&args, "-cpu", &format!("max{}", want.cpu_flags().iter().map(|f| format!(",{f}")).collect::<String>())),
+                "{flag}: {args:?}"
+            );
             let words: Vec<&str> = std::iter::once("console=ttyS0").chain(want.cmdline()).collect();
             assert!(has_pair(&args, "-append", &format!("{} lab.mitigations={spec}", words.join(" "))), "{flag}: {args:?}");
         }
@@ -582,7 +585,11 @@ mod tests {
         fake_lab(&dir, &info);
         let out = run(&dir.join("run.sh"), &["--no-kvm", "--dry-run", "--mitigations", "hardened"], Some(&path));
         assert_eq!(out.status.code(), Some(2));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("kaslr=on needs CONFIG_RANDOMIZE_BASE=y"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("kaslr=on needs CONFIG_RANDOMIZE_BASE=y"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(run(&dir.join("run.sh"), &["--no-kvm", "--dry-run", "--mitigations", "hardened,kaslr=off"], Some(&path)).status.success());
         let _ = std::fs::remove_dir_all(&dir);
     }

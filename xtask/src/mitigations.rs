@@ -27,8 +27,7 @@ pub enum Item {
 }
 
 impl Item {
-    pub const ALL: [Item; 7] =
-        [Item::Kaslr, Item::Smep, Item::Smap, Item::Pti, Item::Spectre, Item::KptrRestrict, Item::DmesgRestrict];
+    pub const ALL: [Item; 7] = [Item::Kaslr, Item::Smep, Item::Smap, Item::Pti, Item::Spectre, Item::KptrRestrict, Item::DmesgRestrict];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -155,7 +154,10 @@ impl Mitigations {
         let (mut settings, mut canonical) = match start {
             Some(p) => {
                 let s = profile(p).ok_or_else(|| {
-                    anyhow::anyhow!("mitigations {spec:?}: unknown profile {p:?}: use one of {} (or item=on|off|auto overrides)", PROFILES.join(", "))
+                    anyhow::anyhow!(
+                        "mitigations {spec:?}: unknown profile {p:?}: use one of {} (or item=on|off|auto overrides)",
+                        PROFILES.join(", ")
+                    )
                 })?;
                 (s, p.to_string())
             }
@@ -231,14 +233,18 @@ impl fmt::Display for Mitigations {
 /// turns an `item=setting` into kernel words (`KWORDS`) and CPU flags (`CPU_FLAGS`). `lacks` names
 /// the items this lab's kernel cannot turn on, with the option it lacks.
 pub fn run_sh_table(lacks: &[(Item, &'static str)]) -> String {
-    let mut s = String::from("# Rendered from xtask/src/mitigations.rs: each profile's settings, in item order.\nprofile_settings() {\n    case \"$1\" in\n");
+    let mut s = String::from(
+        "# Rendered from xtask/src/mitigations.rs: each profile's settings, in item order.\nprofile_settings() {\n    case \"$1\" in\n",
+    );
     for p in PROFILES {
         let settings = profile(p).expect("listed profiles exist");
         let words: Vec<String> = Item::ALL.iter().zip(settings).map(|(i, s)| format!("{}={}", i.name(), s.name())).collect();
         s.push_str(&format!("        {p}) echo \"{}\" ;;\n", words.join(" ")));
     }
     s.push_str("        *) return 1 ;;\n    esac\n}\n\n");
-    s.push_str("# item=setting -> kernel command-line words and -cpu flags; unknown items and values fail.\nswitch_item() {\n    case \"$1\" in\n");
+    s.push_str(
+        "# item=setting -> kernel command-line words and -cpu flags; unknown items and values fail.\nswitch_item() {\n    case \"$1\" in\n",
+    );
     for item in Item::ALL {
         for setting in [Setting::On, Setting::Off, Setting::Auto] {
             let mut body = Vec::new();
@@ -358,7 +364,9 @@ pub fn judge(want: &Mitigations, seen: &Observed, link_text: Option<u64>) -> Rep
     let flags: Vec<&str> = seen.get("flags").map(|f| f.split_whitespace().collect()).unwrap_or_default();
     let flag = |name: &str| -> (Option<bool>, String) {
         match seen.get("flags") {
-            Some(_) => (Some(flags.contains(&name)), format!("cpuinfo flags: {}", if flags.is_empty() { "-".into() } else { flags.join(" ") })),
+            Some(_) => {
+                (Some(flags.contains(&name)), format!("cpuinfo flags: {}", if flags.is_empty() { "-".into() } else { flags.join(" ") }))
+            }
             None => (None, "no KLAB:mit:flags= line".into()),
         }
     };
@@ -375,7 +383,9 @@ pub fn judge(want: &Mitigations, seen: &Observed, link_text: Option<u64>) -> Rep
                 Item::Kaslr => match (offset, phys) {
                     // Either one moved: both stay put only without KASLR (both random with it, so
                     // both unmoved by chance is about one boot in a million).
-                    (Some(o), Some(p)) => (Some(o != 0 || p != LOAD_PHYSICAL_ADDR), format!("offset {o:#x}, kernel code at physical {p:#x}")),
+                    (Some(o), Some(p)) => {
+                        (Some(o != 0 || p != LOAD_PHYSICAL_ADDR), format!("offset {o:#x}, kernel code at physical {p:#x}"))
+                    }
                     _ => (None, "the guest's _text or kernel code address is missing (is the kallsyms copy made?)".into()),
                 },
                 Item::Smep | Item::Smap | Item::Pti => flag(item.name()),
@@ -539,7 +549,10 @@ mod tests {
     #[test]
     fn run_sh_table_refuses_what_the_kernel_lacks() {
         let table = run_sh_table(&[(Item::Kaslr, "CONFIG_RANDOMIZE_BASE=y")]);
-        assert!(table.contains("none) echo \"kaslr=off smep=off smap=off pti=off spectre=off kptr_restrict=off dmesg_restrict=off\""), "{table}");
+        assert!(
+            table.contains("none) echo \"kaslr=off smep=off smap=off pti=off spectre=off kptr_restrict=off dmesg_restrict=off\""),
+            "{table}"
+        );
         assert!(table.contains("kaslr=on) die_usage \"kaslr=on needs CONFIG_RANDOMIZE_BASE=y"), "{table}");
         assert!(table.contains("kaslr=off) KWORDS=\"${KWORDS:+$KWORDS }nokaslr\""), "{table}");
         assert!(table.contains("smap=off) CPU_FLAGS=\"$CPU_FLAGS,-smap\""), "{table}");

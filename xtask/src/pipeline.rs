@@ -198,7 +198,9 @@ pub fn build_lab(
     let config = std::fs::read_to_string(&config_path).with_context(|| format!("read {}", config_path.display()))?;
     let profile = recipe.mitigations()?;
     let boot = boot_profile.map(|p| Mitigations::parse(p, &profile.spec)).transpose().context("--mitigations")?;
-    for (m, whose) in std::iter::once((&profile, recipe.line_of("mitigations:"))).chain(boot.iter().map(|b| (b, "--mitigations".to_string()))) {
+    for (m, whose) in
+        std::iter::once((&profile, recipe.line_of("mitigations:"))).chain(boot.iter().map(|b| (b, "--mitigations".to_string())))
+    {
         if let Some((item, option)) = m.missing_options(&config).first() {
             bail!(
                 "{whose}: mitigations {} needs {item}=on, but {} lacks {option}: add mitigations.config to config.fragments (or ask for {item}=off)",
