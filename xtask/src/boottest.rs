@@ -307,6 +307,7 @@ pub enum Verdict {
     KernelPanic,
     Oops,
     Bug,
+    /// A KASAN or UBSAN report, or a lockdep one (`LOCKDEP_REPORTS`).
     Sanitizer,
     InitDied,
     RebootLoop,
@@ -629,11 +630,27 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
 }
 
+/// The first line of each lockdep report about the kernel's locking (kernel/locking/lockdep.c,
+/// PROVE_LOCKING and PROVE_RCU): a finding like a sanitizer's, after which the kernel goes on.
+const LOCKDEP_REPORTS: [&str; 10] = [
+    "WARNING: possible circular locking dependency detected",
+    "WARNING: possible recursive locking detected",
+    // "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected", and the SOFTIRQ one.
+    "-unsafe lock order detected",
+    "WARNING: inconsistent lock state",
+    "WARNING: possible irq lock inversion dependency detected",
+    "WARNING: bad unlock balance detected!",
+    "WARNING: held lock freed!",
+    "still has locks held!",
+    "WARNING: lock held when returning to user space!",
+    "WARNING: suspicious RCU usage",
+];
+
 /// Kernel messages that mean the run failed, most specific first (one line can hold several).
 pub fn classify_fatal(line: &str) -> Option<Verdict> {
     if line.contains("Attempted to kill init") {
         Some(Verdict::InitDied)
-    } else if line.contains("KASAN") || line.contains("UBSAN") {
+    } else if line.contains("KASAN") || line.contains("UBSAN") || LOCKDEP_REPORTS.iter().any(|r| line.contains(r)) {
         Some(Verdict::Sanitizer)
     } else if line.contains("BUG:") || line.contains("kernel BUG at") {
         Some(Verdict::Bug)
@@ -715,12 +732,14 @@ pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool, modules: bool
     if modules {
         match section(GdbStep::LxSymbols) {
             Some(s) if s.contains("loading @0x") && s.lines().any(|l| l.starts_with('$') && l.contains(&format!("\"{banner}"))) => {}
-            _ => return fail(
-                GdbStep::LxSymbols,
-                format!(
+            _ => {
+                return fail(
+                    GdbStep::LxSymbols,
+                    format!(
                     "`lx-symbols modules` loaded no module (`loading @0x...`), or `p linux_banner` no longer read \"{banner}...\" after it"
                 ),
-            ),
+                )
+            }
         }
     }
     match section(GdbStep::Breakpoint) {
@@ -1387,6 +1406,10 @@ mod tests {
             ("[    2.0] kernel BUG at mm/slub.c:123!", Verdict::Bug),
             ("[    2.0] BUG: KASAN: slab-out-of-bounds in foo+0x1/0x2", Verdict::Sanitizer),
             ("[    2.0] UBSAN: shift-out-of-bounds in kernel/foo.c:1:2", Verdict::Sanitizer),
+            ("[    2.0] WARNING: possible circular locking dependency detected", Verdict::Sanitizer),
+            ("[    2.0] WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected", Verdict::Sanitizer),
+            ("[    2.0] WARNING: klab-echo/93 still has locks held!", Verdict::Sanitizer),
+            ("[    2.0] BUG: sleeping function called from invalid context at mm/slub.c:4086", Verdict::Bug),
             ("[    2.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100", Verdict::InitDied),
         ];
         for (line, want) in cases {
@@ -1397,6 +1420,24 @@ mod tests {
             let mut lines = good_console();
             lines.push(line.to_string());
             assert_eq!(verdict_of(&lines), want, "{line} after END");
+        }
+    }
+
+    /// What a kasan.yaml kernel (KASAN, UBSAN, lockdep) prints on every clean boot is no finding.
+    #[test]
+    fn sanitizer_boot_banners_are_not_findings() {
+        let lines = [
+            "[    0.0] kasan: KernelAddressSanitizer initialized",
+            "[    0.0] Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar",
+            "[    0.0] ... MAX_LOCKDEP_SUBCLASSES:  8",
+            "[    0.0]  memory used by lock dependency info: 6365 kB",
+            "[    0.0]  per task-struct memory footprint: 1920 bytes",
+        ];
+        for line in lines {
+            assert_eq!(classify_fatal(line), None, "{line}");
+            let mut console = good_console();
+            console.insert(2, line.to_string());
+            assert_eq!(verdict_of(&console), Verdict::Pass, "{line}");
         }
     }
 

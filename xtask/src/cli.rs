@@ -278,6 +278,10 @@ pub struct KernelArgs {
     /// smap, pti, spectre, kptr_restrict, dmesg_restrict, e.g. hardened,smap=off
     #[arg(long, value_name = "SPEC")]
     pub mitigations: Option<String>,
+    /// Fetch, configure the recipe's build tree, check that every requested option survived and
+    /// the mitigation profile can be given, print the tree and stop (no kernel build, busybox or lab)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub configure_only: bool,
 }
 
 #[derive(Debug, Args)]

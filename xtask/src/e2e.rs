@@ -19,6 +19,9 @@ use crate::{
     source::Mirror,
 };
 
+/// Shipped recipes the e2e configures but does not build: GitHub's labs workflow builds and
+/// boot-tests them, where build time is cheaper.
+const CONFIGURE_ONLY: [&str; 1] = ["kasan"];
 const SIGNER: &str = "kernel-lab e2e mirror <e2e@kernel-lab.invalid>";
 const SIGNER_EMAIL: &str = "e2e@kernel-lab.invalid";
 /// Per-stage boot-test timeout: generous, CI machines are slow and noisy.
@@ -80,6 +83,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &E2eArgs) -> Result<()> {
         Some(r) => bail!("boot test of {}: {}", first.lab.dir.display(), r.failure_message()),
         None => bail!("the e2e's first build must boot-test its lab"),
     }
+    configure_only_recipes(sh, layout, &plan)?;
 
     mitigation_profiles(sh, layout, &first, &plan, &build)?;
     if args.negative {
@@ -170,6 +174,31 @@ fn mitigation_profiles(sh: &Shell, layout: &Layout, first: &pipeline::Built, pla
     }
     eprintln!("    refused: {}", err.lines().next().unwrap_or_default());
     Ok(())
+}
+
+/// Each recipe of CONFIGURE_ONLY, configured against the e2e's kernel: every option it requests
+/// must survive (`kernel --configure-only`).
+fn configure_only_recipes(sh: &Shell, layout: &Layout, plan: &FetchPlan) -> Result<()> {
+    for name in CONFIGURE_ONLY {
+        eprintln!("==> configure only: recipes/{name}.yaml (built on GitHub), every requested option must survive");
+        let recipe = copy_recipe(layout, plan, name, &|_| {})?;
+        let t = Instant::now();
+        // The e2e plan's request and mirror: the kernel the lts lab was built from.
+        let tree = pipeline::configure_only(sh, layout, &FetchPlan { recipe, ..plan.clone() }, None)?;
+        eprintln!("    {} configured and checked in {:.0} s", tree.dir.display(), t.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// A shipped recipe copied beside the e2e's lts copy (its lock stays out of recipes/), with the
+/// busybox Debian ships and `edit` applied.
+fn copy_recipe(layout: &Layout, plan: &FetchPlan, name: &str, edit: &dyn Fn(&mut crate::recipe::Recipe)) -> Result<LoadedRecipe> {
+    let shipped = crate::recipe::load(&layout.recipes_dir().join(format!("{name}.yaml")))?;
+    let mut r = shipped.recipe.clone();
+    r.busybox.version = plan.recipe.recipe.busybox.version.clone();
+    edit(&mut r);
+    let path = plan.recipe.dir().join(format!("{name}.yaml"));
+    LoadedRecipe::write(&path, &r, &format!("e2e: recipes/{name}.yaml with the busybox Debian ships"))
 }
 
 /// Breaks the lab on purpose and checks that each break gets its own named verdict.
@@ -273,13 +302,7 @@ fn exercises(sh: &Shell, layout: &Layout, plan: &FetchPlan, build: &BuildPlan) -
         let _ = std::fs::remove_dir_all(&to);
         cmd!(sh, "cp -R {from} {to}").run().with_context(|| format!("copy {}", from.display()))?;
     }
-    let copy = |name: &str, edit: &dyn Fn(&mut crate::recipe::Recipe)| -> Result<LoadedRecipe> {
-        let shipped = crate::recipe::load(&layout.recipes_dir().join(format!("{name}.yaml")))?;
-        let mut r = shipped.recipe.clone();
-        r.busybox.version = plan.recipe.recipe.busybox.version.clone();
-        edit(&mut r);
-        LoadedRecipe::write(&dir.join(format!("{name}.yaml")), &r, &format!("e2e: recipes/{name}.yaml with the busybox Debian ships"))
-    };
+    let copy = |name: &str, edit: &dyn Fn(&mut crate::recipe::Recipe)| copy_recipe(layout, plan, name, edit);
     let mut labs = Vec::new();
     for name in ["syscall", "module"] {
         eprintln!("==> exercise lab: recipes/{name}.yaml (kernel.build {:?})", "exercises");

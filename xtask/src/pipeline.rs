@@ -103,6 +103,11 @@ pub fn kernel_command(sh: &Shell, layout: &Layout, args: &KernelArgs) -> Result<
     if args.dry_run {
         return print_plan(layout, &plan);
     }
+    if args.configure_only {
+        let tree = configure_only(sh, layout, &plan, args.mitigations.as_deref())?;
+        println!("configured: {} (every requested option survived; nothing built)", tree.dir.display());
+        return Ok(());
+    }
     let built = kernel(sh, layout, &plan, &BuildPlan::of(args))?;
     if let Some(report) = &built.report {
         if !report.passed() {
@@ -169,58 +174,18 @@ pub fn build_lab(
     let version = &lock.kernel.version;
     let r = &recipe.recipe;
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
-    let patches = patch_paths(layout, recipe)?;
-    // The pristine tree stays as extracted; patches go into a copy named by the patch set.
-    let src = if patches.is_empty() {
-        sources.kernel_src.clone()
-    } else {
-        let dest = layout.patched_src(version, &patch::digest(&patches)?);
-        t.time("patch", || patch::patched_tree(&sources.kernel_src, &dest, &patches))
-            .with_context(|| format!("{}: apply kernel.patches to linux-{version}", recipe.line_of("patches:")))?;
-        dest
-    };
-    let kbuild_dir = layout.kernel_build(recipe.kernel_build_name(), version);
-    let identity = recipe.kernel_identity()?;
-    if let Some(parent) = kbuild_dir.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    }
-    // Recipes may share a build (`kernel.build`): one run at a time configures, builds and
-    // builds modules in it, and only recipes that ask for the same kernel take turns.
-    let _build_lock = lab::LabLock::exclusive(&kbuild_dir)?;
-    claim_build(&kbuild_dir, recipe, &identity)?;
-    let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
-    t.time("configure", || kbuild::configure(sh, &src, &kbuild_dir, r.config.base, &fragments, version, r.qemu.nic))
-        .with_context(|| format!("configure linux-{version}"))?;
-    // Before the long build: a recipe with modules needs a kernel that loads them, and its
-    // mitigation profile (and the boot test's) needs the options that switch it.
-    modules::require_modules_support(recipe, &kbuild_dir.join(".config"))?;
-    let config_path = kbuild_dir.join(".config");
-    let config = std::fs::read_to_string(&config_path).with_context(|| format!("read {}", config_path.display()))?;
-    let profile = recipe.mitigations()?;
-    let boot = boot_profile.map(|p| Mitigations::parse(p, &profile.spec)).transpose().context("--mitigations")?;
-    for (m, whose) in
-        std::iter::once((&profile, recipe.line_of("mitigations:"))).chain(boot.iter().map(|b| (b, "--mitigations".to_string())))
-    {
-        if let Some((item, option)) = m.missing_options(&config).first() {
-            bail!(
-                "{whose}: mitigations {} needs {item}=on, but {} lacks {option}: add mitigations.config to config.fragments (or ask for {item}=off)",
-                m.spec,
-                config_path.display()
-            );
-        }
-    }
-    let kernel_lacks = Mitigations::parse("hardened", "none")?.missing_options(&config);
+    let tree = configure_recipe(sh, layout, recipe, sources, boot_profile, t)?;
+    let ConfiguredBuild { src, dir: kbuild_dir, patches, fragments, identity, profile, kernel_lacks, .. } = &tree;
     let patch_files: Vec<PathBuf> = patches.iter().map(|(_, p)| p.clone()).collect();
     let inputs = kbuild::BuildInputs {
         tarball_sha256: &lock.kernel.sha256,
         recipe: identity.as_bytes(),
-        fragments: &fragments,
+        fragments,
         patches: &patch_files,
         base: r.config.base,
     };
-    let kernel = t
-        .time("kernel", || kbuild::build(sh, &src, &kbuild_dir, &inputs, make, epoch))
-        .with_context(|| format!("build linux-{version}"))?;
+    let kernel =
+        t.time("kernel", || kbuild::build(sh, src, kbuild_dir, &inputs, make, epoch)).with_context(|| format!("build linux-{version}"))?;
     if kernel.up_to_date {
         eprintln!("kernel up to date ({})", kbuild_dir.display());
     }
@@ -232,7 +197,7 @@ pub fn build_lab(
     let exercise = if r.rootfs.programs.is_empty() && r.modules.is_empty() {
         Exercise::default()
     } else {
-        t.time("exercise", || build_exercise(sh, layout, recipe, &src, &kernel, version, make, epoch))?
+        t.time("exercise", || build_exercise(sh, layout, recipe, src, &kernel, version, make, epoch))?
     };
 
     let dest = layout.lab(&recipe.name, version);
@@ -257,7 +222,7 @@ pub fn build_lab(
                 mitigations: profile.clone(),
                 kernel_lacks: kernel_lacks.clone(),
             })?;
-            let (inputs, manifest) = provenance(sh, layout, recipe, sources, &fragments, &patches, &kernel, epoch, phases.clone())?;
+            let (inputs, manifest) = provenance(sh, layout, recipe, sources, fragments, patches, &kernel, epoch, phases.clone())?;
             let desc = lab::Description {
                 recipe: recipe.name.clone(),
                 kernel_version: version.clone(),
@@ -271,7 +236,7 @@ pub fn build_lab(
             let module_files: Vec<(String, PathBuf)> = exercise.modules.iter().map(|m| (m.file.clone(), m.ko.clone())).collect();
             let parts = lab::Parts {
                 kernel: &kernel,
-                kernel_src: &src,
+                kernel_src: src,
                 rootfs: &rootfs,
                 scripts: &scripts,
                 desc: &desc,
@@ -288,6 +253,95 @@ pub fn build_lab(
         })
         .context("assemble the lab")?;
     Ok((lab, kernel))
+}
+
+/// A recipe's kernel tree, configured: every requested option is in its `.config`, and the
+/// options its mitigation profile switches.
+pub struct ConfiguredBuild {
+    /// The sources: the extracted tree, or its copy with the recipe's patches applied.
+    src: PathBuf,
+    /// The build directory (`O=`) with the `.config`.
+    pub dir: PathBuf,
+    /// The recipe's patches: (name as written, file).
+    patches: Vec<(String, PathBuf)>,
+    /// The recipe's fragments, as files.
+    fragments: Vec<PathBuf>,
+    /// `LoadedRecipe::kernel_identity`, recorded in the build directory.
+    identity: String,
+    /// The recipe's mitigation profile, which the configured kernel can give.
+    profile: Mitigations,
+    /// The options of the `hardened` profile the configured kernel lacks.
+    kernel_lacks: Vec<(crate::mitigations::Item, &'static str)>,
+    /// Recipes may share a build (`kernel.build`): one run at a time configures, builds and
+    /// builds modules in it, and only recipes that ask for the same kernel take turns.
+    _lock: lab::LabLock,
+}
+
+/// Patches the sources when the recipe has patches, configures the recipe's build directory and
+/// proves that every requested option survived (`kbuild::configure`); a recipe with modules
+/// also needs CONFIG_MODULES, and the recipe's mitigation profile (and `boot_profile`, the boot
+/// test's) the options that switch it. Nothing is compiled.
+fn configure_recipe(
+    sh: &Shell,
+    layout: &Layout,
+    recipe: &LoadedRecipe,
+    sources: &Sources,
+    boot_profile: Option<&str>,
+    t: &mut Timings,
+) -> Result<ConfiguredBuild> {
+    let version = &sources.lock.kernel.version;
+    let r = &recipe.recipe;
+    let patches = patch_paths(layout, recipe)?;
+    // The pristine tree stays as extracted; patches go into a copy named by the patch set.
+    let src = if patches.is_empty() {
+        sources.kernel_src.clone()
+    } else {
+        let dest = layout.patched_src(version, &patch::digest(&patches)?);
+        t.time("patch", || patch::patched_tree(&sources.kernel_src, &dest, &patches))
+            .with_context(|| format!("{}: apply kernel.patches to linux-{version}", recipe.line_of("patches:")))?;
+        dest
+    };
+    let dir = layout.kernel_build(recipe.kernel_build_name(), version);
+    let identity = recipe.kernel_identity()?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    let lock = lab::LabLock::exclusive(&dir)?;
+    claim_build(&dir, recipe, &identity)?;
+    let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
+    t.time("configure", || kbuild::configure(sh, &src, &dir, r.config.base, &fragments, version, r.qemu.nic))
+        .with_context(|| format!("configure linux-{version}"))?;
+    // Before the long build: a recipe with modules needs a kernel that loads them, and its
+    // mitigation profile (and the boot test's) needs the options that switch it.
+    modules::require_modules_support(recipe, &dir.join(".config"))?;
+    let config_path = dir.join(".config");
+    let config = std::fs::read_to_string(&config_path).with_context(|| format!("read {}", config_path.display()))?;
+    let profile = recipe.mitigations()?;
+    let boot = boot_profile.map(|p| Mitigations::parse(p, &profile.spec)).transpose().context("--mitigations")?;
+    for (m, whose) in
+        std::iter::once((&profile, recipe.line_of("mitigations:"))).chain(boot.iter().map(|b| (b, "--mitigations".to_string())))
+    {
+        if let Some((item, option)) = m.missing_options(&config).first() {
+            bail!(
+                "{whose}: mitigations {} needs {item}=on, but {} lacks {option}: add mitigations.config to config.fragments (or ask for {item}=off)",
+                m.spec,
+                config_path.display()
+            );
+        }
+    }
+    let kernel_lacks = Mitigations::parse("hardened", "none")?.missing_options(&config);
+    Ok(ConfiguredBuild { src, dir, patches, fragments, identity, profile, kernel_lacks, _lock: lock })
+}
+
+/// `kernel --configure-only`: fetch, then configure the recipe's build directory and prove every
+/// requested option survived, without building a kernel, busybox or a lab (CI checks recipes it
+/// does not build this way). The tree stays configured for a later `kernel` run.
+pub fn configure_only(sh: &Shell, layout: &Layout, plan: &FetchPlan, boot_profile: Option<&str>) -> Result<ConfiguredBuild> {
+    let mut t = Timings::default();
+    let sources = t.time("fetch", || fetch::run(layout, plan))?;
+    let tree = configure_recipe(sh, layout, &plan.recipe, &sources, boot_profile, &mut t);
+    t.print();
+    tree
 }
 
 /// Records which recipe's kernel a build directory holds, and refuses a shared `kernel.build`

@@ -1,5 +1,6 @@
-//! `cargo xtask fetch` end to end against a generated kernel.org-layout mirror on loopback
-//! (served by `cargo xtask serve`), with a throwaway gpg key. No network beyond 127.0.0.1.
+//! `cargo xtask fetch` (and `kernel --configure-only`, which fetches first) end to end against a
+//! generated kernel.org-layout mirror on loopback (served by `cargo xtask serve`), with a throwaway
+//! gpg key. No network beyond 127.0.0.1.
 
 mod common;
 
@@ -18,6 +19,23 @@ fn makefile(what: &str, version: &str) -> String {
     let (v, p, sub) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap_or("0"));
     format!("# {what} {version}\nVERSION = {v}\nPATCHLEVEL = {p}\nSUBLEVEL = {sub}\nEXTRAVERSION =\n")
 }
+
+/// The kernel trees' Makefile: the version lines, and the two Kconfig targets `kernel
+/// --configure-only` runs, standing in for kbuild's: tinyconfig starts an empty `.config`,
+/// olddefconfig drops CONFIG_LOST (an option with an unmet dependency, for kernel-lab to explain).
+fn linux_makefile(version: &str) -> String {
+    let targets = "tinyconfig:\n\t@echo '# tinyconfig' > $(O)/.config\nolddefconfig:\n\t@sed -i '/^CONFIG_LOST=/d' $(O)/.config\n";
+    format!("{}{targets}", makefile("Linux", version))
+}
+
+/// The Kconfig symbols the configure-only test requests: the generated ones (debug info, exact
+/// version, the e1000 driver) and the fragment's.
+const LINUX_KCONFIG: &str = "config DEBUG_KERNEL\n\tbool \"debug\"\nconfig DEBUG_INFO_DWARF5\n\tbool \"dwarf5\"\n\
+config LOCALVERSION_AUTO\n\tbool \"auto\"\nconfig LOCALVERSION\n\tstring \"local\"\nconfig NET_VENDOR_INTEL\n\tbool \"intel\"\n\
+config E1000\n\ttristate \"e1000\"\nconfig KEPT\n\tbool \"kept\"\nconfig LOST\n\tbool \"lost\"\n\tdepends on NEVER\nconfig NEVER\n\tbool\n";
+
+/// merge_config.sh as kbuild calls it (`-m -O DIR BASE FRAGMENT...`): the base, then each fragment.
+const MERGE_CONFIG: &str = "dir=$3\nshift 3\ncat \"$@\" > \"$dir/.config.merged\" && mv \"$dir/.config.merged\" \"$dir/.config\"\n";
 
 struct Fixture {
     dir: PathBuf,
@@ -82,7 +100,10 @@ impl Fixture {
         for (top, version) in [("linux-source-6.12", "6.12.117"), ("linux-6.6.9", "6.6.9")] {
             let d = src.join(top);
             std::fs::create_dir_all(d.join("kernel")).unwrap();
-            std::fs::write(d.join("Makefile"), makefile("Linux", version)).unwrap();
+            std::fs::create_dir_all(d.join("scripts/kconfig")).unwrap();
+            std::fs::write(d.join("Makefile"), linux_makefile(version)).unwrap();
+            std::fs::write(d.join("Kconfig"), LINUX_KCONFIG).unwrap();
+            std::fs::write(d.join("scripts/kconfig/merge_config.sh"), MERGE_CONFIG).unwrap();
             std::fs::write(d.join("kernel/fork.c"), "int fork;\n").unwrap();
         }
         std::fs::create_dir_all(src.join("busybox-1.35.0")).unwrap();
@@ -177,7 +198,7 @@ fn good_fetch_then_cache_hit_without_server_and_locked() {
     let out = f.fetch(&served.url, &["--keyring", keyring.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     // The Debian-style top directory was stripped.
-    assert_eq!(std::fs::read_to_string(f.src("6.12.117").join("Makefile")).unwrap(), makefile("Linux", "6.12.117"));
+    assert_eq!(std::fs::read_to_string(f.src("6.12.117").join("Makefile")).unwrap(), linux_makefile("6.12.117"));
     assert!(f.dir.join("artifacts/src/busybox-1.35.0/Makefile").is_file());
     let lock = std::fs::read_to_string(f.dir.join("recipes/lts.lock")).unwrap();
     assert!(lock.contains("\"version\": \"6.12.117\"") && lock.contains("pub/linux/kernel/v6.x/linux-6.12.117.tar.xz"), "{lock}");
@@ -208,7 +229,7 @@ fn lts_series_and_exact_version() {
     let served = serve(&mirror);
     let out = f.fetch(&served.url, &["--lts", "6.6", "--keyring", keyring.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), makefile("Linux", "6.6.9"));
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), linux_makefile("6.6.9"));
     let out = f.fetch(&served.url, &["--lts", "4.4", "--keyring", keyring.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no longterm series 4.4"), "{}", stderr(&out));
@@ -217,7 +238,7 @@ fn lts_series_and_exact_version() {
     std::fs::remove_dir_all(f.dir.join("artifacts")).unwrap();
     let out = f.fetch(&served.url, &["--version", "6.6.9", "--keyring", keyring.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), makefile("Linux", "6.6.9"));
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), linux_makefile("6.6.9"));
     assert!(!f.src("6.12.117").exists());
     let lock = std::fs::read_to_string(f.dir.join("recipes/lts.lock")).unwrap();
     assert!(lock.contains("\"version\": \"6.6.9\"") && lock.contains("v6.x/linux-6.6.9.tar.xz"), "{lock}");
@@ -244,7 +265,7 @@ fn exact_version_not_in_releases_json_falls_back_to_the_signed_sums() {
 
     let out = f.fetch(&served.url, &["--version", "6.6.9", "--keyring", k]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), makefile("Linux", "6.6.9"));
+    assert_eq!(std::fs::read_to_string(f.src("6.6.9").join("Makefile")).unwrap(), linux_makefile("6.6.9"));
     let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(f.dir.join("recipes/lts.lock")).unwrap()).unwrap();
     let kernel = &lock["kernel"];
     assert_eq!(kernel["path"], "pub/linux/kernel/v6.x/linux-6.6.9.tar.xz", "{lock}");
@@ -316,6 +337,50 @@ fn file_mirror_works() {
     let out = f.fetch(&format!("file://{}", mirror.display()), &["--keyring", keyring.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(f.src("6.12.117").join("kernel/fork.c").is_file());
+}
+
+/// `kernel --configure-only` fetches, configures the recipe's build tree, checks every requested
+/// option and stops: no kernel, busybox or lab. An option olddefconfig drops fails it, explained.
+#[test]
+fn configure_only_checks_every_option_and_builds_nothing() {
+    let f = Fixture::new("configure");
+    let mirror = format!("file://{}", f.mirror(Some("mirror@test.invalid")).display());
+    let keyring = f.export("mirror@test.invalid");
+    let recipe = f.dir.join("recipes/mini.yaml");
+    std::fs::write(
+        &recipe,
+        "kernel:\n  channel: longterm\nbusybox:\n  version: \"1.35.0\"\nconfig:\n  base: tinyconfig\n  fragments: [mini.config]\n",
+    )
+    .unwrap();
+    let fragment = f.dir.join("recipes/mini.config");
+    std::fs::write(&fragment, "CONFIG_KEPT=y\n").unwrap();
+    let configure = || {
+        let mut cmd = f.xtask();
+        cmd.args(["kernel", "--configure-only", "--recipe"]).arg(&recipe).args(["--mirror", &mirror]).arg("--keyring").arg(&keyring);
+        cmd.output().unwrap()
+    };
+    let out = configure();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let build = f.dir.join("artifacts/build/linux-6.12.117-mini");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("configured: {} (every requested option survived", build.display())), "{stdout}");
+    let config = std::fs::read_to_string(build.join(".config")).unwrap();
+    assert!(config.contains("\nCONFIG_KEPT=y\n") && config.contains("\nCONFIG_E1000=y\n"), "{config}");
+    // Only the configured tree (and its hidden lock): no busybox build, no kernel, no lab.
+    let built: Vec<String> = std::fs::read_dir(f.dir.join("artifacts/build"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(built, ["linux-6.12.117-mini"]);
+    assert!(!build.join("vmlinux").exists() && !f.dir.join("artifacts/labs").exists());
+
+    std::fs::write(&fragment, "CONFIG_KEPT=y\nCONFIG_LOST=y\n").unwrap();
+    let out = configure();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("1 requested option(s) did not survive") && err.contains("CONFIG_LOST: asked y"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("configured:"));
 }
 
 #[test]
