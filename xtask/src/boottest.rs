@@ -715,12 +715,14 @@ pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool, modules: bool
     if modules {
         match section(GdbStep::LxSymbols) {
             Some(s) if s.contains("loading @0x") && s.lines().any(|l| l.starts_with('$') && l.contains(&format!("\"{banner}"))) => {}
-            _ => return fail(
-                GdbStep::LxSymbols,
-                format!(
+            _ => {
+                return fail(
+                    GdbStep::LxSymbols,
+                    format!(
                     "`lx-symbols modules` loaded no module (`loading @0x...`), or `p linux_banner` no longer read \"{banner}...\" after it"
                 ),
-            ),
+                )
+            }
         }
     }
     match section(GdbStep::Breakpoint) {
