@@ -1106,15 +1106,31 @@ fn gdb_stage(
     let mut gdb = Group::spawn(&mut gdb_cmd, "gdb.sh")?;
     let deadline = Instant::now() + timeout;
     let mut typed = Instant::now();
-    let finished = loop {
+    let kaslr_off = expect.mitigations.get(Item::Kaslr) == Setting::Off;
+    let mut waiting_judged = false;
+    let early = loop {
         if interrupt::interrupted() {
             return Ok((Finding::new(Verdict::Interrupted, "interrupted by a signal"), None));
         }
         if gdb.try_wait().is_some() {
-            break true;
+            break None;
         }
         if Instant::now() >= deadline {
-            break false;
+            break Some(Finding::new(Verdict::Timeout(Stage::Gdb), format!("gdb did not finish within {} s", timeout.as_secs_f64())));
+        }
+        // Once gdb waits for the breakpoint, the steps before it are complete. A failed one (no
+        // KASLR offset: the breakpoint sits where the kernel is not, and never hits) is the
+        // verdict now, not a timeout later.
+        if !waiting_judged {
+            let text = std::fs::read_to_string(transcript).unwrap_or_default();
+            if text.contains("KLAB-GDB:breakpoint\n") {
+                waiting_judged = true;
+                if let Err(f) = judge_gdb(&text, &expect.kernel_version, kaslr_off, modules) {
+                    if f.verdict != Verdict::GdbFailed(GdbStep::Breakpoint) {
+                        break Some(f);
+                    }
+                }
+            }
         }
         // Until the breakpoint hits: the first lines may run before gdb has set it.
         if typed.elapsed() >= Duration::from_secs(1) {
@@ -1132,11 +1148,10 @@ fn gdb_stage(
     };
     gdb.kill();
     qemu.kill();
-    if !finished {
-        return Ok((Finding::new(Verdict::Timeout(Stage::Gdb), format!("gdb did not finish within {} s", timeout.as_secs_f64())), None));
+    if let Some(f) = early {
+        return Ok((f, None));
     }
     let text = std::fs::read_to_string(transcript).with_context(|| format!("read {}", transcript.display()))?;
-    let kaslr_off = expect.mitigations.get(Item::Kaslr) == Setting::Off;
     Ok(match judge_gdb(&text, &expect.kernel_version, kaslr_off, modules) {
         Ok(offset) => (Finding::new(Verdict::Pass, ""), Some(offset)),
         Err(f) => (f, None),
@@ -1916,6 +1931,26 @@ mod tests {
     }
 
     /// Marker text in `--append` reaches the fake kernel's console echo and changes nothing.
+    /// gdb without the KASLR offset waits at `continue` for a breakpoint that never hits: the
+    /// failed step is the verdict as soon as gdb waits, not a timeout of the whole stage.
+    #[test]
+    fn a_gdb_stage_without_the_offset_fails_at_once() {
+        let lab = fake_lab("gdbnooffset", &good_console(), "exit 0");
+        let cut = GOOD_GDB.find("Hardware assisted").unwrap();
+        let waiting = GOOD_GDB[..cut].replace(
+            "KLAB-GDB:kaslr\nkernel-lab: KASLR offset 0x1c000000 (vmlinux symbols relocated)",
+            "KLAB-GDB:kaslr\nkernel-lab: `monitor info registers` failed",
+        );
+        std::fs::write(lab.file("gdb.txt"), waiting).unwrap();
+        let lab_s = lab.dir.display();
+        script(&lab.file(lab::GDB_SH), &format!("cat {lab_s}/gdb.txt\nexec sleep 600\n"));
+        let start = Instant::now();
+        let report = run(&lab, Duration::from_secs(40), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::GdbFailed(GdbStep::Kaslr), "{}", report.detail);
+        assert!(start.elapsed() < Duration::from_secs(30), "waited {:?} for the timeout", start.elapsed());
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
     #[test]
     fn extra_append_reaches_both_boots_and_cannot_fake_a_marker() {
         let mut console = with_marker("nproc", Some("KLAB:nproc=1"));
