@@ -637,14 +637,14 @@ mod tests {
         for a in &words {
             for b in &words {
                 n += 1;
-                if n % 3 != 0 {
+                if !n.is_multiple_of(3) {
                     continue;
                 }
                 specs.push(format!("{a},{b}"));
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     specs.push(format!("{a},{b},{}", words[n % words.len()]));
                 }
-                if n % 11 == 0 {
+                if n.is_multiple_of(11) {
                     specs.push(format!("{a},{b},"));
                 }
             }
