@@ -385,8 +385,11 @@ pub struct BootReport {
     pub qemu_command: String,
     /// Serial console of the first boot.
     pub console_log: PathBuf,
-    /// gdb's output, when the gdb stage ran.
+    /// gdb's output, when the gdb stage ran gdb.
     pub gdb_transcript: Option<PathBuf>,
+    /// Serial console of the gdb stage's boot (its own boot, to the user's shell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gdb_console_log: Option<PathBuf>,
     /// The last lines of the console (or of the gdb transcript when gdb failed).
     pub last_lines: Vec<String>,
     /// The recipe's checks, each judged on its own.
@@ -414,12 +417,13 @@ impl BootReport {
     pub fn failure_message(&self) -> String {
         let tail: String = self.last_lines.iter().map(|l| format!("  | {l}\n")).collect();
         format!(
-            "verdict {}: {}\nlast {} lines:\n{}full console: {}{}; report: {}",
+            "verdict {}: {}\nlast {} lines:\n{}full console: {}{}{}; report: {}",
             self.verdict,
             self.detail,
             self.last_lines.len(),
             tail,
             self.console_log.display(),
+            self.gdb_console_log.as_ref().map(|t| format!(", gdb boot's console: {}", t.display())).unwrap_or_default(),
             self.gdb_transcript.as_ref().map(|t| format!(", gdb transcript: {}", t.display())).unwrap_or_default(),
             self.report.display(),
         )
@@ -802,6 +806,7 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
         qemu_command,
         console_log: console_log.clone(),
         gdb_transcript: None,
+        gdb_console_log: None,
         last_lines: Vec::new(),
         checks: Vec::new(),
         mitigations: None,
@@ -813,20 +818,35 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     let mut outcome = boot(lab, &port, &append, expect, timeout, &console_log, &mut report, &mut tail);
     if with_gdb && matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
         let transcript = out.join(lab::GDB_TRANSCRIPT);
-        report.gdb_transcript = Some(transcript.clone());
+        let gdb_console = out.join(lab::GDB_CONSOLE_LOG);
+        // gdb starts only once the guest's shell is up: an earlier run's transcript must not
+        // stand in for this one's.
+        match std::fs::remove_file(&transcript) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("remove the old {}", transcript.display()));
+            }
+            _ => {}
+        }
+        report.gdb_console_log = Some(gdb_console.clone());
         let gdb_start = Instant::now();
         let gdb_append = if extra.trim().is_empty() { GDB_APPEND.to_string() } else { format!("{GDB_APPEND} {}", extra.trim()) };
-        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG)).map(|(finding, offset)| {
+        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &gdb_console).map(|(finding, offset)| {
             report.gdb_kaslr_offset = offset;
             finding
         });
+        let ran_gdb = transcript.exists();
+        if ran_gdb {
+            report.gdb_transcript = Some(transcript.clone());
+        }
         if let Ok(f) = &outcome {
             if f.verdict == Verdict::Pass {
                 report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
             } else {
-                // The console tail would be the first boot's; the transcript explains a gdb failure.
+                // The console tail would be the first boot's: the transcript explains a gdb
+                // failure, the gdb boot's console one before gdb ran (a panic, no shell).
                 tail = Tail::default();
-                for line in std::fs::read_to_string(&transcript).unwrap_or_default().lines() {
+                let text = std::fs::read_to_string(if ran_gdb { &transcript } else { &gdb_console }).unwrap_or_default();
+                for line in text.lines() {
                     tail.push(line);
                 }
             }
@@ -1948,6 +1968,28 @@ mod tests {
         let report = run(&lab, Duration::from_secs(40), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::GdbFailed(GdbStep::Kaslr), "{}", report.detail);
         assert!(start.elapsed() < Duration::from_secs(30), "waited {:?} for the timeout", start.elapsed());
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
+    /// A gdb boot that fails before gdb runs (here a panic before the shell) is explained by its
+    /// own console, never by the transcript an earlier run left in the lab.
+    #[test]
+    fn a_gdb_boot_that_fails_before_gdb_shows_its_own_console() {
+        let lab = fake_lab("gdbbootpanic", &good_console(), "exit 0");
+        std::fs::write(lab.file(lab::GDB_TRANSCRIPT), GOOD_GDB).unwrap();
+        let lab_s = lab.dir.display();
+        let run_sh = std::fs::read_to_string(lab.file(lab::RUN_SH)).unwrap().replace(
+            "echo 'Logged in as user (uid 1000)'; exec sleep 600",
+            "echo '[    1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100'; exec sleep 600",
+        );
+        script(&lab.file(lab::RUN_SH), run_sh.trim_start_matches("#!/bin/bash\n"));
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::InitDied, "{}", report.detail);
+        assert!(report.last_lines.iter().any(|l| l.contains("Kernel panic")), "{:?}", report.last_lines);
+        assert!(!report.last_lines.iter().any(|l| l.contains("KLAB-GDB")), "a stale transcript: {:?}", report.last_lines);
+        assert!(!lab.file(lab::GDB_TRANSCRIPT).exists() && report.gdb_transcript.is_none());
+        assert!(report.failure_message().contains(lab::GDB_CONSOLE_LOG), "{}", report.failure_message());
+        assert!(!std::path::Path::new(&format!("{lab_s}/gdb-args")).exists(), "gdb ran");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
