@@ -129,7 +129,8 @@ fn profile(name: &str) -> Option<[Setting; 7]> {
 /// A resolved spec: the text it came from and every item's setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mitigations {
-    /// Canonical text: the profile, then each override that changed something, e.g. `none,kaslr=on`.
+    /// Canonical text: the profile, then every override as given (after the base's own, when the
+    /// spec had overrides alone), e.g. `none,kaslr=on`; repeated overrides stay, the last one wins.
     pub spec: String,
     settings: [Setting; 7],
 }
