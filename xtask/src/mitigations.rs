@@ -547,6 +547,24 @@ mod tests {
         assert!(judge(&m("default"), &observed(&["flags=smep smap"]), None).first_failure().is_none());
     }
 
+    /// Garbled or hostile evidence is no evidence: an item it would decide stays unknown, so a
+    /// profile that wants it on or off fails.
+    #[test]
+    fn garbled_evidence_decides_nothing() {
+        for text in ["-1", "1ffffffff81000000", "0x", "", "ffffffff81000000 extra", "none"] {
+            let seen = observed(&[&format!("text={text}"), "phys=1000000"]);
+            let r = judge(&m("none"), &seen, Some(LINK));
+            assert_eq!((r.items[0].seen, r.items[0].held), ("unknown", false), "text={text:?}");
+        }
+        let huge = format!("kptr_restrict={}", "9".repeat(100_000));
+        let r = judge(&m("hardened"), &observed(&[&huge, "dmesg_restrict=-1", "bogus=1", "flags"]), Some(LINK));
+        let by_item = |i: Item| r.items.iter().find(|o| o.item == i).unwrap().clone();
+        assert_eq!(by_item(Item::KptrRestrict).seen, "unknown");
+        assert_eq!(by_item(Item::DmesgRestrict).seen, "unknown");
+        assert_eq!(by_item(Item::Smep).seen, "unknown");
+        assert!(r.first_failure().is_some());
+    }
+
     #[test]
     fn run_sh_table_refuses_what_the_kernel_lacks() {
         let table = run_sh_table(&[(Item::Kaslr, "CONFIG_RANDOMIZE_BASE=y")]);
