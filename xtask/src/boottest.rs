@@ -386,8 +386,11 @@ pub struct BootReport {
     pub qemu_command: String,
     /// Serial console of the first boot.
     pub console_log: PathBuf,
-    /// gdb's output, when the gdb stage ran.
+    /// gdb's output, when the gdb stage ran gdb.
     pub gdb_transcript: Option<PathBuf>,
+    /// Serial console of the gdb stage's boot (its own boot, to the user's shell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gdb_console_log: Option<PathBuf>,
     /// The last lines of the console (or of the gdb transcript when gdb failed).
     pub last_lines: Vec<String>,
     /// The recipe's checks, each judged on its own.
@@ -415,12 +418,13 @@ impl BootReport {
     pub fn failure_message(&self) -> String {
         let tail: String = self.last_lines.iter().map(|l| format!("  | {l}\n")).collect();
         format!(
-            "verdict {}: {}\nlast {} lines:\n{}full console: {}{}; report: {}",
+            "verdict {}: {}\nlast {} lines:\n{}full console: {}{}{}; report: {}",
             self.verdict,
             self.detail,
             self.last_lines.len(),
             tail,
             self.console_log.display(),
+            self.gdb_console_log.as_ref().map(|t| format!(", gdb boot's console: {}", t.display())).unwrap_or_default(),
             self.gdb_transcript.as_ref().map(|t| format!(", gdb transcript: {}", t.display())).unwrap_or_default(),
             self.report.display(),
         )
@@ -819,6 +823,7 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
         qemu_command,
         console_log: console_log.clone(),
         gdb_transcript: None,
+        gdb_console_log: None,
         last_lines: Vec::new(),
         checks: Vec::new(),
         mitigations: None,
@@ -830,20 +835,35 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     let mut outcome = boot(lab, &port, &append, expect, timeout, &console_log, &mut report, &mut tail);
     if with_gdb && matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
         let transcript = out.join(lab::GDB_TRANSCRIPT);
-        report.gdb_transcript = Some(transcript.clone());
+        let gdb_console = out.join(lab::GDB_CONSOLE_LOG);
+        // gdb starts only once the guest's shell is up: an earlier run's transcript must not
+        // stand in for this one's.
+        match std::fs::remove_file(&transcript) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("remove the old {}", transcript.display()));
+            }
+            _ => {}
+        }
+        report.gdb_console_log = Some(gdb_console.clone());
         let gdb_start = Instant::now();
         let gdb_append = if extra.trim().is_empty() { GDB_APPEND.to_string() } else { format!("{GDB_APPEND} {}", extra.trim()) };
-        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &out.join(lab::GDB_CONSOLE_LOG)).map(|(finding, offset)| {
+        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &gdb_console).map(|(finding, offset)| {
             report.gdb_kaslr_offset = offset;
             finding
         });
+        let ran_gdb = transcript.exists();
+        if ran_gdb {
+            report.gdb_transcript = Some(transcript.clone());
+        }
         if let Ok(f) = &outcome {
             if f.verdict == Verdict::Pass {
                 report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
             } else {
-                // The console tail would be the first boot's; the transcript explains a gdb failure.
+                // The console tail would be the first boot's: the transcript explains a gdb
+                // failure, the gdb boot's console one before gdb ran (a panic, no shell).
                 tail = Tail::default();
-                for line in std::fs::read_to_string(&transcript).unwrap_or_default().lines() {
+                let text = std::fs::read_to_string(if ran_gdb { &transcript } else { &gdb_console }).unwrap_or_default();
+                for line in text.lines() {
                     tail.push(line);
                 }
             }
@@ -1123,15 +1143,31 @@ fn gdb_stage(
     let mut gdb = Group::spawn(&mut gdb_cmd, "gdb.sh")?;
     let deadline = Instant::now() + timeout;
     let mut typed = Instant::now();
-    let finished = loop {
+    let kaslr_off = expect.mitigations.get(Item::Kaslr) == Setting::Off;
+    let mut waiting_judged = false;
+    let early = loop {
         if interrupt::interrupted() {
             return Ok((Finding::new(Verdict::Interrupted, "interrupted by a signal"), None));
         }
         if gdb.try_wait().is_some() {
-            break true;
+            break None;
         }
         if Instant::now() >= deadline {
-            break false;
+            break Some(Finding::new(Verdict::Timeout(Stage::Gdb), format!("gdb did not finish within {} s", timeout.as_secs_f64())));
+        }
+        // Once gdb waits for the breakpoint, the steps before it are complete. A failed one (no
+        // KASLR offset: the breakpoint sits where the kernel is not, and never hits) is the
+        // verdict now, not a timeout later.
+        if !waiting_judged {
+            let text = std::fs::read_to_string(transcript).unwrap_or_default();
+            if text.contains("KLAB-GDB:breakpoint\n") {
+                waiting_judged = true;
+                if let Err(f) = judge_gdb(&text, &expect.kernel_version, kaslr_off, modules) {
+                    if f.verdict != Verdict::GdbFailed(GdbStep::Breakpoint) {
+                        break Some(f);
+                    }
+                }
+            }
         }
         // Until the breakpoint hits: the first lines may run before gdb has set it.
         if typed.elapsed() >= Duration::from_secs(1) {
@@ -1149,11 +1185,10 @@ fn gdb_stage(
     };
     gdb.kill();
     qemu.kill();
-    if !finished {
-        return Ok((Finding::new(Verdict::Timeout(Stage::Gdb), format!("gdb did not finish within {} s", timeout.as_secs_f64())), None));
+    if let Some(f) = early {
+        return Ok((f, None));
     }
     let text = std::fs::read_to_string(transcript).with_context(|| format!("read {}", transcript.display()))?;
-    let kaslr_off = expect.mitigations.get(Item::Kaslr) == Setting::Off;
     Ok(match judge_gdb(&text, &expect.kernel_version, kaslr_off, modules) {
         Ok(offset) => (Finding::new(Verdict::Pass, ""), Some(offset)),
         Err(f) => (f, None),
@@ -1955,6 +1990,48 @@ mod tests {
     }
 
     /// Marker text in `--append` reaches the fake kernel's console echo and changes nothing.
+    /// gdb without the KASLR offset waits at `continue` for a breakpoint that never hits: the
+    /// failed step is the verdict as soon as gdb waits, not a timeout of the whole stage.
+    #[test]
+    fn a_gdb_stage_without_the_offset_fails_at_once() {
+        let lab = fake_lab("gdbnooffset", &good_console(), "exit 0");
+        let cut = GOOD_GDB.find("Hardware assisted").unwrap();
+        let waiting = GOOD_GDB[..cut].replace(
+            "KLAB-GDB:kaslr\nkernel-lab: KASLR offset 0x1c000000 (vmlinux symbols relocated)",
+            "KLAB-GDB:kaslr\nkernel-lab: `monitor info registers` failed",
+        );
+        std::fs::write(lab.file("gdb.txt"), waiting).unwrap();
+        let lab_s = lab.dir.display();
+        script(&lab.file(lab::GDB_SH), &format!("cat {lab_s}/gdb.txt\nexec sleep 600\n"));
+        let start = Instant::now();
+        let report = run(&lab, Duration::from_secs(40), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::GdbFailed(GdbStep::Kaslr), "{}", report.detail);
+        assert!(start.elapsed() < Duration::from_secs(30), "waited {:?} for the timeout", start.elapsed());
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
+    /// A gdb boot that fails before gdb runs (here a panic before the shell) is explained by its
+    /// own console, never by the transcript an earlier run left in the lab.
+    #[test]
+    fn a_gdb_boot_that_fails_before_gdb_shows_its_own_console() {
+        let lab = fake_lab("gdbbootpanic", &good_console(), "exit 0");
+        std::fs::write(lab.file(lab::GDB_TRANSCRIPT), GOOD_GDB).unwrap();
+        let lab_s = lab.dir.display();
+        let run_sh = std::fs::read_to_string(lab.file(lab::RUN_SH)).unwrap().replace(
+            "echo 'Logged in as user (uid 1000)'; exec sleep 600",
+            "echo '[    1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100'; exec sleep 600",
+        );
+        script(&lab.file(lab::RUN_SH), run_sh.trim_start_matches("#!/bin/bash\n"));
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::InitDied, "{}", report.detail);
+        assert!(report.last_lines.iter().any(|l| l.contains("Kernel panic")), "{:?}", report.last_lines);
+        assert!(!report.last_lines.iter().any(|l| l.contains("KLAB-GDB")), "a stale transcript: {:?}", report.last_lines);
+        assert!(!lab.file(lab::GDB_TRANSCRIPT).exists() && report.gdb_transcript.is_none());
+        assert!(report.failure_message().contains(lab::GDB_CONSOLE_LOG), "{}", report.failure_message());
+        assert!(!std::path::Path::new(&format!("{lab_s}/gdb-args")).exists(), "gdb ran");
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
     #[test]
     fn extra_append_reaches_both_boots_and_cannot_fake_a_marker() {
         let mut console = with_marker("nproc", Some("KLAB:nproc=1"));

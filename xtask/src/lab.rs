@@ -100,7 +100,12 @@ impl Lab {
         let desc: Description =
             serde_json::from_str(&text).with_context(|| format!("parse {}: rebuild the lab with `cargo xtask kernel`", path.display()))?;
         // lab.json travels with fetched labs; its profile reaches run.sh's command line.
-        Mitigations::parse(&desc.mitigations, "none").with_context(|| format!("{}: field mitigations", path.display()))?;
+        // It is also the base of `--mitigations` overrides, so it must start with a profile, as
+        // the spec the build wrote does.
+        let m = Mitigations::parse(&desc.mitigations, "none").with_context(|| format!("{}: field mitigations", path.display()))?;
+        if m.spec != desc.mitigations {
+            bail!("{}: field mitigations {:?} must start with a profile ({})", path.display(), desc.mitigations, m.spec);
+        }
         Ok(Lab { dir, desc })
     }
 
@@ -611,6 +616,14 @@ pub(crate) mod tests {
         .unwrap();
         let err = format!("{:#}", Lab::open(&dir).unwrap_err());
         assert!(err.contains("rtl8139"), "{err}");
+        // A fetched lab's profile reaches run.sh's command line: refused unless it parses.
+        for bad in ["none; reboot", "none\nKLAB:BEGIN", "", "kaslr=on"] {
+            let mut d = description();
+            d.mitigations = bad.to_string();
+            write_description(&dir, &d).unwrap();
+            let err = format!("{:#}", Lab::open(&dir).unwrap_err());
+            assert!(err.contains("field mitigations"), "{bad:?}: {err}");
+        }
         write_description(&dir, &description()).unwrap();
         let lab = Lab::open(&dir).unwrap();
         assert_eq!(lab.expect().unwrap().smp, 4);

@@ -491,7 +491,14 @@ mod tests {
         assert!(has_pair(&args, "-device", "e1000,netdev=net0,romfile="), "{args:?}");
         assert!(has_pair(&args, "-netdev", "user,id=net0"), "{args:?}");
         assert!(has_pair(&args, "-accel", "tcg"), "{args:?}");
-        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr pti=off mitigations=off sysctl.kernel.kptr_restrict=0 sysctl.kernel.dmesg_restrict=0 lab.mitigations=none loglevel=7 quiet's lab.test=1 panic=-1 oops=panic"), "{args:?}");
+        assert!(
+            has_pair(
+                &args,
+                "-append",
+                "console=ttyS0 nokaslr pti=off mitigations=off sysctl.kernel.kptr_restrict=0 sysctl.kernel.dmesg_restrict=0 lab.mitigations=none loglevel=7 quiet's lab.test=1 panic=-1 oops=panic"
+            ),
+            "{args:?}"
+        );
         for flag in ["-nographic", "-no-reboot"] {
             assert!(args.contains(&flag.to_string()), "{flag} missing: {args:?}");
         }
@@ -517,7 +524,14 @@ mod tests {
         assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: the gdb stub listens on 0.0.0.0:1234"));
         let out = run(&lab.join("run.sh"), &["--no-kvm", "--gdb-listen", "1.2.3.4,server=on"], Some(&path));
         assert_eq!(out.status.code(), Some(2));
-        assert!(has_pair(&args, "-append", "console=ttyS0 nokaslr pti=off mitigations=off sysctl.kernel.kptr_restrict=0 sysctl.kernel.dmesg_restrict=0 lab.mitigations=none loglevel=7 quiet's"), "{args:?}");
+        assert!(
+            has_pair(
+                &args,
+                "-append",
+                "console=ttyS0 nokaslr pti=off mitigations=off sysctl.kernel.kptr_restrict=0 sysctl.kernel.dmesg_restrict=0 lab.mitigations=none loglevel=7 quiet's"
+            ),
+            "{args:?}"
+        );
 
         // --dry-run prints instead of running.
         let out = run(&lab.join("run.sh"), &["--dry-run", "--no-kvm", "--mem", "512M"], Some(&path));
@@ -575,6 +589,9 @@ mod tests {
             ("none,pti=on", "add spectre=auto"),
             ("none;reboot", "wants a profile"),
             ("none,,kaslr=on", "'' is not an item"),
+            // read drops a trailing empty word; a value is checked even when a later one replaces it.
+            ("none,kaslr=on,", "'' is not an item"),
+            ("none,kaslr=bogus,kaslr=on", "kaslr=bogus: use on, off or auto"),
         ] {
             let out = run(&dir.join("run.sh"), &["--no-kvm", "--dry-run", "--mitigations", bad], Some(&path));
             assert_eq!(out.status.code(), Some(2), "{bad}");
@@ -591,6 +608,71 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(run(&dir.join("run.sh"), &["--no-kvm", "--dry-run", "--mitigations", "hardened,kaslr=off"], Some(&path)).status.success());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// run.sh's bash parser and `Mitigations::parse` agree on many specs: the same ones are
+    /// refused, and the accepted ones give the same kernel words, CPU flags and profile text.
+    #[test]
+    fn run_sh_and_mitigations_rs_parse_specs_alike() {
+        let dir = scratch("mitigations-diff");
+        let mut info = fixed_info();
+        info.qemu.append = String::new();
+        info.qemu.extra_args = Vec::new();
+        // A default with an override of its own: overrides alone apply on top of all of it.
+        let base = "default,kaslr=on";
+        info.mitigations = Mitigations::parse(base, "none").unwrap();
+        fake_lab(&dir, &info);
+        let path = fake_bin(&dir, "qemu-system-x86_64");
+        let mut words: Vec<String> = mitigations::PROFILES.iter().map(|p| p.to_string()).collect();
+        for item in Item::ALL {
+            for v in ["on", "off", "auto"] {
+                words.push(format!("{item}={v}"));
+            }
+        }
+        words.extend(["", "x", "=on", "kaslr=", "kaslr=yes", "kaslr=on=off", "none=on", "smepp=on"].map(String::from));
+        let mut specs: Vec<String> = words.iter().filter(|w| !w.is_empty()).cloned().collect();
+        // Pairs, and a third word after some of them; trailing commas now and then.
+        let mut n = 0usize;
+        for a in &words {
+            for b in &words {
+                n += 1;
+                if !n.is_multiple_of(3) {
+                    continue;
+                }
+                specs.push(format!("{a},{b}"));
+                if n.is_multiple_of(7) {
+                    specs.push(format!("{a},{b},{}", words[n % words.len()]));
+                }
+                if n.is_multiple_of(11) {
+                    specs.push(format!("{a},{b},"));
+                }
+            }
+        }
+        let mut mismatches = Vec::new();
+        for spec in &specs {
+            let rust = Mitigations::parse(spec, base);
+            let out = run(&dir.join("run.sh"), &["--no-kvm", "--mitigations", spec], Some(&path));
+            match (&rust, out.status.success()) {
+                (Err(_), false) => {}
+                (Ok(m), true) => {
+                    let args = args_of(&out);
+                    let words: Vec<&str> = std::iter::once("console=ttyS0").chain(m.cmdline()).collect();
+                    let append = format!("{} lab.mitigations={}", words.join(" "), m.spec);
+                    let cpu = format!("max{}", m.cpu_flags().iter().map(|f| format!(",{f}")).collect::<String>());
+                    if !has_pair(&args, "-append", &append) || !has_pair(&args, "-cpu", &cpu) {
+                        mismatches.push(format!("{spec:?}: run.sh gives {args:?}, mitigations.rs {append:?} {cpu:?}"));
+                    }
+                }
+                (Ok(m), false) => mismatches.push(format!(
+                    "{spec:?}: mitigations.rs gives {}, run.sh refuses: {}",
+                    m.spec,
+                    String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("")
+                )),
+                (Err(e), true) => mismatches.push(format!("{spec:?}: run.sh accepts, mitigations.rs refuses: {e:#}")),
+            }
+        }
+        assert!(mismatches.is_empty(), "{} of {} specs differ:\n{}", mismatches.len(), specs.len(), mismatches.join("\n"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

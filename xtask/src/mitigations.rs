@@ -129,7 +129,8 @@ fn profile(name: &str) -> Option<[Setting; 7]> {
 /// A resolved spec: the text it came from and every item's setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mitigations {
-    /// Canonical text: the profile, then each override that changed something, e.g. `none,kaslr=on`.
+    /// Canonical text: the profile, then every override as given (after the base's own, when the
+    /// spec had overrides alone), e.g. `none,kaslr=on`; repeated overrides stay, the last one wins.
     pub spec: String,
     settings: [Setting; 7],
 }
@@ -544,6 +545,24 @@ mod tests {
         assert_eq!((r.items[0].held, r.items[0].seen), (false, "unknown"));
         // auto is reported, never a failure.
         assert!(judge(&m("default"), &observed(&["flags=smep smap"]), None).first_failure().is_none());
+    }
+
+    /// Garbled or hostile evidence is no evidence: an item it would decide stays unknown, so a
+    /// profile that wants it on or off fails.
+    #[test]
+    fn garbled_evidence_decides_nothing() {
+        for text in ["-1", "1ffffffff81000000", "0x", "", "ffffffff81000000 extra", "none"] {
+            let seen = observed(&[&format!("text={text}"), "phys=1000000"]);
+            let r = judge(&m("none"), &seen, Some(LINK));
+            assert_eq!((r.items[0].seen, r.items[0].held), ("unknown", false), "text={text:?}");
+        }
+        let huge = format!("kptr_restrict={}", "9".repeat(100_000));
+        let r = judge(&m("hardened"), &observed(&[&huge, "dmesg_restrict=-1", "bogus=1", "flags"]), Some(LINK));
+        let by_item = |i: Item| r.items.iter().find(|o| o.item == i).unwrap().clone();
+        assert_eq!(by_item(Item::KptrRestrict).seen, "unknown");
+        assert_eq!(by_item(Item::DmesgRestrict).seen, "unknown");
+        assert_eq!(by_item(Item::Smep).seen, "unknown");
+        assert!(r.first_failure().is_some());
     }
 
     #[test]

@@ -831,6 +831,11 @@ pub(crate) mod tests {
             ("boot_test:\n  checks:\n    - {name: a, run: x, stdout: {glob: \"*\"}}\n", "glob"),
             ("boot_test:\n  checks:\n    - {name: a, run: x, as: admin}\n", "admin"),
             ("boot_test:\n  checks:\n    - {name: a, run: x, exit: 300}\n", "exit 300"),
+            // The profile reaches run.sh's default and the kernel command line.
+            ("mitigations: \"none\\nfoo\"\n", "is not a profile spec"),
+            ("mitigations: \"none lab.test=1\"\n", "is not a profile spec"),
+            ("mitigations: \"none,kaslr=on,\"\n", "neither an override"),
+            ("mitigations: harden\n", "unknown profile"),
         ];
         for (extra, want) in cases {
             let err = format!("{:#}", parse(&format!("{MINIMAL}{extra}")).unwrap_err());

@@ -15,30 +15,32 @@ try:
 except gdb.error:
     gdb.execute("source vmlinux-gdb.py")
 end
-# The stub port: $KLAB_GDB_PORT (set by ./gdb.sh --port), else the recipe's port.
-python
-import os
-gdb.execute("target remote localhost:" + os.environ.get("KLAB_GDB_PORT", "1234"))
-end
 # KASLR: the running kernel's offset is read from the CPU, not from the guest: the IDT sits at
 # a fixed address (the cpu_entry_area), and its first gate points at asm_exc_divide_error. Its
 # address there minus the one in System.map is the offset; vmlinux's symbols are then loaded
 # moved by it, except the per-CPU section, which KASLR does not move (it is linked at 0).
 # lx-symbols reloads vmlinux without an offset, so its symbol-file is rewritten to keep it.
+# Defined before connecting, run after.
 python
+import os
 import re
 
 KLAB_IDT = 0xfffffe0000000000
+# Found now, from the lab directory, so klab-kaslr also works after a `cd` in gdb.
+KLAB_SYSTEM_MAP = os.path.abspath("System.map")
 klab_offset = 0
 
 
 def klab_link_address(name):
-    with open("System.map") as f:
-        for line in f:
-            words = line.split()
-            if len(words) == 3 and words[2] == name:
-                return int(words[0], 16)
-    raise gdb.GdbError("kernel-lab: %s is not in System.map" % name)
+    try:
+        with open(KLAB_SYSTEM_MAP) as f:
+            for line in f:
+                words = line.split()
+                if len(words) == 3 and words[2] == name:
+                    return int(words[0], 16)
+    except OSError as e:
+        raise gdb.GdbError("kernel-lab: cannot read %s (%s): the KASLR offset is unknown" % (KLAB_SYSTEM_MAP, e))
+    raise gdb.GdbError("kernel-lab: %s is not in %s" % (name, KLAB_SYSTEM_MAP))
 
 
 def klab_load_vmlinux(offset):
@@ -51,13 +53,20 @@ def klab_load_vmlinux(offset):
 
 def klab_kaslr():
     global klab_offset
-    regs = gdb.execute("monitor info registers", to_string=True)
+    try:
+        regs = gdb.execute("monitor info registers", to_string=True)
+    except gdb.error as e:
+        raise gdb.GdbError("kernel-lab: `monitor info registers` failed (%s): the KASLR offset is "
+                           "read through QEMU's monitor; is gdb attached to the lab's QEMU?" % e)
     m = re.search(r"IDT=\s*([0-9a-f]+)", regs)
     if not m or int(m.group(1), 16) != KLAB_IDT:
         raise gdb.GdbError("kernel-lab: the kernel has not set up its IDT yet (stopped before boot?): "
                            "vmlinux's addresses hold only with kaslr=off; continue, let it boot, "
                            "Ctrl-C, then klab-kaslr")
-    gate = bytes(gdb.selected_inferior().read_memory(KLAB_IDT, 16))
+    try:
+        gate = bytes(gdb.selected_inferior().read_memory(KLAB_IDT, 16))
+    except gdb.error as e:
+        raise gdb.GdbError("kernel-lab: cannot read the IDT at %#x (%s)" % (KLAB_IDT, e))
     handler = (int.from_bytes(gate[0:2], "little") | int.from_bytes(gate[6:8], "little") << 16
                | int.from_bytes(gate[8:12], "little") << 32)
     offset = (handler - klab_link_address("asm_exc_divide_error")) & 0xffffffffffffffff
@@ -102,9 +111,15 @@ try:
     linux.symbols.gdb = KlabGdb()
 except ImportError:
     pass
-
+end
+# The stub port: $KLAB_GDB_PORT (set by ./gdb.sh --port), else the recipe's port.
+python
+import os
+gdb.execute("target remote localhost:" + os.environ.get("KLAB_GDB_PORT", "1234"))
+# Defined above, before connecting: klab-kaslr exists even when QEMU was not up yet. Here any
+# failure is only a message: plain gdb.sh use (`--debug`, stopped at reset) goes on.
 try:
     klab_kaslr()
-except gdb.GdbError as e:
+except (gdb.GdbError, gdb.error) as e:
     gdb.write("%s\n" % e)
 end

@@ -139,7 +139,8 @@ kvm_problem() {
 declare -A SETTING
 ITEMS=()
 first=1
-IFS=, read -ra words <<< "$MITIGATIONS"
+# The extra comma keeps a trailing empty word, which read would drop (mitigations.rs refuses it).
+IFS=, read -ra words <<< "$MITIGATIONS,"
 for word in "${words[@]}"; do
     if [ "$first" = 1 ]; then
         first=0
@@ -152,7 +153,11 @@ for word in "${words[@]}"; do
     fi
     item="${word%%=*}"
     [[ "$word" == *=* && -n "$item" && -n "${SETTING[$item]+set}" ]] || die_usage "--mitigations: '$word' is not an item=on|off|auto override (items: ${ITEMS[*]})"
-    SETTING["$item"]="${word#*=}"
+    # Each value now, not only the last one per item: mitigations.rs refuses `kaslr=x,kaslr=on` too.
+    case "${word#*=}" in
+        on|off|auto) SETTING["$item"]="${word#*=}" ;;
+        *) die_usage "--mitigations: $word: use on, off or auto" ;;
+    esac
 done
 [ "${SETTING[pti]}=${SETTING[spectre]}" != on=off ] ||
     die_usage "--mitigations: pti=on cannot hold with spectre=off (mitigations=off turns KPTI off too): add spectre=auto"
