@@ -56,8 +56,8 @@ pub struct Expect {
     /// The recipe's own checks, judged after the built-in markers.
     pub checks: Vec<CheckSpec>,
     /// The mitigation profile run.sh boots (`--mitigations`); with `builtin`, the guest's
-    /// evidence is judged against it.
-    pub mitigations: Mitigations,
+    /// evidence is judged against it. `None`: a lab from before profiles (neither).
+    pub mitigations: Option<Mitigations>,
     /// `_text` in the lab's System.map, for the KASLR offset.
     pub link_text: Option<u64>,
 }
@@ -533,7 +533,8 @@ impl Console {
 
     /// The guest's mitigation evidence judged against the profile (a boot test's guest prints it).
     pub fn mitigation_report(&self, expect: &Expect) -> Option<mitigations::Report> {
-        expect.builtin.then(|| mitigations::judge(&expect.mitigations, &self.mit, expect.link_text))
+        let want = expect.mitigations.as_ref().filter(|_| expect.builtin)?;
+        Some(mitigations::judge(want, &self.mit, expect.link_text))
     }
 
     pub fn marker(&self, check: Check) -> Option<&str> {
@@ -775,7 +776,7 @@ pub fn run(lab: &Lab, timeout: Duration, extra: &str, mitigations: Option<&str>)
 pub fn run_into(lab: &Lab, timeout: Duration, extra: &str, mitigations: Option<&str>, out: &Path) -> Result<BootReport> {
     let mut expect = lab.expect()?;
     if let Some(spec) = mitigations {
-        expect.mitigations = Mitigations::parse(spec, &lab.desc.mitigations)?;
+        expect.mitigations = Some(lab.profile(spec)?);
     }
     run_with(lab, &expect, timeout, extra, out, true)
 }
@@ -813,7 +814,7 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     // Its own free loopback port: a running lab or another boot test on the recipe's port must
     // not collide with this boot (QEMU would refuse to start and the verdict would mislead).
     let port = free_port()?.to_string();
-    let qemu_command = dry_run(lab, &port, &append, &expect.mitigations.spec)?;
+    let qemu_command = dry_run(lab, &port, &append, expect)?;
     let console_log = out.join(lab::CONSOLE_LOG);
     let mut report = BootReport {
         verdict: Verdict::Pass,
@@ -882,6 +883,11 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     Ok(report)
 }
 
+/// run.sh's `--mitigations SPEC`, unless the lab predates profiles (its run.sh has no such option).
+fn profile_args(expect: &Expect) -> Vec<&str> {
+    expect.mitigations.as_ref().map_or(Vec::new(), |m| vec!["--mitigations", m.spec.as_str()])
+}
+
 /// Fails before booting anything when the lab or the host tools are incomplete.
 fn preflight(lab: &Lab) -> Result<()> {
     lab.check_bootable()?;
@@ -895,10 +901,12 @@ fn preflight(lab: &Lab) -> Result<()> {
 }
 
 /// The QEMU command run.sh would run, for the report; also proves run.sh accepts the options.
-fn dry_run(lab: &Lab, port: &str, append: &str, mitigations: &str) -> Result<String> {
+fn dry_run(lab: &Lab, port: &str, append: &str, expect: &Expect) -> Result<String> {
     let run_sh = lab.file(lab::RUN_SH);
     let out = Command::new(&run_sh)
-        .args(["--dry-run", "--gdb-port", port, "--mitigations", mitigations, "--append", append])
+        .args(["--dry-run", "--gdb-port", port])
+        .args(profile_args(expect))
+        .args(["--append", append])
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("run {} --dry-run", run_sh.display()))?;
@@ -928,7 +936,9 @@ fn boot(
 ) -> Result<Finding> {
     let mut log = std::io::BufWriter::new(File::create(console_log).with_context(|| format!("create {}", console_log.display()))?);
     let mut cmd = Command::new(lab.file(lab::RUN_SH));
-    cmd.args(["--gdb-port", port, "--mitigations", &expect.mitigations.spec, "--append", append])
+    cmd.args(["--gdb-port", port])
+        .args(profile_args(expect))
+        .args(["--append", append])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -1084,7 +1094,9 @@ fn gdb_stage(
     let mut console = File::create(console_path).with_context(|| format!("create {}", console_path.display()))?;
     let mut qemu_cmd = Command::new(lab.file(lab::RUN_SH));
     qemu_cmd
-        .args(["--gdb-port", &port, "--mitigations", &expect.mitigations.spec, "--append", append])
+        .args(["--gdb-port", &port])
+        .args(profile_args(expect))
+        .args(["--append", append])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -1143,7 +1155,7 @@ fn gdb_stage(
     let mut gdb = Group::spawn(&mut gdb_cmd, "gdb.sh")?;
     let deadline = Instant::now() + timeout;
     let mut typed = Instant::now();
-    let kaslr_off = expect.mitigations.get(Item::Kaslr) == Setting::Off;
+    let kaslr_off = expect.mitigations.as_ref().is_some_and(|m| m.get(Item::Kaslr) == Setting::Off);
     let mut waiting_judged = false;
     let early = loop {
         if interrupt::interrupted() {
@@ -1367,7 +1379,7 @@ mod tests {
             nic: Nic::E1000,
             builtin: true,
             checks: Vec::new(),
-            mitigations: Mitigations::parse("none", "none").unwrap(),
+            mitigations: Some(Mitigations::parse("none", "none").unwrap()),
             link_text: Some(LINK_TEXT),
         }
     }
@@ -1818,7 +1830,7 @@ mod tests {
         assert!(f.detail.contains("profile none wants smep=off, the guest shows on (cpuinfo flags: smep)"), "{}", f.detail);
         // The same evidence passes a profile that allows it; a missing line fails the item.
         let mut e = expect();
-        e.mitigations = Mitigations::parse("none,smep=on", "none").unwrap();
+        e.mitigations = Some(Mitigations::parse("none,smep=on", "none").unwrap());
         assert_eq!(judge(lines.iter().map(String::as_str), &e).verdict, Verdict::Pass);
         lines.retain(|l| !l.starts_with("KLAB:mit:kptr_restrict="));
         assert_eq!(judge(lines.iter().map(String::as_str), &e).verdict, Verdict::MitigationFailed(Item::KptrRestrict));
@@ -1855,7 +1867,7 @@ mod tests {
             uid: e.uid,
             nic: e.nic,
             checks: Vec::new(),
-            mitigations: "none".into(),
+            mitigations: Some("none".into()),
         };
         lab::write_description(&dir, &desc).unwrap();
         std::fs::write(dir.join(lab::SYSTEM_MAP), "ffffffff81000000 T _text\n").unwrap();
@@ -1867,7 +1879,7 @@ mod tests {
             &dir.join(lab::RUN_SH),
             &format!(
                 "echo \"$*\" >> {lab_s}/calls\n\
-                 [ \"$1\" = --dry-run ] && {{ echo qemu-system-x86_64 -gdb \"tcp:127.0.0.1:$3\" -append \"$7\"; exit 0; }}\n\
+                 [ \"$1\" = --dry-run ] && {{ eval \"a=\\${{$#}}\"; echo qemu-system-x86_64 -gdb \"tcp:127.0.0.1:$3\" -append \"$a\"; exit 0; }}\n\
                  case \"$*\" in *lab.test=1*) ;; *) echo 'Logged in as user (uid 1000)'; exec sleep 600 ;; esac\n\
                  echo $$ > {lab_s}/pid\n\
                  echo 'run.sh: KVM not usable; emulating with TCG' >&2\n\
@@ -2063,6 +2075,28 @@ mod tests {
             "dry run and boot: {calls}"
         );
         assert_eq!(calls.matches(&format!("--append {GDB_APPEND} maxcpus=1\n")).count(), 1, "gdb boot: {calls}");
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
+    /// A lab built before mitigation profiles: its run.sh has no --mitigations and its guest
+    /// prints no evidence. It still boot-tests (unjudged); asking it for a profile is refused.
+    #[test]
+    fn a_lab_from_before_profiles_boots_unjudged_and_refuses_a_profile() {
+        let mut console = good_console();
+        console.retain(|l| !l.starts_with("KLAB:mit:"));
+        let lab = fake_lab("old", &console, "exit 0");
+        let json = std::fs::read_to_string(lab.file(lab::LAB_JSON)).unwrap().replace(",\n  \"mitigations\": \"none\"", "");
+        assert!(!json.contains("mitigations"), "{json}");
+        std::fs::write(lab.file(lab::LAB_JSON), json).unwrap();
+        let lab = Lab::open(&lab.dir).unwrap();
+        assert_eq!(lab.desc.mitigations, None);
+        let report = run(&lab, Duration::from_secs(60), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::Pass, "{}", report.failure_message());
+        assert!(report.mitigations.is_none());
+        let calls = std::fs::read_to_string(lab.file("calls")).unwrap();
+        assert!(!calls.contains("--mitigations"), "{calls}");
+        let err = format!("{:#}", run(&lab, Duration::from_secs(60), "", Some("hardened")).unwrap_err());
+        assert!(err.contains("built before mitigation profiles") && err.contains("rebuild it"), "{err}");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 

@@ -18,7 +18,6 @@ use crate::cli::ExecArgs;
 use crate::cpio::{self, Archive};
 use crate::lab::{self, Lab};
 use crate::layout::Layout;
-use crate::mitigations::Mitigations;
 use crate::programs;
 use crate::recipe::RunAs;
 use crate::rootfs;
@@ -99,7 +98,7 @@ pub fn run(sh: &Shell, layout: &Layout, args: &ExecArgs) -> Result<Report> {
     let view = view(&lab, &view_dir, &name, &binary, args.run_as, &args.args)?;
     let mut expect = boottest::Expect { builtin: false, checks: Vec::new(), ..lab.expect()? };
     if let Some(spec) = &args.mitigations {
-        expect.mitigations = Mitigations::parse(spec, &lab.desc.mitigations).context("--mitigations")?;
+        expect.mitigations = Some(lab.profile(spec)?);
     }
     let mut runs = Vec::new();
     for i in 1..=args.runs.get() {

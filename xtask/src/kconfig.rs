@@ -382,15 +382,30 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// `(major, minor)` of a kernel version; an unparsable one counts as newest.
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut nums = version.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
+    let major = nums.next().flatten().unwrap_or(u32::MAX);
+    (major, nums.next().flatten().unwrap_or(0))
+}
+
+/// Kconfig symbols our fragments use under their current name, with the name older kernels
+/// knew them by and the release that renamed them (6.9 gave the x86 mitigations one prefix).
+pub const RENAMED: [(&str, &str, (u32, u32)); 2] =
+    [("CPU_MITIGATIONS", "SPECULATION_MITIGATIONS", (6, 9)), ("MITIGATION_PAGE_TABLE_ISOLATION", "PAGE_TABLE_ISOLATION", (6, 9))];
+
+/// The name `symbol` has in Linux `version`, when that kernel predates its rename.
+pub fn older_name(symbol: &str, version: &str) -> Option<&'static str> {
+    RENAMED.iter().find(|(now, _, since)| *now == symbol && major_minor(version) < *since).map(|(_, old, _)| *old)
+}
+
 /// Options every lab kernel gets, depending on the kernel version: debug info at the right
 /// knob and an empty LOCALVERSION so `uname -r` is exactly `version`.
 ///
 /// An unparsable version is treated as new: the knobs below have existed since 5.18 and every
 /// version string kernel.org publishes today parses.
 pub fn debug_info_options(version: &str) -> Vec<(String, Value)> {
-    let mut nums = version.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
-    let major = nums.next().flatten().unwrap_or(u32::MAX);
-    let minor = nums.next().flatten().unwrap_or(0);
+    let (major, minor) = major_minor(version);
     // The "Debug information" choice (and DEBUG_INFO before it) is only visible with DEBUG_KERNEL.
     let mut out = vec![("DEBUG_KERNEL".to_string(), Value::Yes)];
     if (major, minor) >= (5, 18) {
@@ -413,6 +428,15 @@ mod tests {
     }
     fn err(text: &str) -> String {
         format!("{:#}", parse(text, Path::new("frag.config")).unwrap_err())
+    }
+
+    #[test]
+    fn renamed_symbols_get_their_old_name_on_old_kernels() {
+        assert_eq!(older_name("CPU_MITIGATIONS", "6.6.63"), Some("SPECULATION_MITIGATIONS"));
+        assert_eq!(older_name("MITIGATION_PAGE_TABLE_ISOLATION", "6.1.119"), Some("PAGE_TABLE_ISOLATION"));
+        assert_eq!(older_name("CPU_MITIGATIONS", "6.9"), None);
+        assert_eq!(older_name("CPU_MITIGATIONS", "6.12.118"), None);
+        assert_eq!(older_name("RANDOMIZE_BASE", "5.15.1"), None);
     }
 
     #[test]

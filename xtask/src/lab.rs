@@ -71,14 +71,10 @@ pub struct Description {
     /// The recipe's boot-test checks (the guest script runs them; the host judges them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSpec>,
-    /// The mitigation profile run.sh boots by default (labs from before profiles: `none`, which
-    /// is how they booted).
-    #[serde(default = "default_mitigations")]
-    pub mitigations: String,
-}
-
-fn default_mitigations() -> String {
-    "none".to_string()
+    /// The mitigation profile run.sh boots by default. `None`: a lab from before profiles, whose
+    /// run.sh and guest know nothing of them (it boots as `none` did, and is not judged on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mitigations: Option<String>,
 }
 
 /// A built lab directory and its description.
@@ -102,9 +98,11 @@ impl Lab {
         // lab.json travels with fetched labs; its profile reaches run.sh's command line.
         // It is also the base of `--mitigations` overrides, so it must start with a profile, as
         // the spec the build wrote does.
-        let m = Mitigations::parse(&desc.mitigations, "none").with_context(|| format!("{}: field mitigations", path.display()))?;
-        if m.spec != desc.mitigations {
-            bail!("{}: field mitigations {:?} must start with a profile ({})", path.display(), desc.mitigations, m.spec);
+        if let Some(spec) = &desc.mitigations {
+            let m = Mitigations::parse(spec, "none").with_context(|| format!("{}: field mitigations", path.display()))?;
+            if m.spec != *spec {
+                bail!("{}: field mitigations {spec:?} must start with a profile ({})", path.display(), m.spec);
+            }
         }
         Ok(Lab { dir, desc })
     }
@@ -125,10 +123,26 @@ impl Lab {
             nic: d.nic,
             builtin: true,
             checks: d.checks.clone(),
-            mitigations: Mitigations::parse(&d.mitigations, "none")
+            mitigations: d
+                .mitigations
+                .as_deref()
+                .map(|spec| Mitigations::parse(spec, "none"))
+                .transpose()
                 .with_context(|| format!("{}: field mitigations", self.file(LAB_JSON).display()))?,
             link_text,
         })
+    }
+
+    /// The profile `spec` asks for in this lab (overrides apply on top of the lab's own); a lab
+    /// from before profiles cannot switch any.
+    pub fn profile(&self, spec: &str) -> Result<Mitigations> {
+        let base = self.desc.mitigations.as_deref().with_context(|| {
+            format!(
+                "{} was built before mitigation profiles (its run.sh has no --mitigations): rebuild it with `cargo xtask kernel`, or leave out --mitigations",
+                self.dir.display()
+            )
+        })?;
+        Mitigations::parse(spec, base).context("--mitigations")
     }
 
     /// Holds the lab in place (no assembly replaces it) until the guard is dropped.
@@ -384,7 +398,7 @@ pub(crate) mod tests {
             uid: 1000,
             nic: Nic::E1000,
             checks: Vec::new(),
-            mitigations: "none".into(),
+            mitigations: Some("none".into()),
         }
     }
 
@@ -619,7 +633,7 @@ pub(crate) mod tests {
         // A fetched lab's profile reaches run.sh's command line: refused unless it parses.
         for bad in ["none; reboot", "none\nKLAB:BEGIN", "", "kaslr=on"] {
             let mut d = description();
-            d.mitigations = bad.to_string();
+            d.mitigations = Some(bad.to_string());
             write_description(&dir, &d).unwrap();
             let err = format!("{:#}", Lab::open(&dir).unwrap_err());
             assert!(err.contains("field mitigations"), "{bad:?}: {err}");

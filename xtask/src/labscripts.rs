@@ -78,6 +78,7 @@ pub fn render(info: &LabInfo) -> Result<Vec<TextFile>> {
         ("MODULES_GDB", modules_gdb(info)),
         ("EXERCISE", exercise_readme(info)),
         ("MITIGATIONS", shell_quote(&info.mitigations.spec)),
+        ("MAX_SPEC", mitigations::MAX_SPEC.to_string()),
         ("MITIGATION_TABLE", mitigations::run_sh_table(&info.kernel_lacks)),
         ("MITIGATIONS_README", mitigations_readme(info)),
     ];
@@ -151,6 +152,8 @@ fn mitigations_readme(info: &LabInfo) -> String {
          `/sys/devices/system/cpu/vulnerabilities/meltdown` reads `Not affected` even with KPTI on,\n\
          and the `pti` flag in `/proc/cpuinfo` is what shows KPTI. `spectre=off` passes\n\
          `mitigations=off`, which turns KPTI off too, so `pti=on` needs `spectre=auto` or `on`.\n\n\
+         `dmesg_restrict` keeps `dmesg` from the user; kernel messages still reach the serial console\n\
+         (this terminal), since /init sets the console log level to 7.\n\n\
          The guest's banner shows the profile (`mitigations: ...`). With `kptr_restrict` on, even\n\
          root sees zeros in `/proc/kallsyms`; `/init` lifts it for a moment to make `/tmp/kallsyms`,\n\
          which is then readable by root only. `cargo xtask boot-test --lab DIR --mitigations SPEC`\n\

@@ -45,7 +45,8 @@ impl Item {
         Item::ALL.into_iter().find(|i| i.name() == name)
     }
 
-    /// The kernel option `on` needs, when the kernel decides it (SMEP and SMAP need only the CPU).
+    /// The kernel option `on` needs, when the kernel decides it (SMEP and SMAP need only the CPU),
+    /// by its current name (`kconfig::RENAMED` has the older ones).
     pub fn needs(self) -> Option<&'static str> {
         match self {
             Item::Kaslr => Some("CONFIG_RANDOMIZE_BASE=y"),
@@ -135,6 +136,9 @@ pub struct Mitigations {
     settings: [Setting; 7],
 }
 
+/// The longest profile text (with overrides) run.sh puts on the kernel command line.
+pub const MAX_SPEC: usize = 256;
+
 /// Characters a spec may hold: it lands on the kernel command line and in run.sh's arguments.
 fn check_chars(spec: &str) -> Result<()> {
     if spec.is_empty() || !spec.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '=' || c == ',') {
@@ -187,6 +191,10 @@ impl Mitigations {
             settings[at] = setting;
             canonical.push_str(&format!(",{name}={value}"));
         }
+        // It lands on a kernel command line of at most 2048 bytes, beside lab.test=1.
+        if canonical.len() > MAX_SPEC {
+            bail!("mitigations {spec:?}: the profile with its overrides is longer than {MAX_SPEC} characters; give each item once");
+        }
         let m = Mitigations { spec: canonical, settings };
         if m.get(Item::Pti) == Setting::On && m.get(Item::Spectre) == Setting::Off {
             bail!(
@@ -206,7 +214,14 @@ impl Mitigations {
             .into_iter()
             .filter(|i| self.get(*i) == Setting::On)
             .filter_map(|i| i.needs().map(|o| (i, o)))
-            .filter(|(_, o)| !config.lines().any(|l| l.trim() == *o))
+            .filter(|(_, o)| {
+                // An older kernel has the option under its old name.
+                let old = crate::kconfig::RENAMED
+                    .iter()
+                    .find(|(now, _, _)| o.strip_prefix("CONFIG_").and_then(|r| r.strip_suffix("=y")) == Some(now));
+                let names: Vec<String> = std::iter::once(o.to_string()).chain(old.map(|(_, was, _)| format!("CONFIG_{was}=y"))).collect();
+                !config.lines().any(|l| names.iter().any(|n| l.trim() == n))
+            })
             .collect()
     }
 
@@ -308,8 +323,11 @@ pub struct Observed {
 /// The keys the guest prints, in the order templates/boot-test.sh prints them.
 pub const OBSERVED_KEYS: [&str; 7] = ["text", "phys", "flags", "meltdown", "spectre_v2", "kptr_restrict", "dmesg_restrict"];
 
-/// Where the kernel's code starts in physical memory without KASLR (LOAD_PHYSICAL_ADDR, x86_64 default).
+/// Where the kernel's code starts in physical memory without KASLR when System.map is unknown
+/// (LOAD_PHYSICAL_ADDR, x86_64 default).
 const LOAD_PHYSICAL_ADDR: u64 = 0x100_0000;
+/// x86_64's __START_KERNEL_map: a non-relocated kernel's `_text` is this plus its physical address.
+const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 
 impl Observed {
     /// Records a `key=value` after `KLAB:mit:`; the first value of a key wins.
@@ -377,6 +395,8 @@ pub fn judge(want: &Mitigations, seen: &Observed, link_text: Option<u64>) -> Rep
         _ => None,
     };
     let phys = seen.hex("phys");
+    // Without KASLR the kernel runs where it was linked (CONFIG_PHYSICAL_START, whatever it is).
+    let unmoved_phys = link_text.map_or(LOAD_PHYSICAL_ADDR, |l| l.wrapping_sub(START_KERNEL_MAP));
     let items = Item::ALL
         .into_iter()
         .map(|item| {
@@ -384,9 +404,7 @@ pub fn judge(want: &Mitigations, seen: &Observed, link_text: Option<u64>) -> Rep
                 Item::Kaslr => match (offset, phys) {
                     // Either one moved: both stay put only without KASLR (both random with it, so
                     // both unmoved by chance is about one boot in a million).
-                    (Some(o), Some(p)) => {
-                        (Some(o != 0 || p != LOAD_PHYSICAL_ADDR), format!("offset {o:#x}, kernel code at physical {p:#x}"))
-                    }
+                    (Some(o), Some(p)) => (Some(o != 0 || p != unmoved_phys), format!("offset {o:#x}, kernel code at physical {p:#x}")),
                     _ => (None, "the guest's _text or kernel code address is missing (is the kallsyms copy made?)".into()),
                 },
                 Item::Smep | Item::Smap | Item::Pti => flag(item.name()),
@@ -487,6 +505,10 @@ mod tests {
             assert!(err.contains(needle), "{spec:?}: {err}");
         }
         assert!(Mitigations::parse("none,pti=on,spectre=auto", "none").is_ok());
+        // The spec lands on the kernel command line: bounded, whatever the repetition.
+        let long = format!("none{}", ",kaslr=on".repeat(40));
+        let err = format!("{:#}", Mitigations::parse(&long, "none").unwrap_err());
+        assert!(err.contains("longer than 256 characters"), "{err}");
     }
 
     #[test]
@@ -494,6 +516,9 @@ mod tests {
         let config = "CONFIG_RANDOMIZE_BASE=y\n# CONFIG_MITIGATION_PAGE_TABLE_ISOLATION is not set\nCONFIG_CPU_MITIGATIONS=y\n";
         assert_eq!(m("hardened").missing_options(config), [(Item::Pti, "CONFIG_MITIGATION_PAGE_TABLE_ISOLATION=y")]);
         assert!(m("none").missing_options("").is_empty());
+        // A 6.6 kernel has KPTI and the mitigations menu under their old names.
+        let old = "CONFIG_RANDOMIZE_BASE=y\nCONFIG_PAGE_TABLE_ISOLATION=y\nCONFIG_SPECULATION_MITIGATIONS=y\n";
+        assert!(m("hardened").missing_options(old).is_empty());
         assert!(m("default").missing_options("").is_empty());
     }
 
@@ -537,6 +562,10 @@ mod tests {
         let r = judge(&m("none,smep=auto,smap=auto,pti=auto,spectre=auto,kptr_restrict=auto,dmesg_restrict=auto"), &unmoved, Some(LINK));
         assert!(r.first_failure().is_none(), "{r:#?}");
         assert_eq!(r.kaslr_offset.as_deref(), Some("0x0"));
+        // A kernel linked elsewhere (CONFIG_PHYSICAL_START=0x2000000) is unmoved at its own address.
+        let other = observed(&["text=ffffffff82000000", "phys=2000000"]);
+        assert_eq!(judge(&m("none"), &other, Some(0xffff_ffff_8200_0000)).items[0].seen, "off");
+        assert_eq!(judge(&m("none"), &other, Some(LINK)).items[0].seen, "on");
         // Physical moved alone still means KASLR ran.
         let r = judge(&m("none"), &observed(&["text=ffffffff81000000", "phys=5000000"]), Some(LINK));
         assert_eq!(r.items[0].seen, "on");

@@ -231,7 +231,7 @@ pub fn build_lab(
                 uid: r.rootfs.uid,
                 nic: r.qemu.nic,
                 checks: r.boot_test.checks.clone(),
-                mitigations: profile.spec.clone(),
+                mitigations: Some(profile.spec.clone()),
             };
             let module_files: Vec<(String, PathBuf)> = exercise.modules.iter().map(|m| (m.file.clone(), m.ko.clone())).collect();
             let parts = lab::Parts {

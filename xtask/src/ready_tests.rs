@@ -31,7 +31,7 @@ fn description(version: &str) -> lab::Description {
         uid: 1000,
         nic: crate::recipe::Nic::E1000,
         checks: Vec::new(),
-        mitigations: "none".into(),
+        mitigations: Some("none".into()),
     }
 }
 

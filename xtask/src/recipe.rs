@@ -658,6 +658,14 @@ fn check(r: &Recipe) -> Result<()> {
             bail!("{what} {value:?} contains a control character (newline?): remove it");
         }
     }
+    // The profile's switches come after the recipe's text on the command line only as far as run.sh
+    // puts them; a word here would silently undo one while the banner names the profile.
+    for word in q.append.split_whitespace() {
+        let key = word.split_once('=').map_or(word, |(k, _)| k);
+        if PROFILE_WORDS.contains(&key) {
+            bail!("qemu.append: {word:?} switches a mitigation, which the mitigation profile owns; use `mitigations:` (e.g. none,kaslr=on) instead");
+        }
+    }
     // run.sh owns every socket QEMU opens: the gdb stub on loopback, user networking without
     // forwarded ports. These options would open another one, or a second stub on every interface.
     for arg in &q.extra_args {
@@ -702,6 +710,20 @@ fn check_guest(what: &str, guest: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Kernel command-line words a mitigation profile sets (checked in `qemu.append`).
+const PROFILE_WORDS: [&str; 10] = [
+    "nokaslr",
+    "pti",
+    "nopti",
+    "mitigations",
+    "clearcpuid",
+    "nosmep",
+    "nosmap",
+    "sysctl.kernel.kptr_restrict",
+    "sysctl.kernel.dmesg_restrict",
+    "lab.mitigations",
+];
 
 /// QEMU options that open sockets or change the guest's network (checked in `qemu.extra_args`).
 const LISTENING_OPTIONS: [&str; 12] =
@@ -813,6 +835,11 @@ pub(crate) mod tests {
             ("qemu:\n  extra_args: [\"-gdb\", \"tcp::1234\"]\n", "opens a socket"),
             ("qemu:\n  extra_args: [\"--monitor=telnet::4444,server\"]\n", "opens a socket"),
             ("qemu:\n  memory: \"4G -hda x\"\n", "qemu.memory"),
+            ("qemu:\n  append: \"loglevel=7 nokaslr\"\n", "\"nokaslr\" switches a mitigation"),
+            ("qemu:\n  append: \"pti=off\"\n", "switches a mitigation"),
+            ("qemu:\n  append: \"sysctl.kernel.kptr_restrict=0\"\n", "switches a mitigation"),
+            ("qemu:\n  extra_args: [\"-cpu\", \"qemu64\"]\n", "replaces the CPU model"),
+            ("mitigations: \"hardened,smap=maybe\"\n", "use on, off or auto"),
             ("qemu:\n  append: \"a\\nb\"\n", "control character"),
             ("rootfs:\n  programs:\n    - {src: ../x.c, guest: /bin/x}\n", "without `..`"),
             ("rootfs:\n  programs:\n    - {src: x.txt, guest: /bin/x}\n", "must be a C source"),

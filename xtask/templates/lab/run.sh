@@ -38,7 +38,7 @@ options:
   --append TEXT    add TEXT to the kernel command line (repeatable)
   --mitigations SPEC  a profile (none, default, hardened) and/or item=on|off|auto overrides
                    of kaslr, smep, smap, pti, spectre, kptr_restrict, dmesg_restrict, comma-
-                   separated; overrides alone apply on top of the default (default $MITIGATIONS)
+                   separated; overrides alone apply on top of the profile so far (default $MITIGATIONS)
   --gdb-port PORT  TCP port of QEMU's gdb stub (default $GDB_PORT; env KLAB_GDB_PORT)
   --gdb-listen ADDR  address the gdb stub listens on (default $GDB_LISTEN). DANGER: anyone who
                    can reach a non-loopback stub controls the guest and, via monitor, QEMU
@@ -103,6 +103,8 @@ while [ $# -gt 0 ]; do
                 *=*) MITIGATIONS="$MITIGATIONS,$val" ;;
                 *) MITIGATIONS="$val" ;;
             esac
+            # It goes on the kernel command line (2048 bytes at most, lab.test=1 after it).
+            [ "${#MITIGATIONS}" -le {{MAX_SPEC}} ] || die_usage "--mitigations: the profile with its overrides is longer than {{MAX_SPEC}} characters; give each item once"
             ;;
         --gdb-port)
             if ! { [[ "$val" =~ ^[1-9][0-9]*$ ]] && [ "$val" -le 65535 ]; }; then
