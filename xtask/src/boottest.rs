@@ -935,19 +935,7 @@ fn boot(
     tail: &mut Tail,
 ) -> Result<Finding> {
     let mut log = std::io::BufWriter::new(File::create(console_log).with_context(|| format!("create {}", console_log.display()))?);
-    let mut cmd = Command::new(lab.file(lab::RUN_SH));
-    cmd.args(["--gdb-port", port])
-        .args(profile_args(expect))
-        .args(["--append", append])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
-    let (tx, rx) = mpsc::channel();
-    let stdout = qemu.child.stdout.take().context("run.sh stdout")?;
-    let stderr = qemu.child.stderr.take().context("run.sh stderr")?;
-    forward_lines(stdout, tx.clone(), Msg::Out, Some(Msg::OutClosed));
-    forward_lines(stderr, tx, Msg::Err, None);
+    let (mut qemu, rx) = start_lab(lab, port, append, expect, Stdio::null())?;
 
     let mut console = Console::default();
     let mut stage = Stage::Banner;
@@ -1027,6 +1015,23 @@ fn boot(
     Ok(finding)
 }
 
+/// Starts the lab's run.sh on `port` under the expected profile, in its own process group, with
+/// its stdout and stderr lines arriving on the returned channel (OutClosed when stdout ends).
+fn start_lab(lab: &Lab, port: &str, append: &str, expect: &Expect, stdin: Stdio) -> Result<(Group, mpsc::Receiver<Msg>)> {
+    let mut cmd = Command::new(lab.file(lab::RUN_SH));
+    cmd.args(["--gdb-port", port])
+        .args(profile_args(expect))
+        .args(["--append", append])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut qemu = Group::spawn(&mut cmd, "run.sh")?;
+    let (tx, rx) = mpsc::channel();
+    forward_lines(qemu.child.stdout.take().context("run.sh stdout")?, tx.clone(), Msg::Out, Some(Msg::OutClosed));
+    forward_lines(qemu.child.stderr.take().context("run.sh stderr")?, tx, Msg::Err, None);
+    Ok((qemu, rx))
+}
+
 fn next(stage: Stage) -> Stage {
     match stage {
         Stage::Banner => Stage::Markers,
@@ -1092,19 +1097,8 @@ fn gdb_stage(
 ) -> Result<(Finding, Option<String>)> {
     let port = free_port()?.to_string();
     let mut console = File::create(console_path).with_context(|| format!("create {}", console_path.display()))?;
-    let mut qemu_cmd = Command::new(lab.file(lab::RUN_SH));
-    qemu_cmd
-        .args(["--gdb-port", &port])
-        .args(profile_args(expect))
-        .args(["--append", append])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut qemu = Group::spawn(&mut qemu_cmd, "run.sh")?;
+    let (mut qemu, rx) = start_lab(lab, &port, append, expect, Stdio::piped())?;
     let mut guest_input = qemu.child.stdin.take().context("run.sh stdin")?;
-    let (tx, rx) = mpsc::channel();
-    forward_lines(qemu.child.stdout.take().context("run.sh stdout")?, tx.clone(), Msg::Out, Some(Msg::OutClosed));
-    forward_lines(qemu.child.stderr.take().context("run.sh stderr")?, tx, Msg::Err, None);
     let mut log_line = |line: &str| {
         let _ = writeln!(console, "{line}");
     };
