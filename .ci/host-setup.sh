@@ -26,7 +26,7 @@ done
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
     build-essential flex bison bc perl libelf-dev libssl-dev cpio qemu-system-x86 gdb \
-    dwarves kmod rsync gnupg gpgv procps ca-certificates shellcheck curl zstd
+    dwarves kmod rsync gnupg gpgv procps ca-certificates shellcheck curl zstd lz4
 
 # The Rust toolchain comes from rustup (Debian's cargo is too old for this workspace).
 command -v cargo >/dev/null || echo "note: no cargo on PATH; install Rust with rustup (https://rustup.rs) before cargo xtask" >&2

@@ -363,7 +363,7 @@ impl MakeArgs {
     /// `--jobs` (or the number of CPUs) and the wrapper.
     pub fn plan(&self) -> MakePlan {
         let jobs = self.jobs.unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
-        MakePlan { jobs, cc_wrapper: self.cc_wrapper }
+        MakePlan { jobs, cc_wrapper: self.cc_wrapper, background: false }
     }
 }
 

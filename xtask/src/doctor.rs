@@ -20,6 +20,8 @@ const CHECKS: &[(&str, Probe, &str)] = &[
     ("qemu-system-x86_64", Probe::Program("qemu-system-x86_64"), "qemu-system-x86"),
     ("gdb", Probe::Program("gdb"), "gdb"),
     ("cpio", Probe::Program("cpio"), "cpio"),
+    // configs/lean.config compresses bzImage with LZ4.
+    ("lz4", Probe::Program("lz4"), "lz4"),
 ];
 
 #[derive(Clone, Copy)]

@@ -54,9 +54,20 @@ pub struct MakePlan {
     /// Parallel jobs, at least 1.
     pub jobs: std::num::NonZeroUsize,
     pub cc_wrapper: Option<CcWrapper>,
+    /// Run make at the lowest CPU priority (nice 19), for a build beside another that should
+    /// only take the CPU the other leaves idle.
+    pub background: bool,
 }
 
 impl MakePlan {
+    /// The program and its first words: `make`, or `nice -n 19 make` in the background.
+    pub(crate) fn launcher(&self) -> (&'static str, &'static [&'static str]) {
+        if self.background {
+            ("nice", &["-n", "19", "make"])
+        } else {
+            ("make", &[])
+        }
+    }
     /// `CC=<wrapper> gcc`, if a wrapper is set.
     pub(crate) fn cc_arg(&self) -> Option<String> {
         self.cc_wrapper.map(|w| format!("CC={w} gcc"))
@@ -263,6 +274,7 @@ pub fn build(sh: &Shell, src: &Path, build: &Path, inputs: &BuildInputs<'_>, mak
     // A failed or interrupted build must not leave a stamp that claims the old images are current.
     let _ = std::fs::remove_file(&stamp_path);
 
+    check_compressor(&build.join(".config"))?;
     let make = make_command(sh, src, build, make, release_epoch);
 
     let expected =
@@ -271,7 +283,7 @@ pub fn build(sh: &Shell, src: &Path, build: &Path, inputs: &BuildInputs<'_>, mak
             ConfigBase::Defconfig => FIRST_BUILD_STEPS_DEFCONFIG,
         });
     let log_path = build.join("build.log");
-    let objects = run_streaming(make, &log_path, expected)?;
+    let objects = run_streaming(make, &log_path, "kernel", expected)?;
     std::fs::write(build.join(OBJECTS_STAMP), format!("{objects}\n"))
         .with_context(|| format!("write {}", build.join(OBJECTS_STAMP).display()))?;
     for p in [&outputs.bzimage, &outputs.vmlinux, &outputs.system_map] {
@@ -301,13 +313,43 @@ pub fn make_command<'a>(sh: &'a Shell, src: &Path, build: &Path, make: &MakePlan
     // (`make M=`) link against.
     // `build` checked that the .config exists; unreadable, it fails make anyway.
     let modules = config_has(&build.join(".config"), "CONFIG_MODULES=y").unwrap_or(false).then_some("modules");
-    reproducible_env(cmd!(sh, "make -C {src} {o} {j} {cc...} bzImage vmlinux {modules...} scripts_gdb"), epoch)
+    let (program, first) = make.launcher();
+    reproducible_env(cmd!(sh, "{program} {first...} -C {src} {o} {j} {cc...} bzImage vmlinux {modules...} scripts_gdb"), epoch)
         .env("KBUILD_BUILD_VERSION", BUILD_VERSION)
         .env("KCFLAGS", &maps)
         .env("KAFLAGS", &maps)
 }
 
 /// Whether the `.config` at `config` has the line `line` (e.g. `CONFIG_MODULES=y`).
+/// The tool (and its Debian package) that compresses bzImage for each KERNEL_* choice.
+const COMPRESSORS: &[(&str, &str, &str)] = &[
+    ("CONFIG_KERNEL_GZIP=y", "gzip", "gzip"),
+    ("CONFIG_KERNEL_BZIP2=y", "bzip2", "bzip2"),
+    ("CONFIG_KERNEL_LZMA=y", "lzma", "xz-utils"),
+    ("CONFIG_KERNEL_XZ=y", "xz", "xz-utils"),
+    ("CONFIG_KERNEL_LZO=y", "lzop", "lzop"),
+    ("CONFIG_KERNEL_LZ4=y", "lz4", "lz4"),
+    ("CONFIG_KERNEL_ZSTD=y", "zstd", "zstd"),
+];
+
+/// Fails before make when the tool that compresses bzImage is missing, which make would report
+/// only at the end of the build (configs/lean.config asks for LZ4).
+fn check_compressor(config: &Path) -> Result<()> {
+    check_compressor_on(config, &std::env::var_os("PATH").unwrap_or_default())
+}
+
+fn check_compressor_on(config: &Path, path_var: &std::ffi::OsStr) -> Result<()> {
+    for (line, tool, package) in COMPRESSORS {
+        if config_has(config, line)? {
+            let found = std::env::split_paths(path_var).any(|d| d.join(tool).is_file());
+            if !found {
+                bail!("{} has {line}, and bzImage needs the `{tool}` program for it, which is not on PATH: install it (apt-get install {package})", config.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn config_has(config: &Path, line: &str) -> Result<bool> {
     let text = std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
     Ok(text.lines().any(|l| l.trim() == line))
@@ -371,7 +413,7 @@ pub fn settings(epoch: u64) -> Settings {
 
 /// Runs make with stdout and stderr into one pipe, copied to `log_path` and counted for the
 /// progress bar. Returns the number of kbuild steps seen.
-pub(crate) fn run_streaming(make: xshell::Cmd<'_>, log_path: &Path, expected: u64) -> Result<u64> {
+pub(crate) fn run_streaming(make: xshell::Cmd<'_>, log_path: &Path, label: &str, expected: u64) -> Result<u64> {
     let shown = make.to_string();
     let mut log = File::create(log_path).with_context(|| format!("create {}", log_path.display()))?;
     writeln!(log, "$ {shown}").with_context(|| format!("write {}", log_path.display()))?;
@@ -384,7 +426,7 @@ pub(crate) fn run_streaming(make: xshell::Cmd<'_>, log_path: &Path, expected: u6
     // The Command holds the pipe's write ends; the reader only sees EOF once they are closed.
     drop(command);
 
-    let bar = progress::objects("build", expected);
+    let bar = progress::objects(label, expected);
     let mut count = 0u64;
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -566,7 +608,7 @@ mod tests {
     }
 
     fn one_job() -> MakePlan {
-        MakePlan { jobs: std::num::NonZeroUsize::MIN, cc_wrapper: None }
+        MakePlan { jobs: std::num::NonZeroUsize::MIN, cc_wrapper: None, background: false }
     }
 
     fn build_fn(sh: &Shell, src: &Path, b: &Path, inputs: &BuildInputs<'_>, epoch: u64) -> Result<KernelBuild> {
@@ -590,7 +632,7 @@ mod tests {
 
     #[test]
     fn cc_wrapper_reaches_make_and_the_stamp() {
-        let plan = MakePlan { jobs: std::num::NonZeroUsize::new(3).unwrap(), cc_wrapper: Some(CcWrapper::Sccache) };
+        let plan = MakePlan { jobs: std::num::NonZeroUsize::new(3).unwrap(), cc_wrapper: Some(CcWrapper::Sccache), background: false };
         assert_eq!((plan.jobs_arg(), plan.cc_arg()), ("-j3".to_string(), Some("CC=sccache gcc".to_string())));
         let dir = scratch("kbuild-wrapper");
         std::fs::write(dir.join(".config"), "CONFIG_A=y\n").unwrap();
@@ -714,7 +756,7 @@ mod tests {
             patches: &[],
             base: ConfigBase::Tinyconfig,
         };
-        let make = MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None };
+        let make = MakePlan { jobs: std::num::NonZeroUsize::new(2).unwrap(), cc_wrapper: None, background: false };
         let out = build(&sh, &src, &build_dir, &inputs, &make, 1761782400).unwrap();
         eprintln!("build: up_to_date={} objects={} {:?}", out.up_to_date, out.objects, out.elapsed);
         let t = Instant::now();
@@ -723,5 +765,19 @@ mod tests {
         eprintln!("no-op configure+build: {:?}", t.elapsed());
         assert!(again.up_to_date);
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_missing_bzimage_compressor_is_named_before_make() {
+        let dir = scratch("kbuild-compressor");
+        let config = dir.join(".config");
+        std::fs::write(&config, "CONFIG_64BIT=y\nCONFIG_KERNEL_LZ4=y\n").unwrap();
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let e = format!("{:#}", check_compressor_on(&config, bin.as_os_str()).unwrap_err());
+        assert!(e.contains("CONFIG_KERNEL_LZ4=y") && e.contains("`lz4`") && e.contains("apt-get install lz4"), "{e}");
+        std::fs::write(bin.join("lz4"), "").unwrap();
+        check_compressor_on(&config, bin.as_os_str()).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -553,11 +553,33 @@ mod tests {
     #[test]
     fn shipped_fragments_parse_and_start_with_a_comment() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-        for name in ["lab.config", "smp.config", "netns.config", "debug.config", "busybox/static.config"] {
+        for name in [
+            "lab.config",
+            "smp.config",
+            "netns.config",
+            "debug.config",
+            "mitigations.config",
+            "lean.config",
+            "modules.config",
+            "kasan.config",
+            "busybox/static.config",
+        ] {
             let path = dir.join(name);
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(text.starts_with("# "), "{name} must start with a one-line comment");
-            assert!(!parse(&text, &path).unwrap().is_empty(), "{name} is empty");
+            let entries = parse(&text, &path).unwrap();
+            assert!(!entries.is_empty(), "{name} is empty");
+            // Every group of options sits right under a comment that says what needs it.
+            let lines: Vec<&str> = text.lines().collect();
+            for e in &entries {
+                let above = (0..e.line - 1).rev().map(|i| lines[i]).find(|l| !entries.iter().any(|o| lines[o.line - 1] == *l));
+                assert!(
+                    above.is_some_and(|l| l.starts_with("# ")),
+                    "{name}:{}: CONFIG_{} has no comment above its group",
+                    e.line,
+                    e.symbol
+                );
+            }
         }
     }
 

@@ -72,8 +72,17 @@ impl Layout {
     pub fn exec_runs(&self) -> PathBuf {
         self.artifacts.join("exec")
     }
-    pub fn busybox_build(&self, version: &str) -> PathBuf {
-        self.artifacts.join("build").join(format!("busybox-{version}"))
+    /// busybox's build directory; one per applets file (`applets`: its name), so recipes with
+    /// different applet sets do not rebuild each other's busybox.
+    pub fn busybox_build(&self, version: &str, applets: Option<&str>) -> PathBuf {
+        let stem = applets.map(|a| {
+            let last = Path::new(a).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            last.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>()
+        });
+        match stem {
+            Some(stem) => self.artifacts.join("build").join(format!("busybox-{version}-{stem}")),
+            None => self.artifacts.join("build").join(format!("busybox-{version}")),
+        }
     }
     pub fn rootfs_dir(&self, recipe: &str, version: &str) -> PathBuf {
         self.artifacts.join("build").join(format!("rootfs-{recipe}-{version}"))

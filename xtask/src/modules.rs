@@ -105,7 +105,7 @@ fn build_one(
         .env("KCFLAGS", &maps)
         .env("KAFLAGS", &maps);
     let log = work.join(format!("{name}.log"));
-    kbuild::run_streaming(make_cmd, &log, 10).with_context(|| format!("{origin}: build module {}", spec.dir.display()))?;
+    kbuild::run_streaming(make_cmd, &log, "modules", 10).with_context(|| format!("{origin}: build module {}", spec.dir.display()))?;
     let mut kos: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))

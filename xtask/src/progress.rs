@@ -3,9 +3,10 @@
 //! Every bar draws to stderr, so stdout stays clean for what the commands print (paths, plans),
 //! and starts with the step's label right-aligned in one column, so bars of successive steps line up.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Width of the label column; fits `linux-6.12.117.tar.xz`-sized names.
 const LABEL: &str = "{prefix:>20}";
@@ -28,9 +29,16 @@ pub fn spinner(label: &str) -> ProgressBar {
     bar
 }
 
+/// Every bar of the process, one under the other: busybox builds beside the kernel, and two bars
+/// drawing to stderr on their own would overwrite each other's line.
+fn screen() -> &'static MultiProgress {
+    static SCREEN: OnceLock<MultiProgress> = OnceLock::new();
+    SCREEN.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
 fn bar(label: &str, total: Option<u64>, rest: &str) -> ProgressBar {
     let style = ProgressStyle::with_template(&format!("{LABEL} {rest}")).expect("valid progress template").progress_chars("=> ");
-    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr()).with_style(style);
+    let bar = screen().add(ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden()).with_style(style));
     bar.set_prefix(label.to_string());
     bar
 }

@@ -77,6 +77,21 @@ pub struct BusyboxSpec {
     /// Fragments from `configs/busybox/` applied on top of busybox's defconfig.
     #[serde(default = "default_busybox_fragments")]
     pub fragments: Vec<String>,
+    /// The applets to build: a file in `configs/busybox/` (or beside the recipe) naming them,
+    /// every other applet of the defconfig off. Absent or `all`: the whole defconfig, which is
+    /// what a recipe from before this field meant (so `verify` of an older lab rebuilds the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applets: Option<String>,
+}
+
+/// `busybox.applets` value that keeps every applet of busybox's defconfig.
+pub const ALL_APPLETS: &str = "all";
+
+impl BusyboxSpec {
+    /// The applets file's name, or None for the whole defconfig.
+    pub fn applets_file(&self) -> Option<&str> {
+        self.applets.as_deref().filter(|a| *a != ALL_APPLETS)
+    }
 }
 
 fn default_busybox_fragments() -> Vec<String> {
@@ -584,7 +599,7 @@ fn check(r: &Recipe) -> Result<()> {
     if r.rootfs.password.contains([':', '\n']) || r.rootfs.password.chars().any(char::is_control) {
         bail!("rootfs.password must not contain ':' or control characters (they would break /etc/shadow)");
     }
-    for f in r.config.fragments.iter().chain(&r.busybox.fragments) {
+    for f in r.config.fragments.iter().chain(&r.busybox.fragments).map(String::as_str).chain(r.busybox.applets_file()) {
         // A recipe travels inside labs (`verify` rebuilds from it): fragments are names in configs/
         // or beside the recipe, never host paths.
         if crate::manifest::check_rel_path(f).is_err() {
@@ -778,6 +793,12 @@ pub(crate) mod tests {
         assert_eq!(r.rootfs.user.as_str(), "user");
         assert_eq!(r.qemu.gdb_port.get(), 1234);
         assert_eq!(r.busybox.fragments, vec!["static.config"]);
+        // No applets field: the whole defconfig, as recipes from before the field meant.
+        assert_eq!(r.busybox.applets_file(), None);
+        let r = parse(&MINIMAL.replace("version: \"1.35.0\"", "version: \"1.35.0\"\n  applets: all")).unwrap();
+        assert_eq!(r.busybox.applets_file(), None);
+        let r = parse(&MINIMAL.replace("version: \"1.35.0\"", "version: \"1.35.0\"\n  applets: lab.applets")).unwrap();
+        assert_eq!(r.busybox.applets_file(), Some("lab.applets"));
     }
 
     #[test]
@@ -872,6 +893,7 @@ pub(crate) mod tests {
             ("fragments: [lab.config]", "fragments: [lab.config, /etc/passwd]", "fragment \"/etc/passwd\" must be a relative name"),
             ("fragments: [lab.config]", "fragments: [../../x.config]", "without `..`"),
             ("version: \"1.35.0\"", "version: \"1.35.0\"\n  fragments: [/etc/shadow]", "must be a relative name"),
+            ("version: \"1.35.0\"", "version: \"1.35.0\"\n  applets: ../../x.applets", "\"../../x.applets\" must be a relative name"),
             ("channel: longterm", "channel: longterm\n  patches: [/tmp/x.patch]", "must be a relative path"),
             ("channel: longterm", "channel: longterm\n  build: \"a/b\"", "kernel.build"),
         ] {

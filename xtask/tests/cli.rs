@@ -107,8 +107,11 @@ fn config_explain_and_fix_read_the_recipes_configured_tree() {
     std::fs::write(build.join("kernel-lab-generated.config"), "# generated\n").unwrap();
     let lts = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/lts.yaml")).unwrap();
     let recipe = dir.join("mini.yaml");
-    std::fs::write(&recipe, lts.replace("[lab.config, smp.config, netns.config, debug.config, mitigations.config]", "[mini.config]"))
-        .unwrap();
+    std::fs::write(
+        &recipe,
+        lts.replace("[lab.config, smp.config, netns.config, debug.config, mitigations.config, lean.config]", "[mini.config]"),
+    )
+    .unwrap();
     std::fs::write(dir.join("mini.config"), "# mini\nCONFIG_SCSI=y\n").unwrap();
 
     let run_env = |args: &[&str]| Command::new(BIN).args(args).env("KERNEL_LAB_ARTIFACTS", &art).stdin(Stdio::null()).output().unwrap();
