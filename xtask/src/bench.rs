@@ -76,6 +76,12 @@ pub fn run(sh: &Shell, layout: &Layout, args: &BenchArgs) -> Result<()> {
             step("lab fetch");
             rows.push(fetched(&lab, &scratch).unwrap_or_else(|e| Row::new("lab fetch (local pack)", "", "<= 5 s").failed(e)));
             if !args.quick {
+                step("busybox builds");
+                rows.push(
+                    busybox_applets(sh, layout, s, &args.make.plan(), &scratch)
+                        .unwrap_or_else(|e| Row::new("busybox build (lab applets)", "whole defconfig", "a third").failed(e)),
+                );
+                step("kernel cold builds");
                 rows.push(
                     cold(sh, layout, &plan, s, &args.make.plan(), &scratch)
                         .unwrap_or_else(|e| Row::new("kernel cold build", "raw make, same config and env", "overhead <= 3%").failed(e)),
@@ -239,6 +245,27 @@ fn fetched(lab: &Path, scratch: &Path) -> Result<Row> {
     let (_, secs) = timed(|| ready::fetch(&layout, &req))?;
     row.ours = Some(secs);
     row.note = format!("{:.1} MB pack (zstd -3 here; releases use -19)", packed.size as f64 / 1e6);
+    Ok(row)
+}
+
+/// busybox with only configs/busybox/lab.applets against its whole defconfig, both static
+/// (configs/busybox/static.config), each in a fresh build directory.
+fn busybox_applets(sh: &Shell, layout: &Layout, s: &Sources, make: &kbuild::MakePlan, scratch: &Path) -> Result<Row> {
+    let mut row = Row::new("busybox build (lab applets)", "whole defconfig", "a third");
+    let configs = layout.configs_dir().join("busybox");
+    let (list, fragments) = (configs.join("lab.applets"), [configs.join("static.config")]);
+    let b = &s.lock.busybox;
+    let epoch = fetch::release_epoch(&s.lock, &s.kernel_src)?;
+    let (bin, ours) =
+        timed(|| crate::busybox::build(sh, &s.busybox_src, &scratch.join("busybox-lab"), Some(&list), &fragments, &b.sha256, make, epoch))?;
+    let (all, reference) =
+        timed(|| crate::busybox::build(sh, &s.busybox_src, &scratch.join("busybox-all"), None, &fragments, &b.sha256, make, epoch))?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+    row.note = format!("binary {:.1} MB against {:.1} MB", size(&bin), size(&all));
+    let _ = std::fs::remove_dir_all(scratch.join("busybox-lab"));
+    let _ = std::fs::remove_dir_all(scratch.join("busybox-all"));
+    row.ours = Some(ours);
+    row.reference_seconds = Some(reference);
     Ok(row)
 }
 
