@@ -214,6 +214,9 @@ fn parse_applet_line(line: &str) -> Option<AppletDecl> {
     (!name.is_empty()).then(|| AppletDecl { name: name.to_string(), option, conditions: options })
 }
 
+/// busybox's shell engines and the applet each one serves.
+const SHELL_ENGINES: &[(&str, &str)] = &[("SHELL_ASH", "ASH"), ("SHELL_HUSH", "HUSH")];
+
 /// Applets the lab's own scripts call (/init, the boot self-test, exec's runner, module labs'
 /// insmod lines): an applets file without them builds a lab that cannot boot into a shell.
 const GUEST_NEEDS: &[&str] = &[
@@ -319,6 +322,10 @@ fn applet_selection(table: &[AppletDecl], defconfig: &[Entry], list: &Path) -> R
         }
     }
     let mut symbols: Vec<&str> = table.iter().map(|d| d.option.as_str()).chain(keep.keys().copied()).collect();
+    // A shell's engine has a prompt of its own and stays on with its applet gone (hush.c, the
+    // build's second-largest object, was compiled for nothing); oldconfig selects it back if a
+    // kept applet needs it.
+    symbols.extend(SHELL_ENGINES.iter().filter(|(_, applet)| !keep.contains_key(applet)).map(|(engine, _)| *engine));
     symbols.sort_unstable();
     symbols.dedup();
     let request = |s: &str| Entry {
@@ -680,7 +687,7 @@ mod tests {
         ];
         let defconfig = entries(
             "CONFIG_ASH=y\nCONFIG_SH_IS_ASH=y\n# CONFIG_SH_IS_HUSH is not set\nCONFIG_CAT=y\nCONFIG_HTTPD=y\n# CONFIG_NC is not set\n\
-             CONFIG_INSMOD=y\nCONFIG_MODPROBE_SMALL=y\nCONFIG_BUSYBOX=y\nCONFIG_FEATURE_TAB_COMPLETION=y\n",
+             CONFIG_INSMOD=y\nCONFIG_MODPROBE_SMALL=y\nCONFIG_BUSYBOX=y\nCONFIG_FEATURE_TAB_COMPLETION=y\nCONFIG_SHELL_ASH=y\nCONFIG_SHELL_HUSH=y\n",
         );
         let list = dir.join("lab.applets");
         std::fs::write(&list, "# the shell\nsh ash  # and the other name\n\ncat insmod\n").unwrap();
@@ -690,7 +697,8 @@ mod tests {
         assert_eq!(names(&keep), "ASH=y@2 BUSYBOX=y@0 CAT=y@4 INSMOD=y@4 MODPROBE_SMALL=y@4 SH_IS_ASH=y@2");
         // Only applets defconfig had on are turned off (NC stays as it was), never a feature
         // an applet line merely mentions (FEATURE_TAB_COMPLETION).
-        assert_eq!(names(&off), "HTTPD=n@0");
+        // hush's engine goes with hush; ash's stays with ash.
+        assert_eq!(names(&off), "HTTPD=n@0 SHELL_HUSH=n@0");
 
         std::fs::write(&list, "cat\nsh catt\n").unwrap();
         let e = format!("{:#}", applet_selection(&table, &defconfig, &list).unwrap_err());
