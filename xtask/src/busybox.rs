@@ -268,6 +268,9 @@ pub fn check_applets(src: &Path, list: &Path) -> Result<()> {
     let table = applet_table(src)?;
     let names = read_applets(list)?;
     for (name, line) in &names {
+        if name == "busybox" {
+            continue;
+        }
         if !table.iter().any(|d| d.name == *name) {
             bail!(
                 "{}:{line}: busybox has no applet {name:?}: fix the name (`busybox --list` in a lab shows them) or remove it",
@@ -297,6 +300,10 @@ fn applet_selection(table: &[AppletDecl], defconfig: &[Entry], list: &Path) -> R
     // Each kept option with the line that asked for it first (0: kept by this module).
     let mut keep: HashMap<&str, usize> = HashMap::from([(MULTIPLEXER, 0)]);
     for (name, line) in &names {
+        // The multiplexer stays whatever the list says (MULTIPLEXER).
+        if name == "busybox" {
+            continue;
+        }
         let decls: Vec<&AppletDecl> = table.iter().filter(|d| d.name == *name).collect();
         if decls.is_empty() {
             bail!(
@@ -690,7 +697,7 @@ mod tests {
              CONFIG_INSMOD=y\nCONFIG_MODPROBE_SMALL=y\nCONFIG_BUSYBOX=y\nCONFIG_FEATURE_TAB_COMPLETION=y\nCONFIG_SHELL_ASH=y\nCONFIG_SHELL_HUSH=y\n",
         );
         let list = dir.join("lab.applets");
-        std::fs::write(&list, "# the shell\nsh ash  # and the other name\n\ncat insmod\n").unwrap();
+        std::fs::write(&list, "# the shell\nsh ash  # and the other name\n\ncat insmod busybox\n").unwrap();
         let (keep, off) = applet_selection(&table, &defconfig, &list).unwrap();
         let names = |es: &[Entry]| es.iter().map(|e| format!("{}={}@{}", e.symbol, e.value, e.line)).collect::<Vec<_>>().join(" ");
         // The multiplexer always; insmod as modprobe-small, as defconfig has it.

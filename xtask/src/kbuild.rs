@@ -320,7 +320,6 @@ pub fn make_command<'a>(sh: &'a Shell, src: &Path, build: &Path, make: &MakePlan
         .env("KAFLAGS", &maps)
 }
 
-/// Whether the `.config` at `config` has the line `line` (e.g. `CONFIG_MODULES=y`).
 /// The tool (and its Debian package) that compresses bzImage for each KERNEL_* choice.
 const COMPRESSORS: &[(&str, &str, &str)] = &[
     ("CONFIG_KERNEL_GZIP=y", "gzip", "gzip"),
@@ -350,6 +349,7 @@ fn check_compressor_on(config: &Path, path_var: &std::ffi::OsStr) -> Result<()> 
     Ok(())
 }
 
+/// Whether the `.config` at `config` has the line `line` (e.g. `CONFIG_MODULES=y`).
 pub(crate) fn config_has(config: &Path, line: &str) -> Result<bool> {
     let text = std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
     Ok(text.lines().any(|l| l.trim() == line))

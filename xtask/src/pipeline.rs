@@ -364,12 +364,8 @@ fn configure_recipe(
     let lock = lab::LabLock::exclusive(&dir)?;
     claim_build(&dir, recipe, &identity)?;
     let fragments: Vec<PathBuf> = r.config.fragments.iter().map(|f| fragment_path(layout, &recipe.path, f)).collect::<Result<_>>()?;
-    // busybox's applets file is checked now, not after the kernel build it runs beside.
-    if r.busybox.applets_file().is_some() {
-        let list = busybox_inputs(layout, recipe)?.remove(0).1;
-        busybox::check_applets(&sources.busybox_src, &list)
-            .with_context(|| format!("recipe {}: busybox.applets", recipe.path.display()))?;
-    }
+    // busybox's inputs are checked now, not after the kernel build it runs beside.
+    check_busybox_applets(layout, recipe, sources)?;
     t.time("configure", || kbuild::configure(sh, &src, &dir, r.config.base, &fragments, version, r.qemu.nic))
         .with_context(|| format!("configure linux-{version}"))?;
     // Before the long build: a recipe with modules needs a kernel that loads them, and its
@@ -630,6 +626,17 @@ fn busybox_inputs(layout: &Layout, recipe: &LoadedRecipe) -> Result<Vec<(String,
         .collect()
 }
 
+/// The recipe's busybox inputs exist, and its applets file names only this busybox's applets,
+/// the ones the lab's scripts call among them; cheap, so it runs before any build.
+fn check_busybox_applets(layout: &Layout, recipe: &LoadedRecipe, sources: &Sources) -> Result<()> {
+    let inputs = busybox_inputs(layout, recipe)?;
+    if recipe.recipe.busybox.applets_file().is_some() {
+        busybox::check_applets(&sources.busybox_src, &inputs[0].1)
+            .with_context(|| format!("recipe {}: busybox.applets", recipe.path.display()))?;
+    }
+    Ok(())
+}
+
 /// The recipe's static busybox: its applets and fragments from `configs/busybox/`.
 fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &Sources, make: &MakePlan, epoch: u64) -> Result<PathBuf> {
     let mut inputs = busybox_inputs(layout, recipe)?.into_iter().map(|(_, p)| p);
@@ -638,6 +645,9 @@ fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &S
     let b = &sources.lock.busybox;
     let dir = layout.busybox_build(&b.version, recipe.recipe.busybox.applets_file());
     // Two runs (recipes sharing busybox) take turns in the build directory.
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
     let _turn = crate::download::lock_path(&layout::hidden_sibling(&dir, "lock"), &format!("building busybox in {}", dir.display()))?;
     busybox::build(sh, &sources.busybox_src, &dir, applets.as_deref(), &fragments, &b.sha256, make, epoch)
 }
@@ -699,7 +709,6 @@ pub fn rootfs_command(sh: &Shell, layout: &Layout, args: &RootfsBuildArgs) -> Re
     let sources = fetch::run(layout, &plan)?;
     let lock = &sources.lock;
     let epoch = fetch::release_epoch(lock, &sources.kernel_src)?;
-    let bb = build_busybox(sh, layout, &plan.recipe, &sources, &args.make.plan(), epoch)?;
     if !plan.recipe.recipe.rootfs.programs.is_empty() || !plan.recipe.recipe.modules.is_empty() {
         bail!(
             "recipe {} has programs or modules, which need the kernel build: use `cargo xtask kernel --recipe {}`",
@@ -707,6 +716,8 @@ pub fn rootfs_command(sh: &Shell, layout: &Layout, args: &RootfsBuildArgs) -> Re
             plan.recipe.name
         );
     }
+    check_busybox_applets(layout, &plan.recipe, &sources)?;
+    let bb = build_busybox(sh, layout, &plan.recipe, &sources, &args.make.plan(), epoch)?;
     let bytes = rootfs_archive(&plan.recipe, &bb, &lock.kernel.version, epoch, &Exercise::default())?;
     let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join(lab::ROOTFS);
     crate::layout::write_atomic(&out, &bytes)?;
