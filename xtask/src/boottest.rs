@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,7 @@ pub enum Stage {
     Checks,
     /// Until QEMU exits by itself.
     Poweroff,
-    /// gdb attached to a second boot.
+    /// gdb attached to a second boot (started beside the first): the time it adds after it.
     Gdb,
 }
 
@@ -761,8 +762,8 @@ pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool, modules: bool
     Ok(offset)
 }
 
-/// Boots `lab` with its run.sh, checks the markers and poweroff, then attaches gdb to a second
-/// boot. `timeout` applies to each stage separately. Writes boot-report.json and the logs into
+/// Boots `lab` with its run.sh, checks the markers and poweroff, and attaches gdb to a second
+/// boot that runs beside the first and counts only when the first passed. `timeout` applies to each stage separately. Writes boot-report.json and the logs into
 /// the lab and returns the report for every verdict; an error means the test could not run at
 /// all (a missing file, a tool not installed). `extra` is added to the kernel command line of
 /// both boots, e.g. `maxcpus=1` to check that a broken boot gets the right verdict.
@@ -811,9 +812,9 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     preflight(lab)?;
     let signals = interrupt::install();
     let start = Instant::now();
-    // Its own free loopback port: a running lab or another boot test on the recipe's port must
-    // not collide with this boot (QEMU would refuse to start and the verdict would mislead).
-    let port = free_port()?.to_string();
+    // Its own free loopback ports: a running lab or another boot test on the recipe's port must
+    // not collide with these boots (QEMU would refuse to start and the verdict would mislead).
+    let [port, gdb_port] = free_ports()?.map(|p| p.to_string());
     let qemu_command = dry_run(lab, &port, &append, expect)?;
     let console_log = out.join(lab::CONSOLE_LOG);
     let mut report = BootReport {
@@ -833,42 +834,62 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
         report: report_path,
     };
     let mut tail = Tail::default();
-    let mut outcome = boot(lab, &port, &append, expect, timeout, &console_log, &mut report, &mut tail);
-    if with_gdb && matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
-        let transcript = out.join(lab::GDB_TRANSCRIPT);
-        let gdb_console = out.join(lab::GDB_CONSOLE_LOG);
-        // gdb starts only once the guest's shell is up: an earlier run's transcript must not
-        // stand in for this one's.
+    let transcript = out.join(lab::GDB_TRANSCRIPT);
+    let gdb_console = out.join(lab::GDB_CONSOLE_LOG);
+    if with_gdb {
+        // An earlier run's transcript must not stand in for this one's.
         match std::fs::remove_file(&transcript) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("remove the old {}", transcript.display()));
             }
             _ => {}
         }
-        report.gdb_console_log = Some(gdb_console.clone());
-        let gdb_start = Instant::now();
-        let gdb_append = if extra.trim().is_empty() { GDB_APPEND.to_string() } else { format!("{GDB_APPEND} {}", extra.trim()) };
-        outcome = gdb_stage(lab, &gdb_append, expect, timeout, &transcript, &gdb_console).map(|(finding, offset)| {
-            report.gdb_kaslr_offset = offset;
-            finding
-        });
-        let ran_gdb = transcript.exists();
-        if ran_gdb {
-            report.gdb_transcript = Some(transcript.clone());
+    }
+    let gdb_append = if extra.trim().is_empty() { GDB_APPEND.to_string() } else { format!("{GDB_APPEND} {}", extra.trim()) };
+    // The gdb stage's boot runs beside the checked boot (each QEMU keeps about one core busy under
+    // TCG), and its result counts only when the checked boot passed; otherwise it is called off.
+    let cancel = AtomicBool::new(false);
+    let (mut outcome, gdb_outcome, boot_end) = std::thread::scope(|s| {
+        let gdb = with_gdb.then(|| s.spawn(|| gdb_stage(lab, &gdb_port, &gdb_append, expect, timeout, &transcript, &gdb_console, &cancel)));
+        let outcome = boot(lab, &port, &append, expect, timeout, &console_log, &mut report, &mut tail);
+        let boot_end = Instant::now();
+        if !matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
+            cancel.store(true, Ordering::SeqCst);
         }
-        if let Ok(f) = &outcome {
-            if f.verdict == Verdict::Pass {
-                report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: gdb_start.elapsed().as_secs_f64() });
-            } else {
-                // The console tail would be the first boot's: the transcript explains a gdb
-                // failure, the gdb boot's console one before gdb ran (a panic, no shell).
-                tail = Tail::default();
-                let text = std::fs::read_to_string(if ran_gdb { &transcript } else { &gdb_console }).unwrap_or_default();
-                for line in text.lines() {
-                    tail.push(line);
+        let gdb_outcome = gdb.map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        (outcome, gdb_outcome, boot_end)
+    });
+    match gdb_outcome {
+        Some(gdb_outcome) if matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) => {
+            report.gdb_console_log = Some(gdb_console.clone());
+            outcome = gdb_outcome.map(|(finding, offset)| {
+                report.gdb_kaslr_offset = offset;
+                finding
+            });
+            let ran_gdb = transcript.exists();
+            if ran_gdb {
+                report.gdb_transcript = Some(transcript.clone());
+            }
+            if let Ok(f) = &outcome {
+                if f.verdict == Verdict::Pass {
+                    // What the gdb stage added to the wall time, after the checked boot.
+                    report.stages.push(StageTime { stage: Stage::Gdb.name(), seconds: boot_end.elapsed().as_secs_f64() });
+                } else {
+                    // The console tail would be the first boot's: the transcript explains a gdb
+                    // failure, the gdb boot's console one before gdb ran (a panic, no shell).
+                    tail = Tail::default();
+                    let text = std::fs::read_to_string(if ran_gdb { &transcript } else { &gdb_console }).unwrap_or_default();
+                    for line in text.lines() {
+                        tail.push(line);
+                    }
                 }
             }
         }
+        Some(_) => {
+            // Called off: a transcript of the cut-short gdb run would only mislead.
+            let _ = std::fs::remove_file(&transcript);
+        }
+        None => {}
     }
     drop(signals);
     let finding = outcome?;
@@ -1085,17 +1106,20 @@ fn forward_lines(from: impl Read + Send + 'static, tx: mpsc::Sender<Msg>, wrap: 
     });
 }
 
-/// Stage 5: a second boot, to the user's shell, then `gdb.sh -batch` through GDB_STEPS while the
-/// host types GDB_TRIGGER into the shell. Returns the finding and the KASLR offset gdb found.
+/// Stage 5: a second boot (beside the checked one; `cancel` calls it off), to the user's shell,
+/// then `gdb.sh -batch` through GDB_STEPS while the host types GDB_TRIGGER into the shell. Returns the finding and the KASLR offset gdb found.
+#[allow(clippy::too_many_arguments)]
 fn gdb_stage(
     lab: &Lab,
+    port: &str,
     append: &str,
     expect: &Expect,
     timeout: Duration,
     transcript: &Path,
     console_path: &Path,
+    cancel: &AtomicBool,
 ) -> Result<(Finding, Option<String>)> {
-    let port = free_port()?.to_string();
+    let port = port.to_string();
     let mut console = File::create(console_path).with_context(|| format!("create {}", console_path.display()))?;
     let (mut qemu, rx) = start_lab(lab, &port, append, expect, Stdio::piped())?;
     let mut guest_input = qemu.child.stdin.take().context("run.sh stdin")?;
@@ -1107,7 +1131,7 @@ fn gdb_stage(
     let deadline = Instant::now() + timeout;
     let mut fatal = Console::default();
     loop {
-        if interrupt::interrupted() {
+        if interrupt::interrupted() || cancel.load(Ordering::SeqCst) {
             return Ok((Finding::new(Verdict::Interrupted, "interrupted by a signal"), None));
         }
         let now = Instant::now();
@@ -1152,7 +1176,7 @@ fn gdb_stage(
     let kaslr_off = expect.mitigations.as_ref().is_some_and(|m| m.get(Item::Kaslr) == Setting::Off);
     let mut waiting_judged = false;
     let early = loop {
-        if interrupt::interrupted() {
+        if interrupt::interrupted() || cancel.load(Ordering::SeqCst) {
             return Ok((Finding::new(Verdict::Interrupted, "interrupted by a signal"), None));
         }
         if gdb.try_wait().is_some() {
@@ -1201,11 +1225,18 @@ fn gdb_stage(
     })
 }
 
-/// A port nobody listens on right now; QEMU binds it a moment later, a race that only a busy
-/// machine loses, and then gdb fails to connect with a clear message.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("find a free TCP port for the gdb stub")?;
-    Ok(listener.local_addr().context("local address of the port probe")?.port())
+/// N different ports nobody listens on right now; QEMU binds one a moment later, a race that only
+/// a busy machine loses, and then gdb fails to connect with a clear message.
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    // All probes stay bound until every port is known, so the N ports differ.
+    let mut listeners = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("find a free TCP port for the gdb stub")?;
+        *port = listener.local_addr().context("local address of the port probe")?.port();
+        listeners.push(listener);
+    }
+    Ok(ports)
 }
 
 /// The last TAIL_LINES lines, for failure messages.
@@ -1913,6 +1944,11 @@ mod tests {
         assert!(console.contains("KLAB:END\n") && console.contains("[run.sh stderr] run.sh: KVM"), "{console}");
         let calls: Vec<String> = std::fs::read_to_string(lab.file("calls")).unwrap().lines().map(str::to_string).collect();
         assert_eq!(calls.len(), 3, "dry run, boot, gdb boot: {calls:?}");
+        // The dry run comes first; the two boots run side by side, in either order.
+        let mut calls = calls;
+        if calls[1].ends_with(&format!("--append {GDB_APPEND}")) {
+            calls.swap(1, 2);
+        }
         // Both boots get their own free port, never the recipe's fixed one, and the report shows
         // the command of the boot that ran.
         let port_of = |call: &str, prefix: &str| call.strip_prefix(prefix).unwrap().split(' ').next().unwrap().parse::<u16>().unwrap();
@@ -2038,6 +2074,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
+    /// The gdb stage's boot runs beside the checked one: when that one fails, the gdb stage is
+    /// called off at once (here gdb would wait for its breakpoint until the stage's timeout) and
+    /// leaves no transcript behind.
+    #[test]
+    fn a_failed_first_boot_calls_the_gdb_stage_off() {
+        let lab = fake_lab("gdbcalledoff", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
+        let cut = GOOD_GDB.find("Hardware assisted").unwrap();
+        std::fs::write(lab.file("gdb.txt"), GOOD_GDB[..cut].replace("0x1c000000", "0x0")).unwrap();
+        let lab_s = lab.dir.display();
+        script(&lab.file(lab::GDB_SH), &format!("echo \"$*\" > {lab_s}/gdb-args\ncat {lab_s}/gdb.txt\nexec sleep 600\n"));
+        let start = Instant::now();
+        let report = run(&lab, Duration::from_secs(120), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc), "{}", report.detail);
+        assert!(start.elapsed() < Duration::from_secs(60), "waited {:?} for the gdb stage", start.elapsed());
+        assert!(report.gdb_transcript.is_none() && report.gdb_console_log.is_none());
+        assert!(!lab.file(lab::GDB_TRANSCRIPT).exists(), "the called-off gdb run left its transcript");
+        assert!(report.last_lines.iter().any(|l| l == "KLAB:nproc=1"), "the first boot's console: {:?}", report.last_lines);
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+
     #[test]
     fn extra_append_reaches_both_boots_and_cannot_fake_a_marker() {
         let mut console = with_marker("nproc", Some("KLAB:nproc=1"));
@@ -2068,7 +2124,8 @@ mod tests {
             2,
             "dry run and boot: {calls}"
         );
-        assert_eq!(calls.matches(&format!("--append {GDB_APPEND} maxcpus=1\n")).count(), 1, "gdb boot: {calls}");
+        // The passing run's gdb boot; the failing run's, started beside its first boot, was called off.
+        assert_eq!(calls.matches(&format!("--mitigations none --append {GDB_APPEND} maxcpus=1\n")).count(), 1, "gdb boot: {calls}");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 
