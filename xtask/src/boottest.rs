@@ -851,6 +851,8 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
     let cancel = AtomicBool::new(false);
     let (mut outcome, gdb_outcome, boot_end) = std::thread::scope(|s| {
         let gdb = with_gdb.then(|| s.spawn(|| gdb_stage(lab, &gdb_port, &gdb_append, expect, timeout, &transcript, &gdb_console, &cancel)));
+        // Should the checked boot panic, the scope waits for the gdb thread: call it off then too.
+        let _on_unwind = CancelOnUnwind(&cancel);
         let outcome = boot(lab, &port, &append, expect, timeout, &console_log, &mut report, &mut tail);
         let boot_end = Instant::now();
         if !matches!(&outcome, Ok(f) if f.verdict == Verdict::Pass) {
@@ -886,8 +888,9 @@ fn run_with(lab: &Lab, expect: &Expect, timeout: Duration, extra: &str, out: &Pa
             }
         }
         Some(_) => {
-            // Called off: a transcript of the cut-short gdb run would only mislead.
+            // Called off: the cut-short gdb run's transcript and console would only mislead.
             let _ = std::fs::remove_file(&transcript);
+            let _ = std::fs::remove_file(&gdb_console);
         }
         None => {}
     }
@@ -1239,6 +1242,17 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
     Ok(ports)
 }
 
+/// Sets the flag when dropped during unwinding (a panic), and only then.
+struct CancelOnUnwind<'a>(&'a AtomicBool);
+
+impl Drop for CancelOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The last TAIL_LINES lines, for failure messages.
 #[derive(Default)]
 struct Tail(VecDeque<String>);
@@ -1320,7 +1334,9 @@ impl Drop for Group {
 }
 
 /// Makes the kernel SIGKILL this child (run.sh, which execs QEMU; gdb.sh, which execs gdb) when
-/// the xtask dies, even by SIGKILL, which no handler sees. The setting survives exec.
+/// the xtask dies, even by SIGKILL, which no handler sees. The setting survives exec. It fires
+/// when the *thread* that spawned the child exits (the gdb stage's thread, for its boot and
+/// gdb): a `Group` must never outlive the thread that spawned it.
 fn die_with_parent(parent: u32) -> std::io::Result<()> {
     const PR_SET_PDEATHSIG: i32 = 1;
     const SIGKILL: u64 = 9;
@@ -2075,22 +2091,44 @@ mod tests {
     }
 
     /// The gdb stage's boot runs beside the checked one: when that one fails, the gdb stage is
-    /// called off at once (here gdb would wait for its breakpoint until the stage's timeout) and
-    /// leaves no transcript behind.
+    /// called off at once (here gdb waits for its breakpoint, which would last until the stage's
+    /// timeout), its processes die, and neither its transcript nor its console is left behind.
     #[test]
     fn a_failed_first_boot_calls_the_gdb_stage_off() {
         let lab = fake_lab("gdbcalledoff", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
+        let lab_s = lab.dir.display();
+        // The checked boot fails only once gdb runs, so the call-off meets a running gdb.
+        let wait_for = |file: &str| {
+            let run_sh = std::fs::read_to_string(lab.file(lab::RUN_SH)).unwrap().replace(
+                &format!("cat {lab_s}/console.txt"),
+                &format!("while [ ! -e {lab_s}/{file} ]; do sleep 0.1; done\ncat {lab_s}/console.txt"),
+            );
+            script(&lab.file(lab::RUN_SH), run_sh.trim_start_matches("#!/bin/bash\n"));
+        };
+        wait_for("gdb-args");
         let cut = GOOD_GDB.find("Hardware assisted").unwrap();
         std::fs::write(lab.file("gdb.txt"), GOOD_GDB[..cut].replace("0x1c000000", "0x0")).unwrap();
-        let lab_s = lab.dir.display();
-        script(&lab.file(lab::GDB_SH), &format!("echo \"$*\" > {lab_s}/gdb-args\ncat {lab_s}/gdb.txt\nexec sleep 600\n"));
+        script(
+            &lab.file(lab::GDB_SH),
+            &format!("echo $$ > {lab_s}/gdbpid\necho \"$*\" > {lab_s}/gdb-args\ncat {lab_s}/gdb.txt\nexec sleep 600\n"),
+        );
         let start = Instant::now();
         let report = run(&lab, Duration::from_secs(120), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc), "{}", report.detail);
         assert!(start.elapsed() < Duration::from_secs(60), "waited {:?} for the gdb stage", start.elapsed());
+        assert!(!alive(&lab.file("gdbpid")), "the called-off gdb survived");
         assert!(report.gdb_transcript.is_none() && report.gdb_console_log.is_none());
-        assert!(!lab.file(lab::GDB_TRANSCRIPT).exists(), "the called-off gdb run left its transcript");
+        assert!(!lab.file(lab::GDB_TRANSCRIPT).exists() && !lab.file(lab::GDB_CONSOLE_LOG).exists(), "the called-off stage left its logs");
         assert!(report.last_lines.iter().any(|l| l == "KLAB:nproc=1"), "the first boot's console: {:?}", report.last_lines);
+
+        // A gdb stage that passed before the checked boot failed counts for nothing either.
+        let _ = std::fs::remove_file(lab.file("gdb-args"));
+        std::fs::write(lab.file("gdb.txt"), GOOD_GDB.replace("0x1c000000", "0x0")).unwrap();
+        script(&lab.file(lab::GDB_SH), &format!("cat {lab_s}/gdb.txt\necho \"$*\" > {lab_s}/gdb-args\n"));
+        let report = run(&lab, Duration::from_secs(120), "", None).unwrap();
+        assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc), "{}", report.detail);
+        assert!(report.gdb_transcript.is_none() && report.gdb_kaslr_offset.is_none());
+        assert!(!lab.file(lab::GDB_TRANSCRIPT).exists(), "the passed but uncounted gdb stage left its transcript");
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
 

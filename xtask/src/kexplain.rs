@@ -940,10 +940,11 @@ impl<'s, 'a> Solver<'s, 'a> {
             Value::No => {
                 let sels = an.active_selectors(sym);
                 if sels.is_empty() {
-                    return if an.defs(sym).iter().any(|d| an.prompt_visible(d)) {
-                        Ok(Vec::new())
-                    } else {
-                        Err(format!("{sym} has no prompt and its default turns it on; nothing can turn it off"))
+                    // The request itself turns it off once its prompt shows.
+                    return match self.reveal_prompt(sym, 0) {
+                        Some(Ok(reveal)) => Ok(reveal),
+                        Some(Err(e)) => Err(format!("{sym}'s prompt stays hidden ({e}) and its default turns it on")),
+                        None => Err(format!("{sym} has no prompt and its default turns it on; nothing can turn it off")),
                     };
                 }
                 let mut out = Vec::new();
@@ -1153,14 +1154,34 @@ impl<'s, 'a> Solver<'s, 'a> {
             }
             out = merge(out, self.disable(&s.selector, depth + 1)?);
         }
-        if an.defs(sym).iter().any(|d| an.prompt_visible(d)) {
-            out = merge(out, vec![(sym.to_string(), Value::No)]);
-            Ok(out)
-        } else if !out.is_empty() {
-            Ok(out)
-        } else {
-            Err(format!("{sym} has no prompt; its default keeps it on"))
+        match self.reveal_prompt(sym, depth) {
+            Some(Ok(reveal)) => Ok(merge(out, merge(reveal, vec![(sym.to_string(), Value::No)]))),
+            _ if !out.is_empty() => Ok(out),
+            Some(Err(e)) => Err(format!("{sym}'s prompt stays hidden ({e}) and its default keeps it on")),
+            None => Err(format!("{sym} has no prompt; its default keeps it on")),
         }
+    }
+
+    /// Assignments that make a prompt of `sym` visible, so a fragment line can set it: none when
+    /// one shows already, else the cheapest that meets a prompt's `if` (PROCESSOR_SELECT=y for
+    /// CPU_SUP_HYGON). `None` when no definition has a prompt.
+    fn reveal_prompt(&mut self, sym: &str, depth: usize) -> Option<Result<Vec<Assign>, String>> {
+        let an = self.an;
+        let defs = an.defs(sym);
+        if defs.iter().any(|d| an.prompt_visible(d)) {
+            return Some(Ok(Vec::new()));
+        }
+        let mut best: Option<Result<Vec<Assign>, String>> = None;
+        for d in defs {
+            let Some((_, Some(cond))) = &d.prompt else { continue };
+            let got = self.satisfy(cond, true, Y, depth + 1);
+            best = match (best, got) {
+                (Some(Ok(b)), Ok(g)) => Some(Ok(if g.len() < b.len() { g } else { b })),
+                (Some(Ok(b)), Err(_)) => Some(Ok(b)),
+                (_, got) => Some(got),
+            };
+        }
+        best
     }
 
     /// Assignments that make `e` at least `want` (`positive`) or `n` (not `positive`).
@@ -1835,6 +1856,24 @@ source \"arch/$(SRCARCH)/Kconfig\"
         let (lost, _, sug) = analyse(&f, "", "CONFIG_DWARF5=y\n");
         assert_eq!(lost[0].problems, [Problem::UnmetDependency]);
         assert_eq!(sug.fragment, assigns(&[("DEBUG_KERNEL", Value::Yes)]));
+    }
+
+    /// A prompt behind `if` (CPU_SUP_HYGON's `if PROCESSOR_SELECT`): the option cannot be turned
+    /// off until the condition shows the prompt, and the fix says so.
+    #[test]
+    fn a_hidden_prompt_is_revealed_to_turn_an_option_off() {
+        let f = fixture(&[(
+            "Kconfig",
+            "config PROCESSOR_SELECT\n\tbool \"select\"\nconfig CPU_SUP_HYGON\n\tbool \"hygon\" if PROCESSOR_SELECT\n\tdefault y\nconfig FIXED\n\tbool\n\tdefault y\n",
+        )]);
+        let (lost, _, sug) = analyse(&f, "CONFIG_CPU_SUP_HYGON=y\nCONFIG_FIXED=y\n", "# CONFIG_CPU_SUP_HYGON is not set\n");
+        assert_eq!(lost[0].problems, [Problem::NoPrompt]);
+        assert_eq!(sug.fragment, assigns(&[("PROCESSOR_SELECT", Value::Yes)]), "{:?}", sug.unfixable);
+        assert!(sug.unfixable.is_empty(), "{:?}", sug.unfixable);
+        // Without any prompt nothing can turn it off.
+        let (_, _, sug) = analyse(&f, "CONFIG_CPU_SUP_HYGON=y\nCONFIG_FIXED=y\n", "# CONFIG_FIXED is not set\n");
+        assert!(sug.fragment.is_empty());
+        assert!(sug.unfixable[0].1.contains("FIXED has no prompt and its default turns it on"), "{:?}", sug.unfixable);
     }
 
     #[test]

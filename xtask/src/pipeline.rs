@@ -247,8 +247,7 @@ pub fn build_lab(
     if kernel.up_to_date {
         eprintln!("kernel up to date ({})", kbuild_dir.display());
     }
-    // The busybox directory stays locked (`_bb_turn`) until the lab has read the binary.
-    let (bb, _bb_turn) = bb?;
+    let bb = bb?;
 
     let exercise = if r.rootfs.programs.is_empty() && r.modules.is_empty() {
         Exercise::default()
@@ -638,17 +637,16 @@ fn check_busybox_applets(layout: &Layout, recipe: &LoadedRecipe, sources: &Sourc
     Ok(())
 }
 
-/// The recipe's static busybox: its applets and fragments from `configs/busybox/`. The build
-/// directory stays locked until the returned lock is dropped: hold it until the binary is read
-/// into a rootfs, or a concurrent run with other busybox inputs could rebuild it meanwhile.
-fn build_busybox(
-    sh: &Shell,
-    layout: &Layout,
-    recipe: &LoadedRecipe,
-    sources: &Sources,
-    make: &MakePlan,
-    epoch: u64,
-) -> Result<(PathBuf, crate::download::PathLock)> {
+/// A built busybox, read while its build directory was locked: a concurrent run with other
+/// busybox inputs may rebuild the directory's binary as soon as the lock is released.
+struct Busybox {
+    binary: Vec<u8>,
+    /// `busybox --list-full` of that binary.
+    applets: Vec<String>,
+}
+
+/// The recipe's static busybox: its applets and fragments from `configs/busybox/`.
+fn build_busybox(sh: &Shell, layout: &Layout, recipe: &LoadedRecipe, sources: &Sources, make: &MakePlan, epoch: u64) -> Result<Busybox> {
     let mut inputs = busybox_inputs(layout, recipe)?.into_iter().map(|(_, p)| p);
     let applets = if recipe.recipe.busybox.applets_file().is_some() { inputs.next() } else { None };
     let fragments: Vec<PathBuf> = inputs.collect();
@@ -658,21 +656,20 @@ fn build_busybox(
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
-    let turn = crate::download::lock_path(
-        &layout::hidden_sibling(&dir, "lock"),
-        &format!("building busybox in {} (or reading it)", dir.display()),
-    )?;
-    Ok((busybox::build(sh, &sources.busybox_src, &dir, applets.as_deref(), &fragments, &b.sha256, make, epoch)?, turn))
+    let _turn = crate::download::lock_path(&layout::hidden_sibling(&dir, "lock"), &format!("building busybox in {}", dir.display()))?;
+    let path = busybox::build(sh, &sources.busybox_src, &dir, applets.as_deref(), &fragments, &b.sha256, make, epoch)?;
+    let binary = std::fs::read(&path).with_context(|| format!("read the busybox binary {}", path.display()))?;
+    Ok(Busybox { applets: rootfs::applets(&path)?, binary })
 }
 
 /// The recipe's rootfs.cpio bytes, every entry dated `epoch`.
-fn rootfs_archive(recipe: &LoadedRecipe, busybox: &Path, kernel_version: &str, epoch: u64, exercise: &Exercise) -> Result<Vec<u8>> {
+fn rootfs_archive(recipe: &LoadedRecipe, busybox: &Busybox, kernel_version: &str, epoch: u64, exercise: &Exercise) -> Result<Vec<u8>> {
     let r = &recipe.recipe;
     let archive = rootfs::build(&rootfs::RootfsInput {
         spec: &r.rootfs,
         recipe_dir: recipe.dir(),
-        busybox,
-        applets: rootfs::applets(busybox)?,
+        busybox: &busybox.binary,
+        applets: busybox.applets.clone(),
         kernel_version,
         nic: r.qemu.nic,
         built: &exercise.files,
@@ -730,9 +727,8 @@ pub fn rootfs_command(sh: &Shell, layout: &Layout, args: &RootfsBuildArgs) -> Re
         );
     }
     check_busybox_applets(layout, &plan.recipe, &sources)?;
-    let (bb, bb_turn) = build_busybox(sh, layout, &plan.recipe, &sources, &args.make.plan(), epoch)?;
+    let bb = build_busybox(sh, layout, &plan.recipe, &sources, &args.make.plan(), epoch)?;
     let bytes = rootfs_archive(&plan.recipe, &bb, &lock.kernel.version, epoch, &Exercise::default())?;
-    drop(bb_turn);
     let out = layout.rootfs_dir(&plan.recipe.name, &lock.kernel.version).join(lab::ROOTFS);
     crate::layout::write_atomic(&out, &bytes)?;
     println!("rootfs: {}", out.display());

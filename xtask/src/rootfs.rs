@@ -34,8 +34,8 @@ pub struct RootfsInput<'a> {
     pub spec: &'a RootfsSpec,
     /// Directory of the recipe file; `spec.files[].host` is relative to it.
     pub recipe_dir: &'a Path,
-    /// The static busybox binary.
-    pub busybox: &'a Path,
+    /// The static busybox binary's bytes.
+    pub busybox: &'a [u8],
     /// Output of `busybox --list-full`, e.g. "bin/ls", "usr/sbin/chroot" (see `applets`).
     pub applets: Vec<String>,
     /// Kernel version the archive is built for (shown in the generated scripts).
@@ -90,8 +90,7 @@ pub fn build(input: &RootfsInput) -> Result<Archive> {
     a.add_dir_all("root", 0o700, 0, 0)?;
     a.add_dir_all(&format!("home/{user}"), 0o755, uid, uid)?;
 
-    let busybox =
-        fs::read(input.busybox).with_context(|| format!("read busybox binary {} (build busybox first)", input.busybox.display()))?;
+    let busybox = input.busybox.to_vec();
     // Only the applets that need root get it, through a setuid copy: a setuid /bin/busybox would
     // make every process of the user non-dumpable (its /proc files root's), unlike a real system.
     a.add_file("bin/busybox", 0o755, 0, 0, busybox.clone())?;
@@ -524,14 +523,13 @@ mod tests {
 
     struct Fixture {
         tmp: TempDir,
-        busybox: PathBuf,
+        busybox: Vec<u8>,
         spec: RootfsSpec,
     }
 
     fn fixture() -> Fixture {
         let tmp = TempDir::new("rootfs");
-        let busybox = tmp.0.join("busybox");
-        fs::write(&busybox, b"fake busybox\n").unwrap();
+        let busybox = b"fake busybox\n".to_vec();
         fs::write(tmp.0.join("hello.txt"), "hello\n").unwrap();
         fs::create_dir_all(tmp.0.join("tree/sub")).unwrap();
         fs::write(tmp.0.join("tree/sub/run.sh"), "#!/bin/sh\n").unwrap();
@@ -625,10 +623,11 @@ mod tests {
         }
         let spec = RootfsSpec::default();
         let dir = busybox.parent().unwrap();
+        let bytes = fs::read(&busybox).unwrap();
         let input = RootfsInput {
             spec: &spec,
             recipe_dir: dir,
-            busybox: &busybox,
+            busybox: &bytes,
             applets: list,
             kernel_version: VERSION,
             nic: Nic::E1000,
