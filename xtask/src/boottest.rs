@@ -2121,10 +2121,16 @@ mod tests {
         assert!(!lab.file(lab::GDB_TRANSCRIPT).exists() && !lab.file(lab::GDB_CONSOLE_LOG).exists(), "the called-off stage left its logs");
         assert!(report.last_lines.iter().any(|l| l == "KLAB:nproc=1"), "the first boot's console: {:?}", report.last_lines);
 
-        // A gdb stage that passed before the checked boot failed counts for nothing either.
-        let _ = std::fs::remove_file(lab.file("gdb-args"));
+        // A gdb stage that passed before the checked boot failed counts for nothing either: the
+        // checked boot fails only once gdb has exited and been reaped (kill -0 fails).
+        let run_sh = std::fs::read_to_string(lab.file(lab::RUN_SH)).unwrap().replace(
+            &format!("while [ ! -e {lab_s}/gdb-args ]; do"),
+            &format!("while [ ! -e {lab_s}/gdbpid ] || kill -0 \"$(cat {lab_s}/gdbpid)\" 2>/dev/null; do"),
+        );
+        let _ = std::fs::remove_file(lab.file("gdbpid"));
+        script(&lab.file(lab::RUN_SH), run_sh.trim_start_matches("#!/bin/bash\n"));
         std::fs::write(lab.file("gdb.txt"), GOOD_GDB.replace("0x1c000000", "0x0")).unwrap();
-        script(&lab.file(lab::GDB_SH), &format!("cat {lab_s}/gdb.txt\necho \"$*\" > {lab_s}/gdb-args\n"));
+        script(&lab.file(lab::GDB_SH), &format!("cat {lab_s}/gdb.txt\necho $$ > {lab_s}/gdbpid\n"));
         let report = run(&lab, Duration::from_secs(120), "", None).unwrap();
         assert_eq!(report.verdict, Verdict::CheckFailed(Check::Nproc), "{}", report.detail);
         assert!(report.gdb_transcript.is_none() && report.gdb_kaslr_offset.is_none());

@@ -640,6 +640,11 @@ impl<'a> Analysis<'a> {
         def.deps.iter().map(|c| self.eval(&c.expr)).min().unwrap_or(Y)
     }
 
+    /// The prompt shows in menuconfig: its `if` holds and so do the definition's dependencies.
+    fn prompt_shows(&self, def: &SymDef) -> bool {
+        self.prompt_visible(def) && self.deps_value(def) > N
+    }
+
     fn prompt_visible(&self, def: &SymDef) -> bool {
         match &def.prompt {
             Some((_, None)) => true,
@@ -1154,27 +1159,37 @@ impl<'s, 'a> Solver<'s, 'a> {
             }
             out = merge(out, self.disable(&s.selector, depth + 1)?);
         }
+        if an.defs(sym).iter().any(|d| an.prompt_shows(d)) {
+            return Ok(merge(out, vec![(sym.to_string(), Value::No)]));
+        }
+        if !out.is_empty() {
+            // Its selectors off may be enough; if a default keeps it on, the verify round says so.
+            return Ok(out);
+        }
         match self.reveal_prompt(sym, depth) {
-            Some(Ok(reveal)) => Ok(merge(out, merge(reveal, vec![(sym.to_string(), Value::No)]))),
-            _ if !out.is_empty() => Ok(out),
+            Some(Ok(reveal)) => Ok(merge(reveal, vec![(sym.to_string(), Value::No)])),
             Some(Err(e)) => Err(format!("{sym}'s prompt stays hidden ({e}) and its default keeps it on")),
             None => Err(format!("{sym} has no prompt; its default keeps it on")),
         }
     }
 
-    /// Assignments that make a prompt of `sym` visible, so a fragment line can set it: none when
-    /// one shows already, else the cheapest that meets a prompt's `if` (PROCESSOR_SELECT=y for
-    /// CPU_SUP_HYGON). `None` when no definition has a prompt.
+    /// Assignments that make a prompt of `sym` show, so a fragment line can set it: none when one
+    /// shows already, else the cheapest that meets a prompt's `if` and its definition's
+    /// dependencies (PROCESSOR_SELECT=y, which needs EXPERT=y, for CPU_SUP_HYGON). `None` when
+    /// no definition has a prompt.
     fn reveal_prompt(&mut self, sym: &str, depth: usize) -> Option<Result<Vec<Assign>, String>> {
         let an = self.an;
         let defs = an.defs(sym);
-        if defs.iter().any(|d| an.prompt_visible(d)) {
+        if defs.iter().any(|d| an.prompt_shows(d)) {
             return Some(Ok(Vec::new()));
         }
         let mut best: Option<Result<Vec<Assign>, String>> = None;
         for d in defs {
-            let Some((_, Some(cond))) = &d.prompt else { continue };
-            let got = self.satisfy(cond, true, Y, depth + 1);
+            let Some((_, cond)) = &d.prompt else { continue };
+            let mut got = Ok(Vec::new());
+            for e in d.deps.iter().map(|c| &c.expr).chain(cond) {
+                got = got.and_then(|f| Ok(merge(f, self.satisfy(e, true, M, depth + 1)?)));
+            }
             best = match (best, got) {
                 (Some(Ok(b)), Ok(g)) => Some(Ok(if g.len() < b.len() { g } else { b })),
                 (Some(Ok(b)), Err(_)) => Some(Ok(b)),
@@ -1864,12 +1879,17 @@ source \"arch/$(SRCARCH)/Kconfig\"
     fn a_hidden_prompt_is_revealed_to_turn_an_option_off() {
         let f = fixture(&[(
             "Kconfig",
-            "config PROCESSOR_SELECT\n\tbool \"select\"\nconfig CPU_SUP_HYGON\n\tbool \"hygon\" if PROCESSOR_SELECT\n\tdefault y\nconfig FIXED\n\tbool\n\tdefault y\n",
+            "config EXPERT\n\tbool \"expert\"\nconfig PROCESSOR_SELECT\n\tbool \"select\" if EXPERT\nconfig CPU_SUP_HYGON\n\tbool \"hygon\" if PROCESSOR_SELECT\n\tdefault y\nconfig FIXED\n\tbool\n\tdefault y\n",
         )]);
-        let (lost, _, sug) = analyse(&f, "CONFIG_CPU_SUP_HYGON=y\nCONFIG_FIXED=y\n", "# CONFIG_CPU_SUP_HYGON is not set\n");
+        let cfg = "CONFIG_CPU_SUP_HYGON=y\nCONFIG_FIXED=y\n";
+        let (lost, _, sug) = analyse(&f, cfg, "# CONFIG_CPU_SUP_HYGON is not set\n");
         assert_eq!(lost[0].problems, [Problem::NoPrompt]);
-        assert_eq!(sug.fragment, assigns(&[("PROCESSOR_SELECT", Value::Yes)]), "{:?}", sug.unfixable);
+        // The prompt's condition, and what that condition's own prompt needs.
+        assert_eq!(sug.fragment, assigns(&[("EXPERT", Value::Yes), ("PROCESSOR_SELECT", Value::Yes)]), "{:?}", sug.unfixable);
         assert!(sug.unfixable.is_empty(), "{:?}", sug.unfixable);
+        // Asking for the condition off too is a conflict, named as one.
+        let (_, _, sug) = analyse(&f, cfg, "# CONFIG_CPU_SUP_HYGON is not set\n# CONFIG_PROCESSOR_SELECT is not set\n");
+        assert!(sug.unfixable.iter().any(|(_, why)| why.contains("conflicting requests")), "{:?}", sug.unfixable);
         // Without any prompt nothing can turn it off.
         let (_, _, sug) = analyse(&f, "CONFIG_CPU_SUP_HYGON=y\nCONFIG_FIXED=y\n", "# CONFIG_FIXED is not set\n");
         assert!(sug.fragment.is_empty());

@@ -90,11 +90,10 @@ pub fn build(input: &RootfsInput) -> Result<Archive> {
     a.add_dir_all("root", 0o700, 0, 0)?;
     a.add_dir_all(&format!("home/{user}"), 0o755, uid, uid)?;
 
-    let busybox = input.busybox.to_vec();
     // Only the applets that need root get it, through a setuid copy: a setuid /bin/busybox would
     // make every process of the user non-dumpable (its /proc files root's), unlike a real system.
-    a.add_file("bin/busybox", 0o755, 0, 0, busybox.clone())?;
-    a.add_file(SUID_BUSYBOX, 0o4755, 0, 0, busybox)?;
+    a.add_file("bin/busybox", 0o755, 0, 0, input.busybox.to_vec())?;
+    a.add_file(SUID_BUSYBOX, 0o4755, 0, 0, input.busybox.to_vec())?;
     for applet in &input.applets {
         let path = applet.trim_start_matches('/');
         if path == "bin/busybox" {
