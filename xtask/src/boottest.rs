@@ -763,10 +763,11 @@ pub fn judge_gdb(transcript: &str, version: &str, kaslr_off: bool, modules: bool
 }
 
 /// Boots `lab` with its run.sh, checks the markers and poweroff, and attaches gdb to a second
-/// boot that runs beside the first and counts only when the first passed. `timeout` applies to each stage separately. Writes boot-report.json and the logs into
-/// the lab and returns the report for every verdict; an error means the test could not run at
-/// all (a missing file, a tool not installed). `extra` is added to the kernel command line of
-/// both boots, e.g. `maxcpus=1` to check that a broken boot gets the right verdict.
+/// boot that runs beside the first and counts only when the first passed. `timeout` applies to
+/// each stage separately. Writes boot-report.json and the logs into the lab and returns the
+/// report for every verdict; an error means the test could not run at all (a missing file, a
+/// tool not installed). `extra` is added to the kernel command line of both boots, e.g.
+/// `maxcpus=1` to check that a broken boot gets the right verdict.
 /// `mitigations` picks the profile (a spec, or overrides on top of the lab's); `None` is the lab's.
 pub fn run(lab: &Lab, timeout: Duration, extra: &str, mitigations: Option<&str>) -> Result<BootReport> {
     run_into(lab, timeout, extra, mitigations, &lab.dir)
@@ -1110,7 +1111,8 @@ fn forward_lines(from: impl Read + Send + 'static, tx: mpsc::Sender<Msg>, wrap: 
 }
 
 /// Stage 5: a second boot (beside the checked one; `cancel` calls it off), to the user's shell,
-/// then `gdb.sh -batch` through GDB_STEPS while the host types GDB_TRIGGER into the shell. Returns the finding and the KASLR offset gdb found.
+/// then `gdb.sh -batch` through GDB_STEPS while the host types GDB_TRIGGER into the shell.
+/// Returns the finding and the KASLR offset gdb found.
 #[allow(clippy::too_many_arguments)]
 fn gdb_stage(
     lab: &Lab,
