@@ -1960,10 +1960,9 @@ mod tests {
         assert_eq!(json["stages"][4]["stage"], "gdb");
         let console = std::fs::read_to_string(lab.file(lab::CONSOLE_LOG)).unwrap();
         assert!(console.contains("KLAB:END\n") && console.contains("[run.sh stderr] run.sh: KVM"), "{console}");
-        let calls: Vec<String> = std::fs::read_to_string(lab.file("calls")).unwrap().lines().map(str::to_string).collect();
+        let mut calls: Vec<String> = std::fs::read_to_string(lab.file("calls")).unwrap().lines().map(str::to_string).collect();
         assert_eq!(calls.len(), 3, "dry run, boot, gdb boot: {calls:?}");
         // The dry run comes first; the two boots run side by side, in either order.
-        let mut calls = calls;
         if calls[1].ends_with(&format!("--append {GDB_APPEND}")) {
             calls.swap(1, 2);
         }
@@ -2099,15 +2098,15 @@ mod tests {
     fn a_failed_first_boot_calls_the_gdb_stage_off() {
         let lab = fake_lab("gdbcalledoff", &with_marker("nproc", Some("KLAB:nproc=1")), "exit 0");
         let lab_s = lab.dir.display();
-        // The checked boot fails only once gdb runs, so the call-off meets a running gdb.
-        let wait_for = |file: &str| {
-            let run_sh = std::fs::read_to_string(lab.file(lab::RUN_SH)).unwrap().replace(
-                &format!("cat {lab_s}/console.txt"),
-                &format!("while [ ! -e {lab_s}/{file} ]; do sleep 0.1; done\ncat {lab_s}/console.txt"),
-            );
-            script(&lab.file(lab::RUN_SH), run_sh.trim_start_matches("#!/bin/bash\n"));
+        // The checked boot replays its (failing) console only once `until` holds in its shell.
+        let run_sh = std::fs::read_to_string(lab.file(lab::RUN_SH)).unwrap();
+        let checked_boot_waits = |until: &str| {
+            let gated =
+                run_sh.replace(&format!("cat {lab_s}/console.txt"), &format!("until {until}; do sleep 0.1; done\ncat {lab_s}/console.txt"));
+            script(&lab.file(lab::RUN_SH), gated.trim_start_matches("#!/bin/bash\n"));
         };
-        wait_for("gdb-args");
+        // It fails only once gdb runs, so the call-off meets a running gdb.
+        checked_boot_waits(&format!("[ -e {lab_s}/gdb-args ]"));
         let cut = GOOD_GDB.find("Hardware assisted").unwrap();
         std::fs::write(lab.file("gdb.txt"), GOOD_GDB[..cut].replace("0x1c000000", "0x0")).unwrap();
         script(
@@ -2125,12 +2124,8 @@ mod tests {
 
         // A gdb stage that passed before the checked boot failed counts for nothing either: the
         // checked boot fails only once gdb has exited and been reaped (kill -0 fails).
-        let run_sh = std::fs::read_to_string(lab.file(lab::RUN_SH)).unwrap().replace(
-            &format!("while [ ! -e {lab_s}/gdb-args ]; do"),
-            &format!("while [ ! -e {lab_s}/gdbpid ] || kill -0 \"$(cat {lab_s}/gdbpid)\" 2>/dev/null; do"),
-        );
         let _ = std::fs::remove_file(lab.file("gdbpid"));
-        script(&lab.file(lab::RUN_SH), run_sh.trim_start_matches("#!/bin/bash\n"));
+        checked_boot_waits(&format!("[ -e {lab_s}/gdbpid ] && ! kill -0 \"$(cat {lab_s}/gdbpid)\" 2>/dev/null"));
         std::fs::write(lab.file("gdb.txt"), GOOD_GDB.replace("0x1c000000", "0x0")).unwrap();
         script(&lab.file(lab::GDB_SH), &format!("cat {lab_s}/gdb.txt\necho $$ > {lab_s}/gdbpid\n"));
         let report = run(&lab, Duration::from_secs(120), "", None).unwrap();
